@@ -1,0 +1,468 @@
+"""Lazy EMG reading (windows, channel subsets, bounded-memory chunks) and evaluation-side readers."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from ..errors import EMGDataError, NwbLfadsEmgError, SourceError, describe
+from .discover import (
+    SeriesInfo,
+    all_series_summary,
+    find_behavior_series,
+    find_emg_candidates,
+)
+
+_TS_BLOCK = 1_000_000  # timestamps checked per block (8 MB)
+
+
+def _location_of(opened: Any) -> tuple[Any, str, Any]:
+    """(nwbfile, location string, opened-or-None) from an OpenedSource or a bare NWBFile."""
+    nwbfile = getattr(opened, "nwbfile", None)
+    if nwbfile is not None:
+        return nwbfile, str(opened.location), opened
+    container_source = getattr(opened, "container_source", None)
+    return opened, str(container_source or getattr(opened, "identifier", "<NWBFile>")), None
+
+
+def _unit_name(unit: str) -> str:
+    return "volts" if unit.strip().lower() in ("v", "volt", "volts") else unit
+
+
+class EMGReader:
+    """The chosen EMG of a file as a lazily read (time x muscle) array in physical units.
+
+    ``on_nonfinite``: "raise" refuses NaN/Inf samples, "mask" sets them to 0 and marks them in
+    the boolean coordinate ``valid``. ``drop_dead`` leaves out constant channels instead of
+    refusing them. ``irregular``: "raise" or "resample" (linear interpolation onto a uniform grid
+    at the median rate; loads the timestamps into memory).
+    """
+
+    def __init__(
+        self,
+        opened: Any,
+        series: str | None = None,
+        on_nonfinite: str = "raise",
+        *,
+        drop_dead: bool = False,
+        irregular: str = "raise",
+        check_dead: bool = True,
+    ) -> None:
+        if on_nonfinite not in ("raise", "mask"):
+            raise ValueError("on_nonfinite must be 'raise' or 'mask'")
+        if irregular not in ("raise", "resample"):
+            raise ValueError("irregular must be 'raise' or 'resample'")
+        self.nwbfile, self.location, self._opened = _location_of(opened)
+        self.on_nonfinite = on_nonfinite
+        self.info = self._choose(series)
+        self.series_path = self.info.path
+        self.source_kind = self.info.kind
+        self._objects = list(self.info.objects)
+        self.series_object = self._objects[0]
+        self.unit = _unit_name(self.series_object.unit)
+        self.electrode_indices: list[int] | None = None
+        self._columns: list[int] = list(range(len(self.info.muscles)))
+        self._all_muscles = list(self.info.muscles)
+        self._resample_stamps: np.ndarray | None = None
+        try:
+            self._check_layout()
+            self._check_timing(irregular)
+        except NwbLfadsEmgError:
+            raise
+        except (OSError, RuntimeError) as exc:
+            raise self._read_error(exc) from None
+        self.muscles = list(self._all_muscles)
+        if check_dead:
+            self._check_dead(drop_dead)
+
+    # ----- choosing and checking -------------------------------------------------------------
+    def _choose(self, series: str | None) -> SeriesInfo:
+        candidates = find_emg_candidates(self.nwbfile)
+        if series is None:
+            if not candidates:
+                existing = ", ".join(all_series_summary(self.nwbfile)) or "no TimeSeries at all"
+                raise EMGDataError(describe(self.location, None, f"no EMG-like series found; the file holds: {existing}"))
+            if len(candidates) > 1:
+                raise EMGDataError(describe(self.location, None, "several EMG-like series; choose one with series=: "
+                                            + ", ".join(c.path for c in candidates)))
+            return candidates[0]
+        key = series.strip("/")
+        for c in candidates:
+            if key in (c.path, c.path.rsplit("/", 1)[-1]):
+                return c
+        listed = ", ".join(c.path for c in candidates) or "none"
+        raise EMGDataError(describe(self.location, series, f"no EMG-like series by this name; candidates: {listed}"))
+
+    def _check_layout(self) -> None:
+        objs = self._objects
+        if self.source_kind == "ElectricalSeries":
+            es = objs[0]
+            shape = tuple(es.data.shape)
+            if len(shape) != 2:
+                raise EMGDataError(describe(self.location, self.series_path,
+                                            f"data is {len(shape)}-D with shape {shape}; expected 2-D (time x channels)"))
+            try:
+                self.electrode_indices = [int(i) for i in es.electrodes.data[:]]
+            except Exception:
+                self.electrode_indices = None
+            self.n_samples = int(shape[0])
+            cc = getattr(es, "channel_conversion", None)
+            self._channel_conversion = None if cc is None else np.asarray(cc[:], dtype=np.float64)
+        else:
+            lengths = {}
+            for ts in objs:
+                shape = tuple(ts.data.shape)
+                if len(shape) == 2 and shape[1] == 1:
+                    pass
+                elif len(shape) != 1:
+                    raise EMGDataError(describe(self.location, f"{self.series_path}/{ts.name}",
+                                                f"per-muscle series has shape {shape}; expected 1-D (time)"))
+                lengths[ts.name] = int(shape[0])
+            if len(set(lengths.values())) > 1:
+                raise EMGDataError(describe(self.location, self.series_path,
+                                            f"per-muscle series differ in length: {lengths}"))
+            units = {ts.unit for ts in objs}
+            if len(units) > 1:
+                raise EMGDataError(describe(self.location, self.series_path, f"per-muscle series differ in unit: {sorted(units)}"))
+            self.n_samples = int(next(iter(lengths.values()))) if lengths else 0
+            self._channel_conversion = None
+        if self.n_samples == 0:
+            raise EMGDataError(describe(self.location, self.series_path, "the series holds no samples"))
+
+    def _check_timing(self, irregular: str) -> None:
+        first = self._objects[0]
+        rates = []
+        for ts in self._objects:
+            if ts.rate is not None:
+                rates.append((ts.name, float(ts.rate), float(ts.starting_time or 0.0)))
+            else:
+                stamps = ts.timestamps
+                if stamps is None:
+                    raise EMGDataError(describe(self.location, ts.name, "neither rate nor timestamps"))
+                n = len(stamps)
+                t_first = float(stamps[0])
+                t_last = float(stamps[n - 1]) if n > 1 else t_first
+                rate = (n - 1) / (t_last - t_first) if n > 1 and t_last > t_first else float("nan")
+                rates.append((ts.name, rate, t_first))
+        ref_name, ref_rate, ref_start = rates[0]
+        for name, rate, start in rates[1:]:
+            if not math.isclose(rate, ref_rate, rel_tol=1e-4):
+                raise EMGDataError(describe(self.location, self.series_path,
+                                            f"mismatched rates between per-muscle series: {ref_name} {ref_rate:g} Hz, "
+                                            f"{name} {rate:g} Hz"))
+            if abs(start - ref_start) > 0.5 / ref_rate:
+                raise EMGDataError(describe(self.location, self.series_path,
+                                            f"mismatched start times between per-muscle series: {ref_name} {ref_start:g} s, "
+                                            f"{name} {start:g} s"))
+        self._timestamps = first.timestamps if first.rate is None else None
+        if self._timestamps is None:
+            self.rate = ref_rate
+            self.starting_time = ref_start
+            return
+        if not np.isfinite(ref_rate) or self.n_samples < 2:
+            raise EMGDataError(describe(self.location, self.series_path, "timestamps do not increase; cannot find a rate"))
+        lo, hi = self._dt_range(self._timestamps)
+        period = 1.0 / ref_rate
+        if lo <= 0 or (hi - lo) > 1e-3 * period:
+            if irregular == "raise":
+                raise EMGDataError(describe(self.location, self.series_path,
+                                            f"irregular timestamps (intervals from {lo:.6g} to {hi:.6g} s); "
+                                            "pass irregular='resample' to interpolate onto a uniform grid"))
+            stamps = np.asarray(self._timestamps[:], dtype=np.float64)
+            diffs = np.diff(stamps)
+            if np.any(diffs <= 0):
+                raise EMGDataError(describe(self.location, self.series_path, "timestamps are not strictly increasing"))
+            self._resample_stamps = stamps
+            self.rate = float(1.0 / np.median(diffs))
+            self.starting_time = float(stamps[0])
+            self._raw_n = self.n_samples
+            self.n_samples = int(math.floor((stamps[-1] - stamps[0]) * self.rate)) + 1
+            return
+        self.rate = ref_rate
+        self.starting_time = ref_start
+
+    @staticmethod
+    def _dt_range(stamps: Any) -> tuple[float, float]:
+        n = len(stamps)
+        lo, hi = math.inf, -math.inf
+        for a in range(0, n - 1, _TS_BLOCK):
+            block = np.asarray(stamps[a:min(n, a + _TS_BLOCK + 1)], dtype=np.float64)
+            d = np.diff(block)
+            if d.size:
+                lo, hi = min(lo, float(d.min())), max(hi, float(d.max()))
+        return lo, hi
+
+    def _check_dead(self, drop_dead: bool) -> None:
+        n = self.n_samples
+        width = max(2, min(n, int(self.rate)))
+        starts = sorted({0, max(0, n // 2 - width // 2), max(0, n - width)})
+        pieces = [self._read_scaled(s, min(n, s + width), self._columns, check=False)[0] for s in starts]
+        block = np.concatenate(pieces, axis=0)
+        with np.errstate(invalid="ignore"):
+            span = np.nanmax(block, axis=0) - np.nanmin(block, axis=0)
+        dead = [self._all_muscles[c] for c, s in zip(self._columns, span, strict=True) if not s > 0]
+        if not dead:
+            return
+        if not drop_dead:
+            raise EMGDataError(describe(self.location, self.series_path,
+                                        f"constant (dead) channel(s): {', '.join(dead)}; pass drop_dead=True to leave them out"))
+        self._columns = [c for c in self._columns if self._all_muscles[c] not in dead]
+        if not self._columns:
+            raise EMGDataError(describe(self.location, self.series_path, "every channel is constant (dead)"))
+        self.muscles = [self._all_muscles[c] for c in self._columns]
+        self.dropped_muscles = dead
+
+    # ----- reading ------------------------------------------------------------------------
+    @property
+    def duration_s(self) -> float:
+        """Duration of the recording in seconds."""
+        return self.n_samples / self.rate
+
+    def _read_error(self, exc: BaseException) -> NwbLfadsEmgError:
+        problem = self._opened.stream_problem() if self._opened is not None else None
+        if problem:
+            return SourceError(describe(self.location, self.series_path, f"streaming failed: {problem}"))
+        text = " ".join(str(exc).split())[:200]
+        return SourceError(describe(self.location, self.series_path, f"cannot read the data (truncated or damaged file?): {text}"))
+
+    def _raw(self, i0: int, i1: int, columns: list[int]) -> np.ndarray:
+        if self.source_kind == "ElectricalSeries":
+            es = self._objects[0]
+            ncol = es.data.shape[1]
+            if len(columns) == ncol and columns == list(range(ncol)):
+                raw = es.data[i0:i1, :]
+            elif len(columns) > ncol // 2:
+                raw = es.data[i0:i1, :][:, columns]
+            else:
+                order = sorted(set(columns))
+                part = es.data[i0:i1, order]
+                raw = part[:, [order.index(c) for c in columns]]
+            dtype = np.result_type(raw.dtype, np.float32)
+            out = raw.astype(dtype, copy=False)
+            scale = float(es.conversion)
+            if self._channel_conversion is not None:
+                out = out * (self._channel_conversion[columns] * scale).astype(dtype)
+            elif scale != 1.0:
+                out = out * dtype.type(scale)
+            offset = float(getattr(es, "offset", 0.0) or 0.0)
+            return out + dtype.type(offset) if offset else out
+        cols = []
+        for c in columns:
+            ts = self._objects[c]
+            raw = np.asarray(ts.data[i0:i1]).reshape(-1)
+            dtype = np.result_type(raw.dtype, np.float32)
+            v = raw.astype(dtype, copy=False)
+            conv = float(ts.conversion)
+            offset = float(getattr(ts, "offset", 0.0) or 0.0)
+            if conv != 1.0:
+                v = v * dtype.type(conv)
+            if offset:
+                v = v + dtype.type(offset)
+            cols.append(v)
+        return np.stack(cols, axis=1)
+
+    def _times(self, i0: int, i1: int) -> np.ndarray:
+        if self._timestamps is not None and self._resample_stamps is None:
+            return np.asarray(self._timestamps[i0:i1], dtype=np.float64)
+        return self.starting_time + np.arange(i0, i1, dtype=np.float64) / self.rate
+
+    def _read_scaled(self, i0: int, i1: int, columns: list[int], check: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+        try:
+            if self._resample_stamps is not None:
+                data = self._resampled(i0, i1, columns)
+            else:
+                data = self._raw(i0, i1, columns)
+        except NwbLfadsEmgError:
+            raise
+        except (OSError, RuntimeError, ValueError, KeyError) as exc:
+            raise self._read_error(exc) from None
+        if not check:
+            return data, None
+        finite = np.isfinite(data)
+        if finite.all():
+            return data, None
+        if self.on_nonfinite == "raise":
+            rows, cols = np.nonzero(~finite)
+            muscle = self._all_muscles[columns[int(cols[0])]]
+            t = self.starting_time + (i0 + int(rows[0])) / self.rate
+            raise EMGDataError(describe(self.location, self.series_path,
+                                        f"{int((~finite).sum())} NaN/Inf sample(s), first in muscle {muscle} at t={t:.4f} s; "
+                                        "pass on_nonfinite='mask' to mask them"))
+        data = np.where(finite, data, 0).astype(data.dtype, copy=False)
+        return data, finite
+
+    def _resampled(self, i0: int, i1: int, columns: list[int]) -> np.ndarray:
+        stamps = self._resample_stamps
+        assert stamps is not None
+        grid = self._times(i0, i1)
+        if grid.size == 0:
+            return np.zeros((0, len(columns)), dtype=np.float32)
+        j0 = max(0, int(np.searchsorted(stamps, grid[0], side="right")) - 1)
+        j1 = min(self._raw_n, int(np.searchsorted(stamps, grid[-1], side="left")) + 1)
+        raw = self._raw(j0, j1, columns)
+        src = stamps[j0:j1]
+        out = np.empty((grid.size, len(columns)), dtype=raw.dtype)
+        for k in range(len(columns)):
+            out[:, k] = np.interp(grid, src, raw[:, k])
+        return out
+
+    def _index(self, t: float) -> int:
+        return int(min(self.n_samples, max(0, math.ceil((t - self.starting_time) * self.rate - 1e-6))))
+
+    def _columns_for(self, muscles: Sequence[str] | None) -> list[int]:
+        if muscles is None:
+            return list(self._columns)
+        cols = []
+        for m in muscles:
+            if m not in self._all_muscles or self._all_muscles.index(m) not in self._columns:
+                raise EMGDataError(describe(self.location, self.series_path,
+                                            f"no muscle {m!r}; muscles: {', '.join(self.muscles)}"))
+            cols.append(self._all_muscles.index(m))
+        return cols
+
+    def _dataarray(self, i0: int, i1: int, columns: list[int]) -> xr.DataArray:
+        data, valid = self._read_scaled(i0, i1, columns)
+        coords: dict[str, Any] = {"time": self._times(i0, i1), "muscle": [self._all_muscles[c] for c in columns]}
+        if valid is not None:
+            coords["valid"] = (("time", "muscle"), valid)
+        return xr.DataArray(
+            data, dims=("time", "muscle"), coords=coords, name="emg",
+            attrs={"units": self.unit, "rate": self.rate, "series_path": self.series_path,
+                   "source": self.location, "start_index": i0},
+        )
+
+    def window(self, t0: float, t1: float, muscles: Sequence[str] | None = None) -> xr.DataArray:
+        """Samples with t0 <= t < t1 (seconds, file time base) of the chosen muscles, read on demand."""
+        end = self.starting_time + self.n_samples / self.rate
+        if not t1 > t0:
+            raise EMGDataError(describe(self.location, self.series_path, f"empty window [{t0}, {t1}) s"))
+        if t1 <= self.starting_time or t0 >= end:
+            raise EMGDataError(describe(self.location, self.series_path,
+                                        f"window [{t0:g}, {t1:g}) s lies outside the recording [{self.starting_time:g}, {end:g}) s"))
+        return self._dataarray(self._index(t0), self._index(t1), self._columns_for(muscles))
+
+    def iter_chunks(self, chunk_s: float = 10.0, muscles: Sequence[str] | None = None,
+                    t0: float | None = None, t1: float | None = None) -> Iterator[xr.DataArray]:
+        """Walk the recording (or [t0, t1)) in consecutive chunks of ``chunk_s`` seconds; memory ~ one chunk."""
+        step = max(1, int(round(chunk_s * self.rate)))
+        columns = self._columns_for(muscles)
+        i = self._index(t0) if t0 is not None else 0
+        stop = self._index(t1) if t1 is not None else self.n_samples
+        while i < stop:
+            j = min(stop, i + step)
+            yield self._dataarray(i, j, columns)
+            i = j
+
+    def to_dataarray(self, muscles: Sequence[str] | None = None) -> xr.DataArray:
+        """The whole recording in memory."""
+        return self._dataarray(0, self.n_samples, self._columns_for(muscles))
+
+    def __repr__(self) -> str:
+        return (f"EMGReader({self.location!r}, {self.series_path!r}, {len(self.muscles)} muscles, "
+                f"{self.rate:g} Hz, {self.duration_s:.1f} s)")
+
+
+def read_behavior(nwbfile: Any, name: str | None = None, times: np.ndarray | None = None) -> xr.DataArray:
+    """A behaviour series as (time x output); linearly interpolated onto ``times`` (NaN outside) when given."""
+    nwbfile, location, _ = _location_of(nwbfile)
+    infos = find_behavior_series(nwbfile)
+    if name is None:
+        behavioral = [b for b in infos if b.behavioral]
+        if len(behavioral) != 1:
+            listed = ", ".join(b.path for b in (behavioral or infos)) or "none"
+            raise EMGDataError(describe(location, None, f"{'several' if behavioral else 'no'} behaviour series; "
+                                        f"choose one by name: {listed}"))
+        info = behavioral[0]
+    else:
+        key = name.strip("/")
+        matches = [b for b in infos if key in (b.path, b.name)]
+        if not matches:
+            raise EMGDataError(describe(location, name, "no such behaviour series; candidates: "
+                                        + (", ".join(b.path for b in infos) or "none")))
+        info = matches[0]
+    ts = info.obj
+    try:
+        data = np.asarray(ts.data[:], dtype=np.float64)
+        stamps = (np.asarray(ts.timestamps[:], dtype=np.float64) if ts.rate is None
+                  else float(ts.starting_time or 0.0) + np.arange(data.shape[0]) / float(ts.rate))
+    except (OSError, RuntimeError) as exc:
+        raise SourceError(describe(location, info.path, f"cannot read the data: {' '.join(str(exc).split())[:200]}")) from None
+    data = data * float(ts.conversion) + float(getattr(ts, "offset", 0.0) or 0.0)
+    if data.ndim == 1:
+        data = data[:, None]
+        outputs = [ts.name]
+    else:
+        data = data.reshape(data.shape[0], -1)
+        outputs = [f"{ts.name}_{j}" for j in range(data.shape[1])]
+    if times is not None:
+        t = np.asarray(times, dtype=np.float64)
+        data = np.stack([np.interp(t, stamps, data[:, j], left=np.nan, right=np.nan)
+                         for j in range(data.shape[1])], axis=1)
+        stamps = t
+    return xr.DataArray(data, dims=("time", "output"), coords={"time": stamps, "output": outputs},
+                        name=ts.name, attrs={"units": ts.unit, "series_path": info.path, "source": location})
+
+
+def read_spikes_binned(nwbfile: Any, bin_edges: np.ndarray) -> np.ndarray:
+    """Spike counts of every unit in the bins given by ``bin_edges`` (seconds): (n_bins x n_units) int64."""
+    nwbfile, location, _ = _location_of(nwbfile)
+    units = nwbfile.units
+    if units is None or len(units) == 0:
+        raise EMGDataError(describe(location, "units", "the file has no Units table (no spikes)"))
+    edges = np.asarray(bin_edges, dtype=np.float64)
+    if edges.ndim != 1 or edges.size < 2 or np.any(np.diff(edges) <= 0):
+        raise EMGDataError(describe(location, "units", "bin_edges must be a strictly increasing 1-D array of >= 2 edges"))
+    try:
+        flat = np.asarray(units.spike_times.data[:], dtype=np.float64)
+        ends = np.asarray(units.spike_times_index.data[:], dtype=np.int64)
+    except (OSError, RuntimeError) as exc:
+        raise SourceError(describe(location, "units/spike_times", f"cannot read: {' '.join(str(exc).split())[:200]}")) from None
+    out = np.zeros((edges.size - 1, ends.size), dtype=np.int64)
+    start = 0
+    for u, end in enumerate(ends):
+        out[:, u] = np.histogram(flat[start:end], bins=edges)[0]
+        start = int(end)
+    return out
+
+
+def inventory(nwbfile: Any, location: str) -> str:
+    """Human-readable inventory of EMG candidates, units and behaviour series."""
+    lines = [f"file: {location}"]
+    ident = getattr(nwbfile, "identifier", None)
+    if ident:
+        lines.append(f"identifier: {ident}; session: {nwbfile.session_description}")
+    cands = find_emg_candidates(nwbfile)
+    lines.append(f"EMG candidates ({len(cands)}):")
+    lines += [f"  {c.describe()}  (why: {c.why})" for c in cands] or ["  none"]
+    units = nwbfile.units
+    if units is not None and len(units):
+        ends = np.asarray(units.spike_times_index.data[:])
+        n_spikes = int(ends[-1]) if ends.size else 0
+        lines.append(f"Units: units ({len(units)} units, {n_spikes} spikes)")
+    else:
+        lines.append("Units: none")
+    beh = find_behavior_series(nwbfile)
+    lines.append(f"Behaviour / other series ({len(beh)}):")
+    lines += [f"  {b.describe()}" + ("" if b.behavioral else "  (not obviously behaviour)") for b in beh] or ["  none"]
+    return "\n".join(lines)
+
+
+def inspect_source(source: str, cache_dir: Any = None) -> str:
+    """Open ``source`` and list its EMG candidates, Units and behaviour series (for `nwb-lfads-emg inspect`)."""
+    from .opened import open_source
+
+    with open_source(source, cache_dir=cache_dir) as opened:
+        try:
+            text = inventory(opened.nwbfile, opened.location)
+        except NwbLfadsEmgError:
+            raise
+        except (OSError, RuntimeError) as exc:
+            problem = opened.stream_problem() or " ".join(str(exc).split())[:200]
+            raise SourceError(describe(opened.location, None, f"cannot read the file's contents: {problem}")) from None
+        if opened.dandi_url:
+            text = text.replace(f"file: {opened.location}", f"file: {opened.location}\ndandi: {opened.dandi_url}", 1)
+        return text
