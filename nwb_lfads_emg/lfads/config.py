@@ -1,0 +1,167 @@
+"""LFADS configuration: sizes, regularisation, optimisation and segmenting, with named presets.
+
+Loss convention (as in lfads-torch, so published KL/L2 scales keep their meaning): the
+reconstruction term is the mean negative log-likelihood per counted entry, the KL terms are sums
+over a segment's time steps and dimensions averaged over the batch, and the L2 term is
+0.5 * ||W_hh||^2 / n_weights per recurrent weight matrix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+LIKELIHOODS = ("gamma", "zig", "poisson", "gaussian")
+
+# Hyper-parameters that may change during a run (population-based training); names = fields.
+MUTABLE_HYPERPARAMETERS = (
+    "lr",
+    "dropout",
+    "cd_rate",
+    "kl_ic_scale",
+    "kl_co_scale",
+    "l2_gen_scale",
+    "l2_con_scale",
+    "temporal_shift",
+)
+
+
+@dataclass
+class LFADSConfig:
+    """Every setting of one LFADS run (model, augmentations, optimisation, segments)."""
+
+    # --- sizes
+    ic_enc_dim: int = 64
+    ci_enc_dim: int = 64
+    ci_lag: int = 1
+    con_dim: int = 64
+    co_dim: int = 4
+    ic_dim: int = 64
+    gen_dim: int = 128
+    fac_dim: int = 16
+    # --- posterior / priors
+    ic_post_var_min: float = 1e-4
+    ic_prior_var: float = 0.1
+    co_prior_tau: float = 10.0
+    co_prior_var: float = 0.1
+    cell_clip: float = 5.0
+    # --- likelihood and input transform
+    likelihood: str = "gamma"
+    log_input: bool = True
+    # --- regularisation and augmentation
+    dropout: float = 0.3
+    cd_rate: float = 0.3
+    temporal_shift: int = 0
+    sv_rate: float = 0.1
+    kl_ic_scale: float = 1e-4
+    kl_co_scale: float = 1e-4
+    l2_gen_scale: float = 1e-2
+    l2_con_scale: float = 1e-2
+    kl_start_epoch: int = 0
+    kl_increase_epoch: int = 80
+    l2_start_epoch: int = 0
+    l2_increase_epoch: int = 80
+    # --- optimisation
+    lr: float = 4e-3
+    weight_decay: float = 0.0
+    adam_eps: float = 1e-8
+    grad_clip: float = 200.0
+    loss_scale: float = 1e4
+    batch_size: int = 64
+    max_epochs: int = 500
+    patience: int = 50
+    val_smoothing: float = 0.9
+    # --- data segments
+    seg_len: int = 100
+    seg_overlap: int = 50
+    val_fraction: float = 0.2
+    val_blocks: int = 5
+    # --- inference
+    n_samples: int = 20
+    # --- compute
+    precision: str = "auto"  # "auto" (bf16/fp16 autocast on CUDA, fp32 on CPU), "fp32", "bf16", "fp16"
+    compile: bool = False
+    num_threads: int | None = None
+    preset_name: str = field(default="custom")
+
+    def to_dict(self) -> dict[str, Any]:
+        """All fields as a plain dict (JSON-serialisable)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> LFADSConfig:
+        """Build from a dict, ignoring unknown keys."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names})
+
+    def validate(self) -> None:
+        """Raise ValueError on inconsistent settings."""
+        if self.likelihood not in LIKELIHOODS:
+            raise ValueError(f"likelihood must be one of {LIKELIHOODS}, not {self.likelihood!r}")
+        if not 0 <= self.seg_overlap < self.seg_len:
+            raise ValueError(f"seg_overlap ({self.seg_overlap}) must be in [0, seg_len={self.seg_len})")
+        if not 0.0 <= self.cd_rate < 1.0 or not 0.0 <= self.dropout < 1.0 or not 0.0 <= self.sv_rate < 1.0:
+            raise ValueError("cd_rate, dropout and sv_rate must lie in [0, 1)")
+        if self.cd_rate + self.sv_rate >= 0.95:
+            raise ValueError("cd_rate + sv_rate leaves too little input for the encoders")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ValueError(f"precision must be auto, fp32, bf16 or fp16, not {self.precision!r}")
+        for name in ("ic_enc_dim", "ci_enc_dim", "con_dim", "ic_dim", "gen_dim", "fac_dim", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.co_dim < 0 or self.temporal_shift < 0:
+            raise ValueError("co_dim and temporal_shift must be >= 0")
+
+
+def preset(name: str) -> LFADSConfig:
+    """Named configurations: "demo" (a minute or two on a CPU), "default", "paper" (the seed's sizes)."""
+    if name == "demo":
+        cfg = LFADSConfig(
+            ic_enc_dim=32,
+            ci_enc_dim=32,
+            con_dim=32,
+            co_dim=4,
+            ic_dim=16,
+            gen_dim=48,
+            fac_dim=8,
+            dropout=0.05,
+            cd_rate=0.3,
+            sv_rate=0.05,
+            kl_ic_scale=1e-4,
+            kl_co_scale=1e-4,
+            l2_gen_scale=1e-3,
+            l2_con_scale=1e-3,
+            kl_increase_epoch=10,
+            l2_increase_epoch=10,
+            lr=1e-2,
+            batch_size=32,
+            max_epochs=40,
+            patience=10,
+            seg_len=60,
+            seg_overlap=30,
+            val_fraction=0.1,
+            n_samples=20,
+        )
+    elif name == "default":
+        cfg = LFADSConfig()
+    elif name == "paper":
+        # Sizes of the seed paper's AutoLFADS EMG models (LFADS defaults of that code base).
+        cfg = LFADSConfig(
+            ic_enc_dim=128,
+            ci_enc_dim=128,
+            con_dim=128,
+            co_dim=4,
+            ic_dim=100,
+            gen_dim=100,
+            fac_dim=20,
+            batch_size=256,
+            max_epochs=1000,
+            seg_len=200,
+            seg_overlap=50,
+        )
+    else:
+        raise ValueError(f"unknown preset {name!r}; choose demo, default or paper")
+    cfg.preset_name = name
+    cfg.validate()
+    return cfg

@@ -1,0 +1,512 @@
+"""Training and inference: a step-wise `Trainer` (used by `fit` and by PBT), checkpoints, posterior sampling."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import csv
+import dataclasses
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import TrainingError
+from ..lfads.augment import coordinated_dropout, random_shifts, sample_validation_mask, temporal_shift
+from ..lfads.config import MUTABLE_HYPERPARAMETERS, LFADSConfig
+from ..lfads.likelihoods import make_likelihood
+from ..lfads.model import LFADS, ramp
+from . import checkpoint as ckpt
+from .segments import chop, chop_blocks, merge, split_blocks
+
+# Config fields that may differ between a checkpoint and the config given on resume.
+_RESUME_FREE = set(MUTABLE_HYPERPARAMETERS) | {"max_epochs", "patience", "n_samples", "compile", "num_threads",
+                                               "precision", "preset_name"}
+
+
+# ---------------------------------------------------------------------------- helpers
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """'auto' -> CUDA when available, else CPU; anything else is passed to torch.device."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise TrainingError(f"device {device!r}: not a torch device ({exc})") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise TrainingError(f"device {device!r}: CUDA is not available on this machine")
+    return dev
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for a precision setting on a device (None = full fp32)."""
+    if precision == "fp32":
+        return None
+    if precision == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if precision == "bf16" else torch.float16
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def check_data(data: Any, likelihood: str, what: str = "training data") -> np.ndarray:
+    """Validate a (bins, channels) array for a likelihood; returns it as float32 or raises TrainingError."""
+    try:
+        arr = np.asarray(data, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise TrainingError(f"{what}: cannot be read as a numeric array") from None
+    if arr.ndim != 2 or arr.shape[1] < 1:
+        raise TrainingError(f"{what}: expected a 2-D array (bins, channels), got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise TrainingError(f"{what}: contains {int((~np.isfinite(arr)).sum())} NaN or infinite values")
+    problem = make_likelihood(likelihood).check_data(torch.from_numpy(arr))
+    if problem:
+        raise TrainingError(f"{what}: {problem} ({int((arr <= 0).sum())} entries <= 0)")
+    return arr
+
+
+def _data_digest(arr: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(arr).tobytes() + str(arr.shape).encode()).hexdigest()
+
+
+def _architecture(config: LFADSConfig) -> dict[str, Any]:
+    return {k: v for k, v in dataclasses.asdict(config).items() if k not in _RESUME_FREE}
+
+
+# ---------------------------------------------------------------------------- the trainer
+class Trainer:
+    """Owns the model, optimiser, data segments and RNG of one run; advance it with `train_epoch()`."""
+
+    def __init__(self, data: np.ndarray, config: LFADSConfig, device: str | torch.device = "auto",
+                 seed: int = 0) -> None:
+        try:
+            config.validate()
+        except ValueError as exc:
+            raise TrainingError(f"configuration: {exc}") from None
+        self.config = copy.deepcopy(config)
+        self.device = resolve_device(device)
+        self.seed = int(seed)
+        self.data = check_data(data, config.likelihood)
+        self.n_bins, self.n_channels = self.data.shape
+        self.data_digest = _data_digest(self.data)
+        if config.num_threads:
+            torch.set_num_threads(int(config.num_threads))
+        c = self.config
+        torch.manual_seed(self.seed)
+        if self.device.type == "cuda":
+            torch.cuda.manual_seed_all(self.seed)
+        self.generator = torch.Generator().manual_seed(self.seed)  # batch order, masks, shifts
+        # contiguous train/validation blocks; held-out sample-validation entries on the continuous series
+        self.train_blocks, self.val_blocks = split_blocks(self.n_bins, c.val_fraction, c.val_blocks, c.seg_len)
+        sv = sample_validation_mask(self.data.shape, c.sv_rate, torch.Generator().manual_seed(self.seed + 7919))
+        sv_np = sv.numpy()
+        x_tr, self.train_starts = chop_blocks(self.data, self.train_blocks, c.seg_len, c.seg_overlap)
+        sv_tr, _ = chop_blocks(sv_np, self.train_blocks, c.seg_len, c.seg_overlap)
+        x_va, self.val_starts = chop_blocks(self.data, self.val_blocks, c.seg_len, c.seg_overlap)
+        sv_va, _ = chop_blocks(sv_np, self.val_blocks, c.seg_len, c.seg_overlap)
+        dev = self.device
+        self.x_train = torch.from_numpy(x_tr).to(dev)
+        self.sv_train = torch.from_numpy(sv_tr).to(dev)
+        self.x_val = torch.from_numpy(x_va).to(dev)
+        self.sv_val = torch.from_numpy(sv_va).to(dev)
+        train_rows = np.concatenate([self.data[a:b] for a, b in self.train_blocks])
+        self.model = LFADS(c, self.n_channels)
+        self.model.config = c  # hyper-parameter changes reach the loss
+        self.model.set_input_stats(torch.from_numpy(train_rows))
+        self.model.to(dev)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=c.lr, eps=c.adam_eps,
+                                           weight_decay=c.weight_decay)
+        self.amp_dtype = autocast_dtype(c.precision, dev)
+        self.scaler = torch.amp.GradScaler(dev.type, enabled=self.amp_dtype == torch.float16)
+        self.epoch = 0
+        self.val_smoothed: float | None = None
+        self.best_val = math.inf
+        self.best_epoch = -1
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.bad_epochs = 0
+        self.metrics: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def n_train_segments(self) -> int:
+        """Number of training segments."""
+        return int(self.x_train.shape[0])
+
+    @property
+    def ramp_end(self) -> int:
+        """First epoch at which both KL and L2 ramps are complete."""
+        c = self.config
+        return max(c.kl_start_epoch + c.kl_increase_epoch, c.l2_start_epoch + c.l2_increase_epoch)
+
+    @property
+    def should_stop(self) -> bool:
+        """True once the smoothed validation loss has not improved for `patience` epochs (after the ramps)."""
+        return self.bad_epochs >= self.config.patience
+
+    # ------------------------------------------------------------------ hyper-parameters (PBT)
+    def set_hyperparameters(self, values: dict[str, Any]) -> None:
+        """Change mutable hyper-parameters (LFADSConfig field names) in place, mid-run."""
+        for name, value in values.items():
+            if name not in MUTABLE_HYPERPARAMETERS:
+                raise TrainingError(f"hyper-parameter {name!r} cannot be changed during training")
+            if name == "temporal_shift":
+                value = int(round(value))
+            setattr(self.config, name, type(getattr(self.config, name))(value))
+        try:
+            self.config.validate()
+        except ValueError as exc:
+            raise TrainingError(f"hyper-parameters {values}: {exc}") from None
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.config.lr
+        for module in self.model.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = self.config.dropout
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """Current values of the mutable hyper-parameters."""
+        return {name: getattr(self.config, name) for name in MUTABLE_HYPERPARAMETERS}
+
+    # ------------------------------------------------------------------ one epoch
+    def _batch_masks(self, x: torch.Tensor, sv: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(encoder input, target, keep mask, loss mask) for one batch, with the augmentations applied."""
+        c = self.config
+        b, _, ch = x.shape
+        x_in, x_tgt, sv_in, sv_tgt = x, x, sv, sv
+        if c.temporal_shift > 0:
+            s_in = random_shifts(b, ch, c.temporal_shift, self.generator)
+            s_tgt = random_shifts(b, ch, c.temporal_shift, self.generator)
+            x_in, sv_in = temporal_shift(x, s_in), temporal_shift(sv, s_in)
+            x_tgt, sv_tgt = temporal_shift(x, s_tgt), temporal_shift(sv, s_tgt)
+        cd = coordinated_dropout(tuple(x.shape), c.cd_rate, self.generator, device=x.device)
+        keep = ~cd & ~sv_in
+        loss_mask = (cd & ~sv_tgt) if c.cd_rate > 0 else ~sv_tgt
+        return x_in, x_tgt, keep, loss_mask
+
+    def train_epoch(self) -> dict[str, Any]:
+        """Train one epoch, evaluate held-out data, update smoothing and early stopping; returns the metrics."""
+        c = self.config
+        t0 = time.perf_counter()
+        self.model.train()
+        kl_ramp = ramp(self.epoch, c.kl_start_epoch, c.kl_increase_epoch)
+        l2_ramp = ramp(self.epoch, c.l2_start_epoch, c.l2_increase_epoch)
+        order = torch.randperm(self.n_train_segments, generator=self.generator)
+        sums = {k: torch.zeros((), device=self.device) for k in ("loss", "recon", "kl_ic", "kl_co", "l2")}
+        sv_sum = torch.zeros((), device=self.device)
+        sv_count = torch.zeros((), device=self.device)
+        n_batches = 0
+        for i in range(0, self.n_train_segments, c.batch_size):
+            idx = order[i : i + c.batch_size].to(self.device)
+            x, sv = self.x_train[idx], self.sv_train[idx]
+            x_in, x_tgt, keep, loss_mask = self._batch_masks(x, sv)
+            with _autocast(self.device, self.amp_dtype):
+                out = self.model(x_in, keep=keep)
+            losses = self.model.loss(out, x_tgt, loss_mask, kl_ramp=kl_ramp, l2_ramp=l2_ramp)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(losses["loss"]).backward()
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            with torch.no_grad():
+                for k in sums:
+                    sums[k] += losses[k].detach().float()
+                sv_t = sv if c.temporal_shift == 0 else sv & ~keep  # held-out entries not seen by the encoders
+                sv_sum += (self.model.recon_nll(out, x) * sv_t).sum()
+                sv_count += sv_t.sum()
+            n_batches += 1
+        stats = {k: float(v) / max(n_batches, 1) for k, v in sums.items()}
+        if not all(math.isfinite(v) for v in stats.values()):
+            raise TrainingError(
+                f"training: the loss became NaN or infinite at epoch {self.epoch} (lower the learning rate "
+                "or check the data scale)"
+            )
+        sv_loss = float(sv_sum / sv_count) if float(sv_count) > 0 else math.nan
+        val_loss = self.evaluate() if self.x_val.shape[0] > 0 else sv_loss
+        if not math.isfinite(val_loss):
+            val_loss = stats["recon"]
+        s = c.val_smoothing
+        self.val_smoothed = val_loss if self.val_smoothed is None else s * self.val_smoothed + (1 - s) * val_loss
+        self.epoch += 1
+        improved = False
+        if self.epoch >= self.ramp_end or self.best_state is None:
+            if self.val_smoothed < self.best_val or self.best_state is None or self.epoch == self.ramp_end:
+                improved = True
+                self.best_val, self.best_epoch = self.val_smoothed, self.epoch
+                self.best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+                self.bad_epochs = 0
+            elif self.epoch > self.ramp_end:
+                self.bad_epochs += 1
+        metrics = {
+            "epoch": self.epoch,
+            "train_loss": stats["loss"] / c.loss_scale,
+            "train_recon": stats["recon"],
+            "kl_ic": stats["kl_ic"],
+            "kl_co": stats["kl_co"],
+            "l2": stats["l2"],
+            "kl_ramp": kl_ramp,
+            "l2_ramp": l2_ramp,
+            "sv_loss": sv_loss,
+            "val_loss": val_loss,
+            "val_loss_smoothed": self.val_smoothed,
+            "best": improved,
+            "lr": c.lr,
+            "seconds": time.perf_counter() - t0,
+        }
+        self.metrics.append(metrics)
+        return metrics
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Mean reconstruction NLL on the validation blocks (posterior means, no dropout)."""
+        self.model.eval()
+        total = torch.zeros((), device=self.device, dtype=torch.float64)
+        count = 0
+        bs = max(self.config.batch_size, 256)
+        for i in range(0, self.x_val.shape[0], bs):
+            x, sv = self.x_val[i : i + bs], self.sv_val[i : i + bs]
+            with _autocast(self.device, self.amp_dtype):
+                out = self.model(x, keep=~sv, sample=False)
+            total += self.model.recon_nll(out, x).sum().double()
+            count += x.numel()
+        self.model.train()
+        return float(total / max(count, 1))
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly: model, optimiser, scaler, epoch, RNGs, smoothing, best."""
+        return {
+            "format": "nwb-lfads-emg-trainer/1",
+            "config": dataclasses.asdict(self.config),
+            "seed": self.seed,
+            "data_digest": self.data_digest,
+            "n_channels": self.n_channels,
+            "epoch": self.epoch,
+            "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "scaler": self.scaler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
+            "generator": self.generator.get_state(),
+            "val_smoothed": self.val_smoothed,
+            "best_val": self.best_val,
+            "best_epoch": self.best_epoch,
+            "best_state": self.best_state,
+            "bad_epochs": self.bad_epochs,
+            "metrics": copy.deepcopy(self.metrics),
+        }
+
+    def load_state_dict(self, state: dict[str, Any], check_data: bool = True) -> None:
+        """Restore a `state_dict()`; its hyper-parameters replace the current ones."""
+        if state.get("format") != "nwb-lfads-emg-trainer/1":
+            raise TrainingError("checkpoint: not an nwb-lfads-emg trainer state")
+        saved = LFADSConfig.from_dict(state["config"])
+        if _architecture(saved) != _architecture(self.config):
+            diff = sorted(k for k, v in _architecture(saved).items() if _architecture(self.config).get(k) != v)
+            raise TrainingError(f"checkpoint: made with a different configuration (differs in {', '.join(diff)})")
+        if check_data and state["data_digest"] != self.data_digest:
+            raise TrainingError("checkpoint: made from different data than given now")
+        self.set_hyperparameters({k: getattr(saved, k) for k in MUTABLE_HYPERPARAMETERS})
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.config.lr
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch = int(state["epoch"])
+        torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self.generator.set_state(state["generator"])
+        self.val_smoothed = state["val_smoothed"]
+        self.best_val = state["best_val"]
+        self.best_epoch = state["best_epoch"]
+        self.best_state = state["best_state"]
+        self.bad_epochs = state["bad_epochs"]
+        self.metrics = copy.deepcopy(state["metrics"])
+
+    def best_model_state(self) -> dict[str, torch.Tensor]:
+        """Weights with the best smoothed validation loss (current weights if none recorded)."""
+        if self.best_state is not None:
+            return self.best_state
+        return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+
+
+# ---------------------------------------------------------------------------- fit / load / infer
+@dataclass
+class FitResult:
+    """The outcome of `fit`: the best model (on CPU, eval mode) and what the run recorded."""
+
+    model: LFADS
+    config: LFADSConfig
+    metrics: list[dict[str, Any]]
+    run_dir: Path
+    best_val_loss: float
+    weights_sha256: str
+    device: str
+    seed: int = 0
+    best_epoch: int = -1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _write_metrics_csv(path: Path, metrics: list[dict[str, Any]]) -> None:
+    if not metrics:
+        return
+    keys = list(metrics[0].keys())
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=keys, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(metrics)
+    tmp.replace(path)
+
+
+def _tensorboard_writer(run_dir: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except Exception:  # noqa: BLE001 - TensorBoard is optional
+        return None
+    return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+
+
+def fit(data: np.ndarray, config: LFADSConfig, run_dir: str | Path, device: str = "auto", seed: int = 0,
+        progress: bool = True, max_epochs: int | None = None, checkpoint_every: int = 1) -> FitResult:
+    """Train LFADS on (bins, channels) data; resumes from run_dir's checkpoints; exports run_dir/model.pt."""
+    from tqdm.auto import tqdm
+
+    run_dir = Path(run_dir)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TrainingError(f"{run_dir}: cannot create the run directory ({exc.strerror})") from None
+    trainer = Trainer(data, config, device=device, seed=seed)
+    state = ckpt.load_latest(run_dir)
+    if state is not None:
+        if state.get("seed") != trainer.seed:
+            raise TrainingError(f"{run_dir}: holds a run with seed {state.get('seed')}, not {trainer.seed}")
+        try:
+            trainer.load_state_dict(state)
+        except TrainingError as exc:
+            raise TrainingError(f"{run_dir}: {exc}") from None
+    (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(trainer.config), indent=1))
+    limit = int(max_epochs if max_epochs is not None else trainer.config.max_epochs)
+    writer = _tensorboard_writer(run_dir)
+    csv_path = run_dir / "metrics.csv"
+    bar = tqdm(total=limit, initial=min(trainer.epoch, limit), disable=not progress, desc="LFADS", unit="epoch")
+    try:
+        while trainer.epoch < limit and not trainer.should_stop:
+            m = trainer.train_epoch()
+            bar.update(1)
+            bar.set_postfix(val=f"{m['val_loss_smoothed']:.4f}", recon=f"{m['train_recon']:.4f}")
+            if writer is not None:
+                for k, v in m.items():
+                    if isinstance(v, (int, float)) and k != "epoch":
+                        writer.add_scalar(k, float(v), m["epoch"])
+            if trainer.epoch % checkpoint_every == 0 or trainer.epoch >= limit or trainer.should_stop:
+                ckpt.save_checkpoint(run_dir, trainer.epoch, trainer.state_dict())
+                _write_metrics_csv(csv_path, trainer.metrics)
+    finally:
+        bar.close()
+        if writer is not None:
+            writer.close()
+    _write_metrics_csv(csv_path, trainer.metrics)
+    best = trainer.best_model_state()
+    _, sha = ckpt.export_weights(run_dir, best, dataclasses.asdict(trainer.config), trainer.n_channels)
+    model = LFADS(copy.deepcopy(trainer.config), trainer.n_channels)
+    model.load_state_dict(best)
+    model.eval()
+    return FitResult(model=model, config=trainer.config, metrics=list(trainer.metrics), run_dir=run_dir,
+                     best_val_loss=float(trainer.best_val), weights_sha256=sha, device=str(trainer.device),
+                     seed=trainer.seed, best_epoch=trainer.best_epoch)
+
+
+def load_model(run_dir: str | Path) -> tuple[LFADS, LFADSConfig]:
+    """The exported best model of a run (CPU, eval mode) and its configuration."""
+    payload = ckpt.read_weights(run_dir)
+    config = LFADSConfig.from_dict(payload["config"])
+    model = LFADS(config, int(payload["n_channels"]))
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError:
+        raise TrainingError(f"{run_dir}: the weights do not match their configuration") from None
+    model.eval()
+    return model, config
+
+
+@dataclass
+class Inference:
+    """Posterior estimates merged into continuous series (bins first)."""
+
+    rates: np.ndarray  # (bins, channels) posterior mean of the likelihood mean
+    rates_std: np.ndarray  # (bins, channels) spread across posterior samples
+    factors: np.ndarray  # (bins, factors)
+    inferred_inputs: np.ndarray  # (bins, inputs)
+    n_samples: int = 1
+
+
+def infer(model: LFADS, data: np.ndarray, config: LFADSConfig | None = None, n_samples: int = 20,
+          device: str = "auto", batch_size: int | None = None, seed: int = 0,
+          overlap: int | None = None) -> Inference:
+    """Posterior-sample the model over a continuous (bins, channels) recording and merge the segments."""
+    config = config or model.config
+    arr = check_data(data, config.likelihood, what="inference data")
+    if arr.shape[1] != model.n_channels:
+        raise TrainingError(
+            f"inference data: {arr.shape[1]} channels, but the model was trained on {model.n_channels}"
+        )
+    dev = resolve_device(device)
+    overlap = config.seg_overlap if overlap is None else overlap
+    segs, starts = chop(arr, config.seg_len, overlap)
+    n_samples = max(int(n_samples), 1)
+    sample = n_samples > 1
+    if batch_size is None:
+        batch_size = max(1, min(256, 8192 // n_samples))
+    amp = autocast_dtype(config.precision, dev)
+    was_training = model.training
+    model.eval()
+    model.to(dev)
+    outs: dict[str, list[np.ndarray]] = {"rates": [], "rates_sq": [], "factors": [], "inputs": []}
+    devices = [dev.index or 0] if dev.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
+            torch.manual_seed(seed)
+            for i in range(0, len(segs), batch_size):
+                x = torch.from_numpy(segs[i : i + batch_size]).to(dev)
+                b = x.shape[0]
+                xr = x.repeat_interleave(n_samples, dim=0) if sample else x
+                with _autocast(dev, amp):
+                    out = model(xr, sample=sample)
+
+                def per_seg(t: torch.Tensor, b: int = b) -> torch.Tensor:
+                    return t.float().reshape(b, -1, *t.shape[1:])
+
+                means = per_seg(out.means)
+                outs["rates"].append(means.mean(1).cpu().numpy())
+                outs["rates_sq"].append(means.pow(2).mean(1).cpu().numpy())
+                outs["factors"].append(per_seg(out.factors).mean(1).cpu().numpy())
+                outs["inputs"].append(per_seg(out.inputs).mean(1).cpu().numpy())
+    finally:
+        model.train(was_training)
+    n = arr.shape[0]
+
+    def merged(key: str) -> np.ndarray:
+        return merge(np.concatenate(outs[key]).astype(np.float64), starts, n, overlap)
+
+    rates = merged("rates")
+    var = np.clip(merged("rates_sq") - rates**2, 0.0, None)
+    return Inference(rates=rates.astype(np.float32), rates_std=np.sqrt(var).astype(np.float32),
+                     factors=merged("factors").astype(np.float32),
+                     inferred_inputs=merged("inputs").astype(np.float32), n_samples=n_samples)
