@@ -159,6 +159,8 @@ class EMGReader:
                                             f"mismatched start times between per-muscle series: {ref_name} {ref_start:g} s, "
                                             f"{name} {start:g} s"))
         self._timestamps = first.timestamps if first.rate is None else None
+        if abs(ref_rate - round(ref_rate)) < 1e-6 * ref_rate:
+            ref_rate = float(round(ref_rate))  # endpoint-derived rates carry float round-off
         if self._timestamps is None:
             self.rate = ref_rate
             self.starting_time = ref_start
