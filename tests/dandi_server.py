@@ -74,6 +74,13 @@ class _Handler(BaseHTTPRequestHandler):
         m = re.fullmatch(r"/api/dandisets/(\d{6})/versions/([^/]+)/assets/?", path)
         if m:
             return self._assets(m.group(1), m.group(2), query)
+        m = re.fullmatch(r"/api/dandisets/(\d{6})/versions/([^/]+)/assets/([^/]+)/info/?", path)
+        if m:
+            return self._asset_info(m.group(1), m.group(3))
+        m = re.fullmatch(r"/api/assets/([^/]+)/info/?", path)
+        if m:
+            entry = srv.by_id.get(m.group(1))
+            return self._asset_info(entry[0] if entry else "", m.group(1))
         m = re.fullmatch(r"/api/dandisets/(\d{6})/versions/([^/]+)/assets/([^/]+)/?", path)
         if m:
             return self._asset_meta(m.group(1), m.group(3))
@@ -120,19 +127,21 @@ class _Handler(BaseHTTPRequestHandler):
         results = [srv.asset_record(dandiset_id, p) for p in sorted(ds) if p.startswith(prefix)]
         self._json({"count": len(results), "next": None, "previous": None, "results": results})
 
-    def _asset_meta(self, dandiset_id: str, asset_id: str) -> None:
+    def _asset_info(self, dandiset_id: str, asset_id: str) -> None:
         srv = self.server.owner
         entry = srv.by_id.get(asset_id)
         if entry is None or entry[0] != dandiset_id:
             return self._json({"detail": "Not found."}, 404)
         rec = srv.asset_record(dandiset_id, entry[1])
-        self._json({
-            "id": f"dandiasset:{asset_id}", "identifier": asset_id, "path": entry[1],
-            "contentSize": rec["size"], "encodingFormat": "application/x-nwb",
-            "schemaKey": "Asset", "digest": {"dandi:dandi-etag": rec["blob"]},
-            "contentUrl": [f"{srv.base_url}/api/assets/{asset_id}/download/",
-                           f"{srv.base_url}/blobs/{asset_id}"],
-        })
+        rec["metadata"] = srv.asset_metadata(dandiset_id, asset_id)
+        self._json(rec)
+
+    def _asset_meta(self, dandiset_id: str, asset_id: str) -> None:
+        srv = self.server.owner
+        entry = srv.by_id.get(asset_id)
+        if entry is None or entry[0] != dandiset_id:
+            return self._json({"detail": "Not found."}, 404)
+        self._json(srv.asset_metadata(dandiset_id, asset_id))
 
     def _blob(self, key: str, by_name: bool = False) -> None:
         srv = self.server.owner
@@ -254,6 +263,17 @@ class DandiServer:
         aid = self.by_path[(ds, path)]
         return {"asset_id": aid, "blob": hashlib.md5(aid.encode()).hexdigest(), "zarr": None, "path": path,
                 "size": os.path.getsize(self.dandisets[ds][path]), "created": _TS, "modified": _TS}
+
+    def asset_metadata(self, ds: str, asset_id: str) -> dict:
+        path = self.by_id[asset_id][1]
+        rec = self.asset_record(ds, path)
+        return {
+            "id": f"dandiasset:{asset_id}", "identifier": asset_id, "path": path,
+            "contentSize": rec["size"], "encodingFormat": "application/x-nwb",
+            "schemaKey": "Asset", "digest": {"dandi:dandi-etag": rec["blob"]},
+            "contentUrl": [f"{self.base_url}/api/assets/{asset_id}/download/",
+                           f"{self.base_url}/blobs/{asset_id}"],
+        }
 
     # ------------------------------------------------------------------ test controls
     def count(self, n: int) -> None:

@@ -20,8 +20,8 @@ class DandiAsset:
 
     reference: str
     api_url: str
-    dandiset_id: str
-    version_id: str
+    dandiset_id: str | None
+    version_id: str | None
     path: str
     asset_id: str
     content_url: str
@@ -29,6 +29,8 @@ class DandiAsset:
     @property
     def dandi_url(self) -> str:
         """A canonical reference to the asset: its API URL (asset by id in a dandiset version)."""
+        if self.dandiset_id is None:
+            return f"{self.api_url.rstrip('/')}/assets/{self.asset_id}/"
         return (
             f"{self.api_url.rstrip('/')}/dandisets/{self.dandiset_id}/versions/{self.version_id}"
             f"/assets/{self.asset_id}/"
@@ -123,7 +125,8 @@ def resolve_asset(reference: str, instance: str | None = None) -> DandiAsset:
     try:
         if isinstance(parsed, BaseAssetIDURL):
             asset = client.get_asset(parsed.asset_id)
-            dandiset_id, version_id = asset.dandiset_id, asset.version_id
+            dandiset_id = getattr(asset, "dandiset_id", None)
+            version_id = getattr(asset, "version_id", None)
         else:
             if parsed.dandiset_id is None:
                 raise SourceError(describe(reference, None, "names no dandiset"))
@@ -151,8 +154,8 @@ def resolve_asset(reference: str, instance: str | None = None) -> DandiAsset:
     return DandiAsset(
         reference=reference,
         api_url=parsed.instance.api,
-        dandiset_id=str(dandiset_id),
-        version_id=str(version_id),
+        dandiset_id=None if dandiset_id is None else str(dandiset_id),
+        version_id=None if version_id is None else str(version_id),
         path=asset.path,
         asset_id=asset.identifier,
         content_url=content_url,
@@ -172,7 +175,7 @@ def _single_nwb(reference: str, dandiset, path: str):
     if len(found) == 1:
         return found[0]
     if not found:
-        raise SourceError(describe(reference, path, "no .nwb asset at or under this path"))
+        raise SourceError(describe(reference, exact, "no asset at this path (and no .nwb asset under it)"))
     names = ", ".join(a.path for a in found[:10]) + (" ..." if len(found) > 10 else "")
     raise SourceError(describe(reference, path, f"{len(found)} .nwb assets under this path; pick one of: {names}"))
 

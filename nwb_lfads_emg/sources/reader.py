@@ -73,7 +73,7 @@ class EMGReader:
             self._check_timing(irregular)
         except NwbLfadsEmgError:
             raise
-        except (OSError, RuntimeError) as exc:
+        except Exception as exc:  # h5py/remfile failures while reading (network, truncation)
             raise self._read_error(exc) from None
         self.muscles = list(self._all_muscles)
         if check_dead:
@@ -280,7 +280,7 @@ class EMGReader:
                 data = self._raw(i0, i1, columns)
         except NwbLfadsEmgError:
             raise
-        except (OSError, RuntimeError, ValueError, KeyError) as exc:
+        except Exception as exc:  # h5py/remfile failures while reading (network, truncation)
             raise self._read_error(exc) from None
         if not check:
             return data, None

@@ -73,6 +73,7 @@ class RetryingSession(requests.Session):
         failed.reason = self.last_error
         failed.url = url
         failed._content = b""
+        failed._content_consumed = True
         return failed
 
 
@@ -117,7 +118,7 @@ def open_remote_file(
     *,
     timeout: float = 20.0,
     retries: int = 3,
-    min_chunk_size: int = 256 * 1024,
+    min_chunk_size: int = 128 * 1024,
     max_memory_cache: int = 64 * 1024 * 1024,
 ) -> tuple[remfile.File, RetryingSession]:
     """Open ``url`` as a read-only file object backed by HTTP range requests (and ``cache_dir``)."""
