@@ -144,7 +144,7 @@ def open_remote_file(
         _size=size,
         _min_chunk_size=min_chunk_size,
         _max_cache_size=max_memory_cache,
-        _max_chunk_size=16 * 1024 * 1024,
+        _max_chunk_size=4 * 1024 * 1024,
     )
     rf.session = session
     return rf, session
