@@ -340,7 +340,18 @@ def preprocess_chunks(
     t0 = starting_time
     n_bin = 0
     expected_t: float | None = None
-    for i, chunk in enumerate(chunks):
+    pending: object | None = None
+    i = -1
+    for chunk in chunks:
+        if stage1 is None and rate is None and xr is not None and isinstance(chunk, xr.DataArray):
+            # the rate comes from the time coordinate: hold chunks too short to show it
+            if pending is not None:
+                chunk = xr.concat([pending, chunk], dim="time")  # type: ignore[list-item]
+            if chunk.sizes.get("time", 0) < 2 and "rate" not in chunk.attrs:
+                pending = chunk
+                continue
+            pending = None
+        i += 1
         data, r, t_start, nm = _as_array(chunk, rate, None if i else starting_time, muscles)
         if stage1 is None:
             rate, names, n_bin = r, nm, bin_samples_for(r, config.bin_ms)
@@ -361,6 +372,8 @@ def preprocess_chunks(
         out = binner(stage1(data, antialias=True))
         if out.shape[0]:
             pieces.append(out)
+    if pending is not None and stage1 is None:
+        return preprocess(pending, rate, config, starting_time, muscles, stats)
     if stage1 is None or not pieces:
         raise EMGDataError("EMG chunks: no data, or less than one bin in all")
     binned = np.concatenate(pieces, axis=0)
