@@ -107,9 +107,16 @@ class Trainer:
         if config.num_threads:
             torch.set_num_threads(int(config.num_threads))
         c = self.config
-        torch.manual_seed(self.seed)
-        if self.device.type == "cuda":
-            torch.cuda.manual_seed_all(self.seed)
+        # the trainer owns its RNG streams (global torch RNG forked around every use), so that several
+        # trainers in one process (PBT) and a resumed run draw exactly the same numbers
+        self._cuda_devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=self._cuda_devices):
+            torch.manual_seed(self.seed)
+            self._build(c)
+            self._rng_state = torch.get_rng_state()
+            self._cuda_rng_state = torch.cuda.get_rng_state(self._cuda_devices[0]) if self._cuda_devices else None
+
+    def _build(self, c: LFADSConfig) -> None:
         self.generator = torch.Generator().manual_seed(self.seed)  # batch order, masks, shifts
         # contiguous train/validation blocks; held-out sample-validation entries on the continuous series
         self.train_blocks, self.val_blocks = split_blocks(self.n_bins, c.val_fraction, c.val_blocks, c.seg_len)
@@ -199,6 +206,17 @@ class Trainer:
 
     def train_epoch(self) -> dict[str, Any]:
         """Train one epoch, evaluate held-out data, update smoothing and early stopping; returns the metrics."""
+        with torch.random.fork_rng(devices=self._cuda_devices):
+            torch.set_rng_state(self._rng_state)
+            if self._cuda_rng_state is not None:
+                torch.cuda.set_rng_state(self._cuda_rng_state, self._cuda_devices[0])
+            metrics = self._train_epoch()
+            self._rng_state = torch.get_rng_state()
+            if self._cuda_rng_state is not None:
+                self._cuda_rng_state = torch.cuda.get_rng_state(self._cuda_devices[0])
+        return metrics
+
+    def _train_epoch(self) -> dict[str, Any]:
         c = self.config
         t0 = time.perf_counter()
         self.model.train()
@@ -299,8 +317,8 @@ class Trainer:
             "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
             "optimizer": copy.deepcopy(self.optimizer.state_dict()),
             "scaler": self.scaler.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
+            "torch_rng": self._rng_state.clone(),
+            "cuda_rng": self._cuda_rng_state.clone() if self._cuda_rng_state is not None else None,
             "generator": self.generator.get_state(),
             "val_smoothed": self.val_smoothed,
             "best_val": self.best_val,
@@ -327,9 +345,9 @@ class Trainer:
             group["lr"] = self.config.lr
         self.scaler.load_state_dict(state["scaler"])
         self.epoch = int(state["epoch"])
-        torch.set_rng_state(state["torch_rng"])
-        if state.get("cuda_rng") is not None and self.device.type == "cuda":
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self._rng_state = state["torch_rng"].clone()
+        if state.get("cuda_rng") is not None and self._cuda_rng_state is not None:
+            self._cuda_rng_state = state["cuda_rng"].clone()
         self.generator.set_state(state["generator"])
         self.val_smoothed = state["val_smoothed"]
         self.best_val = state["best_val"]
@@ -478,7 +496,7 @@ def infer(model: LFADS, data: np.ndarray, config: LFADSConfig | None = None, n_s
     was_training = model.training
     model.eval()
     model.to(dev)
-    outs: dict[str, list[np.ndarray]] = {"rates": [], "rates_sq": [], "factors": [], "inputs": []}
+    outs: dict[str, list[np.ndarray]] = {"rates": [], "rates_var": [], "factors": [], "inputs": []}
     devices = [dev.index or 0] if dev.type == "cuda" else []
     try:
         with torch.random.fork_rng(devices=devices), torch.no_grad():
@@ -495,7 +513,7 @@ def infer(model: LFADS, data: np.ndarray, config: LFADSConfig | None = None, n_s
 
                 means = per_seg(out.means)
                 outs["rates"].append(means.mean(1).cpu().numpy())
-                outs["rates_sq"].append(means.pow(2).mean(1).cpu().numpy())
+                outs["rates_var"].append(means.var(1, unbiased=False).cpu().numpy())
                 outs["factors"].append(per_seg(out.factors).mean(1).cpu().numpy())
                 outs["inputs"].append(per_seg(out.inputs).mean(1).cpu().numpy())
     finally:
@@ -506,7 +524,7 @@ def infer(model: LFADS, data: np.ndarray, config: LFADSConfig | None = None, n_s
         return merge(np.concatenate(outs[key]).astype(np.float64), starts, n, overlap)
 
     rates = merged("rates")
-    var = np.clip(merged("rates_sq") - rates**2, 0.0, None)
+    var = np.clip(merged("rates_var"), 0.0, None)  # spread across posterior samples, stitched like the means
     return Inference(rates=rates.astype(np.float32), rates_std=np.sqrt(var).astype(np.float32),
                      factors=merged("factors").astype(np.float32),
                      inferred_inputs=merged("inputs").astype(np.float32), n_samples=n_samples)

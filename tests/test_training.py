@@ -1,0 +1,183 @@
+"""Trainer, checkpoints, chop/merge and inference on tiny data (CPU)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from nwb_lfads_emg.errors import TrainingError
+from nwb_lfads_emg.lfads import LFADSConfig
+from nwb_lfads_emg.training import Trainer, fit, infer, load_model
+from nwb_lfads_emg.training.checkpoint import list_checkpoints, sha256_file
+from nwb_lfads_emg.training.segments import chop, merge, split_blocks
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_config(**kw) -> LFADSConfig:
+    base = dict(ic_enc_dim=8, ci_enc_dim=6, con_dim=6, co_dim=2, ic_dim=4, gen_dim=8, fac_dim=3, seg_len=20,
+                seg_overlap=10, batch_size=16, kl_increase_epoch=2, l2_increase_epoch=2, max_epochs=4,
+                patience=5, val_fraction=0.2, val_blocks=2, temporal_shift=1, lr=5e-3)
+    base.update(kw)
+    return LFADSConfig(**base)
+
+
+def tiny_data(n: int = 400, c: int = 3, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(n)[:, None]
+    rate = 1.0 + 0.8 * np.sin(2 * np.pi * t / 50 + np.arange(c))
+    return (rng.gamma(3.0, rate / 3.0) + 1e-3).astype(np.float32)
+
+
+@pytest.mark.parametrize("n,seg,ov", [(100, 20, 10), (107, 20, 5), (20, 20, 0), (55, 10, 9)])
+def test_chop_merge_reconstructs_exactly(n, seg, ov):
+    x = np.random.default_rng(0).normal(size=(n, 3))
+    segs, starts = chop(x, seg, ov)
+    assert segs.shape[1:] == (seg, 3) and starts[0] == 0 and starts[-1] + seg == n
+    np.testing.assert_allclose(merge(segs, starts, n, ov), x, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(merge(segs[..., 0], starts, n, ov), x[:, 0], atol=1e-12)
+
+
+def test_chop_errors_and_blocks():
+    with pytest.raises(TrainingError):
+        chop(np.zeros((5, 2)), 10, 2)
+    with pytest.raises(TrainingError):
+        chop(np.zeros((50, 2)), 10, 10)
+    train, val = split_blocks(1000, 0.2, 2, 20)
+    covered = sorted(train + val)
+    assert sum(b - a for a, b in val) == 200
+    assert all(covered[i][1] <= covered[i + 1][0] for i in range(len(covered) - 1))
+
+
+def test_bad_data_raises_one_line_errors(tmp_path):
+    cfg = tiny_config()
+    data = tiny_data()
+    data[3, 1] = 0.0
+    with pytest.raises(TrainingError, match="strictly positive"):
+        Trainer(data, cfg, "cpu")
+    data[3, 1] = np.nan
+    with pytest.raises(TrainingError, match="NaN"):
+        fit(data, cfg, tmp_path / "r", progress=False)
+    with pytest.raises(TrainingError, match="2-D"):
+        Trainer(np.ones(10), cfg, "cpu")
+    zeros = tiny_data()
+    zeros[::7] = 0.0
+    Trainer(zeros, tiny_config(likelihood="zig"), "cpu")  # zeros are fine for the zero-inflated Gamma
+
+
+def test_nan_loss_becomes_training_error():
+    tr = Trainer(tiny_data(), tiny_config(), "cpu")
+    orig = tr.model.loss
+
+    def bad_loss(*a, **k):
+        out = orig(*a, **k)
+        out["loss"] = out["loss"] * float("nan")
+        return out
+
+    tr.model.loss = bad_loss
+    with pytest.raises(TrainingError, match="NaN"):
+        tr.train_epoch()
+
+
+def test_trainer_deterministic_and_hyperparameters():
+    data = tiny_data()
+    runs = []
+    for _ in range(2):
+        tr = Trainer(data, tiny_config(), "cpu", seed=3)
+        m = [tr.train_epoch() for _ in range(2)]
+        runs.append((m, tr.model.state_dict()))
+    assert runs[0][0][-1]["val_loss_smoothed"] == runs[1][0][-1]["val_loss_smoothed"]
+    for k, v in runs[0][1].items():
+        assert torch.equal(v, runs[1][1][k]), k
+    tr.set_hyperparameters({"lr": 1e-3, "dropout": 0.1, "cd_rate": 0.2, "kl_ic_scale": 1e-5, "temporal_shift": 2})
+    assert tr.optimizer.param_groups[0]["lr"] == 1e-3 and tr.config.temporal_shift == 2
+    assert tr.model.in_dropout.p == 0.1 and tr.model.config.cd_rate == 0.2
+    assert tr.hyperparameters()["kl_ic_scale"] == 1e-5
+    with pytest.raises(TrainingError):
+        tr.set_hyperparameters({"gen_dim": 3})
+
+
+def test_state_dict_roundtrip_continues_identically():
+    data = tiny_data()
+    a = Trainer(data, tiny_config(), "cpu", seed=1)
+    a.train_epoch()
+    state = a.state_dict()
+    b = Trainer(data, tiny_config(), "cpu", seed=1)
+    b.load_state_dict(state)
+    ma, mb = a.train_epoch(), b.train_epoch()
+    assert ma["train_loss"] == mb["train_loss"] and ma["val_loss_smoothed"] == mb["val_loss_smoothed"]
+
+
+def test_stop_and_resume_equals_uninterrupted(tmp_path):
+    data = tiny_data()
+    full = fit(data, tiny_config(), tmp_path / "full", device="cpu", seed=2, progress=False)
+    part = fit(data, tiny_config(), tmp_path / "part", device="cpu", seed=2, progress=False, max_epochs=2)
+    assert len(part.metrics) == 2
+    resumed = fit(data, tiny_config(), tmp_path / "part", device="cpu", seed=2, progress=False)
+    assert len(resumed.metrics) == len(full.metrics) == 4
+    assert resumed.weights_sha256 == full.weights_sha256
+    assert resumed.metrics[-1]["val_loss_smoothed"] == full.metrics[-1]["val_loss_smoothed"]
+    assert (tmp_path / "full" / "metrics.csv").read_text().count("\n") == 5
+    assert sha256_file(tmp_path / "full" / "model.pt") == full.weights_sha256
+    with pytest.raises(TrainingError, match="different configuration"):
+        fit(data, tiny_config(gen_dim=12), tmp_path / "full", device="cpu", seed=2, progress=False)
+
+
+def test_killed_subprocess_resumes_to_same_result(tmp_path):
+    data = tiny_data(n=600)
+    np.save(tmp_path / "data.npy", data)
+    script = textwrap.dedent(
+        f"""
+        import sys, numpy as np, torch
+        torch.set_num_threads(1)
+        sys.path.insert(0, {str(ROOT)!r})
+        from tests.test_training import tiny_config
+        from nwb_lfads_emg.training import fit
+        r = fit(np.load({str(tmp_path / 'data.npy')!r}), tiny_config(max_epochs=6), sys.argv[1], device="cpu",
+                seed=4, progress=False)
+        print(r.weights_sha256)
+        """
+    )
+    (tmp_path / "run.py").write_text(script)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, str(tmp_path / "run.py"), str(killed)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    while not list_checkpoints(killed) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    done = list_checkpoints(killed)
+    assert done, proc.stderr.read().decode()[-2000:]
+    resumed = fit(data, tiny_config(max_epochs=6), killed, device="cpu", seed=4, progress=False)
+    straight = fit(data, tiny_config(max_epochs=6), tmp_path / "straight", device="cpu", seed=4, progress=False)
+    assert resumed.weights_sha256 == straight.weights_sha256
+    assert [m["train_loss"] for m in resumed.metrics] == [m["train_loss"] for m in straight.metrics]
+
+
+def test_infer_load_model_and_new_session(tmp_path):
+    data = tiny_data()
+    res = fit(data, tiny_config(max_epochs=2), tmp_path / "r", device="cpu", progress=False)
+    model, cfg = load_model(tmp_path / "r")
+    assert cfg.gen_dim == 8 and res.device == "cpu"
+    inf = infer(model, data, cfg, n_samples=4, device="cpu")
+    assert inf.rates.shape == (400, 3) and inf.rates_std.shape == (400, 3)
+    assert inf.factors.shape == (400, 3) and inf.inferred_inputs.shape == (400, 2)
+    assert (inf.rates > 0).all() and (inf.rates_std > 0).all()
+    again = infer(res.model, data, cfg, n_samples=4, device="cpu")
+    np.testing.assert_array_equal(inf.rates, again.rates)  # same weights, same seed
+    other = infer(model, tiny_data(n=333, seed=5), cfg, n_samples=1, batch_size=3)  # a new session
+    assert other.rates.shape == (333, 3) and np.all(other.rates_std == 0)
+    with pytest.raises(TrainingError, match="channels"):
+        infer(model, tiny_data(c=4), cfg)
+    with pytest.raises(TrainingError, match="no exported"):
+        load_model(tmp_path / "missing")
