@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import EMGDataError
+from .errors import EMGDataError, describe
 
 DEFAULT_ALPHAS: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
 """Ridge penalties tried (per sample, on z-scored features); picked by inner blocked CV per output."""
@@ -267,6 +267,7 @@ __all__ = [
     "DEFAULT_ALPHAS",
     "compare_estimates",
     "decode_r2",
+    "evaluate_file",
     "lag_features",
     "quadratic_expand",
     "r2_affine",
@@ -274,3 +275,178 @@ __all__ = [
     "summarize",
     "with_derivatives",
 ]
+
+
+# ----------------------------------------------------------------------------- NWB files
+
+
+def _column_names(ts: object, n_cols: int) -> list[str]:
+    """Column names of a TimeSeries: from a 'a, b, c (columns ...)' description when it lists them."""
+    name = str(getattr(ts, "name", "x"))
+    if n_cols == 1:
+        return [name]
+    desc = str(getattr(ts, "description", "") or "")
+    text = desc.split(":", 1)[1] if ":" in desc else desc
+    text = text.split("(", 1)[0]
+    parts = [p.strip().rstrip(".") for p in text.split(",")]
+    if len(parts) == n_cols and all(p and len(p) < 40 for p in parts):
+        return parts
+    return [f"{name}_{j}" for j in range(n_cols)]
+
+
+def _series_times(ts: object, n: int) -> np.ndarray:
+    rate = getattr(ts, "rate", None)
+    if rate is not None:
+        return float(getattr(ts, "starting_time", 0.0) or 0.0) + np.arange(n) / float(rate)
+    return np.asarray(ts.timestamps[:], dtype=np.float64)  # type: ignore[attr-defined]
+
+
+def _series_values(ts: object) -> np.ndarray:
+    data = np.asarray(ts.data[:], dtype=np.float64)  # type: ignore[attr-defined]
+    data = data * float(getattr(ts, "conversion", 1.0) or 1.0) + float(getattr(ts, "offset", 0.0) or 0.0)
+    return data[:, None] if data.ndim == 1 else data
+
+
+def _on_bins(ts: object, rate: float, start: float, n_bins: int) -> np.ndarray:
+    """A TimeSeries onto bins (mean per bin when its rate is a whole multiple, else interpolation)."""
+    from .preprocess import bin_like
+
+    values = _series_values(ts)
+    if getattr(ts, "rate", None) is not None:
+        out = bin_like(values, float(ts.rate), rate, n_bins,  # type: ignore[attr-defined]
+                       float(getattr(ts, "starting_time", 0.0) or 0.0), start)
+        if out.shape[0] == n_bins:
+            return out
+    t = _series_times(ts, values.shape[0])
+    centres = start + (np.arange(n_bins) + 0.5) / rate
+    return np.column_stack([np.interp(centres, t, values[:, j], left=np.nan, right=np.nan)
+                            for j in range(values.shape[1])])
+
+
+def _behaviour_series(module: object) -> list[object]:
+    from pynwb import TimeSeries
+
+    found: list[object] = []
+    for obj in module.data_interfaces.values():  # type: ignore[attr-defined]
+        if isinstance(obj, TimeSeries):
+            found.append(obj)
+        else:
+            for attr in ("time_series", "spatial_series"):
+                inner = getattr(obj, attr, None)
+                if isinstance(inner, dict):
+                    found.extend(v for v in inner.values() if isinstance(v, TimeSeries))
+    return found
+
+
+def evaluate_file(
+    path: str | Path,
+    behavior: str | Sequence[str] | None = None,
+    report_dir: str | Path | None = None,
+    include_rectified: bool = True,
+    **kwargs: object,
+) -> pd.DataFrame:
+    """Score every `MuscleActivation` in an NWB file (all processing modules) by `compare_estimates`.
+
+    Behaviour comes from `processing/behavior` (all series, or those named in `behavior`), the truth
+    from `processing/ground_truth/true_activation`, spikes from the Units table; with `report_dir`
+    the table, figures and report.html are written there. Extra keyword arguments go to
+    `compare_estimates`.
+    """
+    from pynwb import NWBHDF5IO
+
+    from . import ndx  # registers the extension
+    from .preprocess import PreprocessConfig, bin_like, rectify_highpass
+
+    path = Path(path)
+    if not path.is_file():
+        raise EMGDataError(describe(path, None, "no such file"))
+    with NWBHDF5IO(str(path), "r", load_namespaces=True) as io:
+        nwbfile = io.read()
+        found: list[tuple[str, object]] = []
+        for mod_name, module in nwbfile.processing.items():
+            for name, obj in module.data_interfaces.items():
+                if isinstance(obj, ndx.MuscleActivation):
+                    found.append((f"processing/{mod_name}/{name}", obj))
+        if not found:
+            raise EMGDataError(describe(path, "processing", "no MuscleActivation estimates in the file"))
+        found.sort(key=lambda kv: (getattr(kv[1], "method", "") != "AutoLFADS", kv[0]))
+        ref_path, ref = found[0]
+        ref_data = np.asarray(ref.data[:], dtype=np.float64)  # type: ignore[attr-defined]
+        n_bins = ref_data.shape[0]
+        rate = float(ref.rate) if ref.rate is not None else float(  # type: ignore[attr-defined]
+            1.0 / np.median(np.diff(ref.timestamps[:])))  # type: ignore[attr-defined]
+        start = float(_series_times(ref, n_bins)[0])
+        muscles = ref.muscles  # type: ignore[attr-defined]
+        estimates: dict[str, np.ndarray] = {}
+        names_used = [str(getattr(o, "method", None) or p.rsplit("/", 1)[-1]) for p, o in found]
+        for (p, obj), label in zip(found, names_used, strict=True):
+            key = label if names_used.count(label) == 1 else p.split("/", 1)[1].replace("/", ":")
+            cols = obj.muscles  # type: ignore[attr-defined]
+            if sorted(cols) != sorted(muscles):
+                continue  # another EMG series: not on this one's muscles
+            data = _on_bins(obj, rate, start, n_bins)
+            estimates[key] = data[:, [cols.index(m) for m in muscles]]
+
+        beh, beh_names = None, None
+        if "behavior" in nwbfile.processing:
+            wanted = [behavior] if isinstance(behavior, str) else behavior
+            series = [ts for ts in _behaviour_series(nwbfile.processing["behavior"])
+                      if wanted is None or ts.name in wanted]
+            if wanted is not None and not series:
+                raise EMGDataError(describe(path, "processing/behavior", f"no behaviour series named {wanted}"))
+            cols_b, names_b = [], []
+            for ts in series:
+                v = _on_bins(ts, rate, start, n_bins)
+                cols_b.append(v)
+                names_b += _column_names(ts, v.shape[1])
+            if cols_b:
+                beh, beh_names = np.hstack(cols_b), names_b
+        elif behavior is not None:
+            raise EMGDataError(describe(path, "processing/behavior", "no behaviour module in the file"))
+
+        truth = None
+        gt = nwbfile.processing.get("ground_truth")
+        if gt is not None and "true_activation" in gt.data_interfaces:
+            truth = _on_bins(gt["true_activation"], rate, start, n_bins)
+            if truth.shape[1] != len(muscles):
+                truth = None
+
+        spikes = None
+        if nwbfile.units is not None and len(nwbfile.units) > 0:
+            from .sources.reader import read_spikes_binned
+
+            spikes = read_spikes_binned(nwbfile, start + np.arange(n_bins + 1) / rate).astype(np.float64)
+
+        rectified = None
+        source = getattr(ref, "source_series", None)
+        if include_rectified and source is not None and getattr(source, "rate", None) is not None:
+            shape = source.data.shape
+            if len(shape) == 2 and shape[0] * shape[1] <= 5e7 and shape[1] == len(muscles):
+                rect = rectify_highpass(_series_values(source), float(source.rate), PreprocessConfig())
+                rectified = bin_like(rect, float(source.rate), rate, n_bins,
+                                     float(source.starting_time or 0.0), start)
+                if rectified.shape[0] != n_bins:
+                    rectified = None
+
+    # rows where the behaviour is undefined (outside its time range) are dropped
+    if beh is not None:
+        ok = np.all(np.isfinite(beh), axis=1)
+        if ok.sum() < n_bins:
+            keep = np.flatnonzero(ok)
+            lo, hi = keep[0], keep[-1] + 1
+            estimates = {k: v[lo:hi] for k, v in estimates.items()}
+            beh = beh[lo:hi]
+            truth = None if truth is None else truth[lo:hi]
+            spikes = None if spikes is None else spikes[lo:hi]
+            rectified = None if rectified is None else rectified[lo:hi]
+    table = compare_estimates(estimates, rate, behavior=beh, behavior_names=beh_names, truth=truth,
+                              spikes=spikes, rectified=rectified, muscle_names=muscles,
+                              **kwargs)  # type: ignore[arg-type]
+    table.attrs["source"] = str(path)
+    table.attrs["reference_series"] = ref_path
+    if report_dir is not None:
+        from .report import make_report
+
+        make_report(report_dir, table, rate, estimates, rectified=rectified, truth=truth,
+                    muscle_names=muscles, title=f"Activation estimates: {path.name}")
+    return table
