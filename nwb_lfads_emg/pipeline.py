@@ -1,0 +1,346 @@
+"""The whole job in a few calls: read -> preprocess -> fit (LFADS or AutoLFADS) -> infer -> write.
+
+This module only wires the stages together; each stage lives in its own module (sources,
+preprocess, baselines, training, writeback) and can be used alone. The CLI is a thin shell over it.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import NwbLfadsEmgError, TrainingError, WriteBackError
+from .preprocess import Binned, PreprocessConfig, bin_to, preprocess_chunks, rectify_highpass
+from .writeback import ActivationEstimate, SessionResults, write_into_copy, write_new_file
+
+JOB_FILE = "job.json"
+
+
+@dataclass
+class JobConfig:
+    """One run's settings beyond the model's own (serialised whole into the provenance record)."""
+
+    preset: str = "demo"
+    seed: int = 0
+    device: str = "auto"
+    max_epochs: int | None = None
+    pbt: bool = False
+    population: int = 4
+    ray_address: str | None = None
+    n_posterior_samples: int = 20
+    lowpass_cutoff_hz: float = 10.0
+    bayes: dict[str, Any] = field(default_factory=dict)
+    chunk_s: float = 60.0
+    progress: bool = True
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    lfads_overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class EMGInput:
+    """The chosen EMG of one source, preprocessed for the model, with where it came from."""
+
+    binned: Binned
+    series_path: str
+    muscles: list[str]
+    electrode_indices: list[int] | None
+    file_identifier: str
+    location: str
+    dandi_url: str | None
+    is_remote: bool
+
+
+def read(source: str | Path, emg: str | None = None, cache_dir: str | None = None,
+         config: PreprocessConfig | None = None, chunk_s: float = 60.0, keep_open: bool = False
+         ) -> tuple[EMGInput, Any]:
+    """Open a local file or DANDI asset, pick the EMG series and preprocess it chunk by chunk.
+
+    Returns the preprocessed input and the opened source (closed unless `keep_open`).
+    """
+    from .sources import EMGReader, open_source
+
+    opened = open_source(str(source), cache_dir=cache_dir)
+    try:
+        reader = EMGReader(opened, emg)
+        binned = preprocess_chunks(reader.iter_chunks(chunk_s), reader.rate, config or PreprocessConfig(),
+                                   starting_time=reader.starting_time, muscles=reader.muscles)
+        emg_input = EMGInput(
+            binned=binned,
+            series_path=reader.series_path,
+            muscles=list(reader.muscles),
+            electrode_indices=reader.electrode_indices,
+            file_identifier=str(opened.nwbfile.identifier),
+            location=str(opened.location),
+            dandi_url=opened.dandi_url,
+            is_remote=opened.is_remote,
+        )
+        emg_input_reader = reader
+    except BaseException:
+        opened.close()
+        raise
+    if not keep_open:
+        opened.close()
+        return emg_input, None
+    return emg_input, (opened, emg_input_reader)
+
+
+def lfads_config(job: JobConfig) -> Any:
+    """The LFADS configuration of a job: its preset with the job's overrides applied."""
+    from .lfads.config import preset
+
+    config = preset(job.preset)
+    overrides = dict(job.lfads_overrides)
+    if job.max_epochs is not None:
+        overrides["max_epochs"] = job.max_epochs
+    for key, value in overrides.items():
+        if not hasattr(config, key):
+            raise TrainingError(f"LFADS config: unknown setting {key!r}")
+        setattr(config, key, value)
+    return config
+
+
+def fit(emg_input: EMGInput, run_dir: str | Path, job: JobConfig | None = None) -> Any:
+    """Train one LFADS model (or an AutoLFADS population with `job.pbt`) on the preprocessed EMG."""
+    job = job or JobConfig()
+    run_dir = Path(run_dir)
+    config = lfads_config(job)
+    data = emg_input.binned.data
+    if job.pbt:
+        from .training.pbt import fit_pbt
+
+        result = fit_pbt(data, config, run_dir, population=job.population, ray_address=job.ray_address,
+                         seed=job.seed, progress=job.progress)
+    else:
+        from .training.trainer import fit as fit_single
+
+        result = fit_single(data, config, run_dir, device=job.device, seed=job.seed, progress=job.progress,
+                            max_epochs=job.max_epochs)
+    record = {
+        "job": _job_dict(job),
+        "muscles": emg_input.muscles,
+        "bin_rate": emg_input.binned.bin_rate,
+        "source_file_identifier": emg_input.file_identifier,
+        "source_series_path": emg_input.series_path,
+        "source_location": emg_input.location,
+        "source_url": emg_input.dandi_url,
+        "weights_sha256": result.weights_sha256,
+        "best_val_loss": float(result.best_val_loss),
+        "model_dir": str(_model_dir(result, run_dir)),
+        "metrics": result.metrics,
+        "pbt_history": getattr(result, "pbt_history", None),
+        "device": str(result.device),
+    }
+    (run_dir / JOB_FILE).write_text(json.dumps(record, indent=1, default=str))
+    return result
+
+
+def _model_dir(result: Any, run_dir: Path) -> Path:
+    """Where the exported best weights live (the run dir, or run_dir/best after PBT)."""
+    return Path(getattr(result, "model_dir", None) or (run_dir / "best" if (run_dir / "best").is_dir() else run_dir))
+
+
+def _job_dict(job: JobConfig) -> dict[str, Any]:
+    return json.loads(json.dumps(asdict(job), default=str))
+
+
+def load_run(run_dir: str | Path) -> dict[str, Any]:
+    """The record `fit` left in a run directory (raises a one-line error when there is none)."""
+    path = Path(run_dir) / JOB_FILE
+    if not path.is_file():
+        raise TrainingError(f"{run_dir}: no trained model here ({JOB_FILE} missing); run `nwb-lfads-emg fit` first")
+    return json.loads(path.read_text())
+
+
+def infer(run_dir: str | Path, emg_input: EMGInput, n_samples: int = 20, device: str = "auto",
+          seed: int = 0) -> Any:
+    """Posterior means, spreads, factors and inferred inputs of a trained model on preprocessed EMG."""
+    from .training.trainer import infer as infer_model
+    from .training.trainer import load_model
+
+    record = load_run(run_dir)
+    if list(record["muscles"]) != list(emg_input.muscles):
+        raise TrainingError(
+            f"{emg_input.location}: {emg_input.series_path}: muscles {emg_input.muscles} differ from the "
+            f"model's {record['muscles']}"
+        )
+    if abs(float(record["bin_rate"]) - emg_input.binned.bin_rate) > 1e-6:
+        raise TrainingError(
+            f"{emg_input.location}: bin rate {emg_input.binned.bin_rate} Hz differs from the model's "
+            f"{record['bin_rate']} Hz"
+        )
+    model, config = load_model(record["model_dir"])
+    return infer_model(model, emg_input.binned.data, config, n_samples=n_samples, device=device, seed=seed)
+
+
+def baseline_estimates(emg_da: Any, binned: Binned, job: JobConfig) -> list[ActivationEstimate]:
+    """Low-pass envelope and Bayesian filter of the rectified EMG, on the model's bins and scale."""
+    from .baselines.bayes import bayes_filter
+    from .baselines.lowpass import lowpass_envelope
+
+    rate = float(1.0 / float(emg_da.coords["time"].values[1] - emg_da.coords["time"].values[0]))
+    start = float(emg_da.coords["time"].values[0])
+    rectified = rectify_highpass(np.asarray(emg_da.values), rate, binned.config)
+    scale = binned.scale[None, :]
+    lowpass = bin_to(lowpass_envelope(rectified, rate, job.lowpass_cutoff_hz), rate, binned, start) / scale
+    bayes = bin_to(bayes_filter(rectified, rate, **job.bayes), rate, binned, start) / scale
+    return [
+        ActivationEstimate("LowPass", lowpass.astype(np.float32),
+                           parameters={"cutoff_hz": job.lowpass_cutoff_hz, "order": 4, "zero_phase": True}),
+        ActivationEstimate("BayesianFilter", bayes.astype(np.float32), parameters={"likelihood": "laplace",
+                                                                                   **job.bayes}),
+    ]
+
+
+def software_versions() -> dict[str, str]:
+    """Versions of the packages that made an estimate (for the provenance record)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for name in ("nwb-lfads-emg", "torch", "numpy", "scipy", "pynwb", "hdmf", "ray", "dandi", "h5py"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def build_results(emg_input: EMGInput, record: dict[str, Any], inference: Any,
+                  baselines: list[ActivationEstimate]) -> SessionResults:
+    """Gather the estimates and the provenance record into what the write-back stores."""
+    binned = emg_input.binned
+    preprocessing = asdict(binned.config) | {
+        "bin_rate": binned.bin_rate,
+        "bin_samples": binned.bin_samples,
+        "raw_rate": binned.raw_rate,
+        "scale": np.asarray(binned.scale).tolist(),
+        "clip": None if binned.clip is None else np.asarray(binned.clip).tolist(),
+    }
+    job = record["job"]
+    provenance = {
+        "config": {"preset": job["preset"], "job": job, "lfads": _lfads_config_dict(record)},
+        "preprocessing": preprocessing,
+        "training_metrics": {"best_val_loss": record["best_val_loss"], "device": record["device"],
+                             "per_epoch": record["metrics"]},
+        "software_versions": software_versions(),
+        "random_seed": int(job["seed"]),
+        "weights_sha256": record["weights_sha256"],
+        "source_file_identifier": record["source_file_identifier"],
+        "source_series_path": record["source_series_path"],
+    }
+    if record.get("source_url"):
+        provenance["source_url"] = record["source_url"]
+    if record.get("pbt_history"):
+        provenance["pbt_history"] = record["pbt_history"]
+    autolfads = ActivationEstimate("AutoLFADS", inference.rates.astype(np.float32),
+                                   uncertainty=inference.rates_std.astype(np.float32),
+                                   parameters={"n_posterior_samples": int(inference.n_samples),
+                                               "trained_on": record["source_location"]})
+    return SessionResults(
+        estimates=[autolfads, *baselines],
+        rate=binned.bin_rate,
+        starting_time=binned.starting_time,
+        muscles=emg_input.muscles,
+        source_series_path=emg_input.series_path,
+        electrode_indices=emg_input.electrode_indices,
+        factors=inference.factors.astype(np.float32),
+        inferred_inputs=inference.inferred_inputs.astype(np.float32),
+        provenance=provenance,
+    )
+
+
+def _lfads_config_dict(record: dict[str, Any]) -> dict[str, Any]:
+    from .training import checkpoint
+
+    try:
+        return dict(checkpoint.read_weights(record["model_dir"])["config"])
+    except Exception:  # noqa: BLE001 - provenance still records the job and preset
+        return {}
+
+
+def annotate(source: str | Path, run_dir: str | Path, out: str | Path | None = None, in_place: bool = False,
+             emg: str | None = None, overwrite: bool = False, cache_dir: str | None = None,
+             job: JobConfig | None = None) -> Path:
+    """Apply a trained model (and the baselines) to a session and write the results back into NWB."""
+    if (out is None) == (not in_place):
+        raise WriteBackError(f"{source}: give exactly one of --out OUT.nwb or --in-place")
+    record = load_run(run_dir)
+    job = job or JobConfig(**{k: v for k, v in record["job"].items() if k not in ("preprocess",)})
+    job.preprocess = PreprocessConfig(**record["job"]["preprocess"])
+    emg_input, handle = read(source, emg, cache_dir, job.preprocess, job.chunk_s, keep_open=True)
+    opened, reader = handle
+    try:
+        if in_place and emg_input.is_remote:
+            raise WriteBackError(f"{emg_input.location}: a remote (DANDI/URL) source is read-only; use --out OUT.nwb")
+        inference = infer(run_dir, emg_input, job.n_posterior_samples, job.device, job.seed)
+        baselines = baseline_estimates(reader.to_dataarray(), emg_input.binned, job)
+        results = build_results(emg_input, record, inference, baselines)
+        if emg_input.is_remote:
+            return write(source, emg_input, results, out, in_place, overwrite, opened.nwbfile)
+    finally:
+        opened.close()
+    return write(source, emg_input, results, out, in_place, overwrite)
+
+
+def write(source: str | Path, emg_input: EMGInput, results: SessionResults, out: str | Path | None = None,
+          in_place: bool = False, overwrite: bool = False, opened_nwbfile: Any = None) -> Path:
+    """Write results for `emg_input` back: into a copy of a local file (or in place), or a new file."""
+    if (out is None) == (not in_place):
+        raise WriteBackError(f"{source}: give exactly one of --out OUT.nwb or --in-place")
+    if emg_input.is_remote:
+        if in_place or opened_nwbfile is None:
+            raise WriteBackError(f"{emg_input.location}: a remote (DANDI/URL) source is read-only; use --out OUT.nwb")
+        return write_new_file(opened_nwbfile, emg_input.dandi_url or emg_input.location, results, Path(out),
+                              overwrite=overwrite)
+    destination = Path(out) if out is not None else Path(emg_input.location)
+    return write_into_copy(Path(emg_input.location), results, destination, overwrite=overwrite)
+
+
+def run(source: str | Path, run_dir: str | Path, out: str | Path | None = None, in_place: bool = False,
+        emg: str | None = None, overwrite: bool = False, cache_dir: str | None = None,
+        job: JobConfig | None = None) -> Path:
+    """The whole job: preprocess, train (single model or PBT), infer, baselines, write back."""
+    job = job or JobConfig()
+    if (out is None) == (not in_place):
+        raise WriteBackError(f"{source}: give exactly one of --out OUT.nwb or --in-place")
+    if out is not None and Path(out).exists() and not overwrite:
+        raise WriteBackError(f"{out}: output file exists; pass --overwrite to replace it")
+    if in_place and not overwrite:
+        _refuse_if_annotated(source)
+    emg_input, _ = read(source, emg, cache_dir, job.preprocess, job.chunk_s)
+    if in_place and emg_input.is_remote:
+        raise WriteBackError(f"{emg_input.location}: a remote (DANDI/URL) source is read-only; use --out OUT.nwb")
+    fit(emg_input, run_dir, job)
+    return annotate(source, run_dir, out=out, in_place=in_place, emg=emg, overwrite=overwrite,
+                    cache_dir=cache_dir, job=job)
+
+
+def _refuse_if_annotated(source: str | Path) -> None:
+    """Fail before training when a local file already holds results and --overwrite was not given."""
+    path = Path(source)
+    if not path.is_file():
+        return
+    from pynwb import NWBHDF5IO
+
+    from .writeback import RESULTS_MODULE, existing_results
+
+    try:
+        with NWBHDF5IO(str(path), "r") as io:
+            found = existing_results(io.read())
+    except Exception:  # noqa: BLE001 - the reader gives the proper error right after
+        return
+    if found:
+        raise WriteBackError(
+            f"{path}: processing/{RESULTS_MODULE}: already holds results ({', '.join(found)}); "
+            "pass --overwrite to replace them"
+        )
+
+
+__all__ = [
+    "JobConfig", "EMGInput", "read", "fit", "infer", "annotate", "run", "write", "baseline_estimates", "build_results",
+    "load_run", "lfads_config", "NwbLfadsEmgError",
+]
