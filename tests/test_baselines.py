@@ -53,9 +53,10 @@ def test_bayes_converges_to_constant():
     x[:, 1] = 0.81
     for lik in ("laplace", "gaussian"):
         # without diffusion the posterior is the product of the likelihoods, whose mode is x = e
-        # (for exp(-e/x)/x and exp(-e^2/2x^2)/x alike); grid step 0.01, parabolic refinement -> 0.001
+        # (for exp(-e/x)/x and exp(-e^2/2x^2)/x alike); default grid step 0.02, parabolic refinement of
+        # the (skewed) log posterior lands within a tenth of a step (measured 0.001)
         y = bayes_filter(x, rate, scale=1.0, likelihood=lik, diffusion=0.0)
-        np.testing.assert_allclose(y[-1000:], x[-1000:], atol=0.001)
+        np.testing.assert_allclose(y[-1000:], x[-1000:], atol=0.002)
         # with the default diffusion the steady posterior is the likelihood (right-skewed in x) blurred
         # by the diffusion, so its mode sits slightly above e: measured +1.7 % / +1.4 %; allow 2.5 %
         y = bayes_filter(x, rate, scale=1.0, likelihood=lik)

@@ -12,6 +12,9 @@ so this equals the per-sample filter under the approximation that x is constant 
 Long recordings are cut into segments that are filtered side by side as one batch (so the Python
 loop over time runs only over one segment); each segment first runs over `warmup_s` of the data
 before it, which makes the result match a single sequential pass once the prior is forgotten.
+
+Defaults (picked on simulated locomotion and isometric sessions by R^2 against the true activation):
+50 levels (100 gave the same R^2 to 0.001 at twice the cost), diffusion 0.1 /s, jumps 1 /s.
 """
 
 from __future__ import annotations
@@ -65,7 +68,7 @@ def transition_matrix(n_levels: int, variance: float, jump_prob: float) -> np.nd
 def bayes_filter(
     rectified: np.ndarray,
     rate: float,
-    n_levels: int = 100,
+    n_levels: int = 50,
     diffusion: float = DEFAULT_DIFFUSION,
     jump: float = DEFAULT_JUMP,
     likelihood: str = "laplace",
@@ -165,6 +168,9 @@ def bayes_filter(
     out_idx = np.empty((seg_len + warm, b), dtype=np.int16 if n_levels < 32000 else np.int64)
     out_frac = np.zeros((seg_len + warm, b), dtype=np.float32)
     tiny = np.float32(1e-30)
+    # the jumps keep every prior entry >= jump_prob / N (the posterior's max is 1) and the likelihood is
+    # >= exp(-60): when their product is a normal float32 no explicit floor is needed
+    need_floor = not (jump_prob / n_levels * np.exp(-60.0) > 1e-36)
     for t in range(seg_len + warm):
         st, kt = s_b[t], k_b[t]
         # mode of the likelihood over continuous x (clipped to the grid): subtracting its log value and
@@ -183,7 +189,8 @@ def bayes_filter(
         np.exp(lik, out=lik)
         np.matmul(post, tmat_t, out=prior)  # predict
         np.multiply(prior, lik, out=post)  # update
-        np.maximum(post, tiny, out=post)
+        if need_floor:
+            np.maximum(post, tiny, out=post)
         idx = post.argmax(axis=1)
         out_idx[t] = idx
         pm = np.maximum(post[rows, idx], tiny)
