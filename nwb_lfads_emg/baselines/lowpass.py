@@ -45,7 +45,7 @@ def cutoff_scores(
         y = y[:, None]
     scores: dict[float, float] = {}
     for c in cutoffs:
-        if not 0 < c < min(rate, 2 * target_rate) / 2 * 0.99 and not 0 < c < rate / 2:
+        if not 0 < c < rate / 2:
             continue
         env = lowpass_envelope(rectified, rate, c, order)
         env_t = bin_like(env, rate, target_rate, y.shape[0])
