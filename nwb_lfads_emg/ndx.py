@@ -64,6 +64,17 @@ def _shape(value: Any) -> tuple | None:
     return tuple(shape) if shape is not None else None
 
 
+def _drop_misread_source(kwargs: dict[str, Any]) -> None:
+    """Undo hdmf's fallback that fills an absent `source_series` link with any linked NWBDataInterface.
+
+    hdmf resolves a named link that is missing from the file by target type; when only
+    `model_provenance` is linked, the provenance record would come back as `source_series`.
+    A source EMG series is never a provenance record, so such a value is dropped.
+    """
+    if isinstance(kwargs.get("source_series"), _LFADSModelProvenanceBase):
+        kwargs["source_series"] = None
+
+
 def _check_columns(name: str, data_shape: tuple | None, field: str, value: Any) -> None:
     """Raise ValueError if a per-column field does not have one entry per column of `data`."""
     if value is None or data_shape is None or len(data_shape) < 2 or data_shape[1] is None:
@@ -84,6 +95,7 @@ class MuscleActivation(_MuscleActivationBase):
 
     @docval(*get_docval(_MuscleActivationBase.__init__))
     def __init__(self, **kwargs: Any) -> None:
+        _drop_misread_source(kwargs)
         super().__init__(**kwargs)
         if not self._in_construct_mode:
             self._validate()
@@ -120,6 +132,7 @@ class LatentFactors(_LatentFactorsBase):
 
     @docval(*get_docval(_LatentFactorsBase.__init__))
     def __init__(self, **kwargs: Any) -> None:
+        _drop_misread_source(kwargs)
         super().__init__(**kwargs)
         if not self._in_construct_mode:
             shape = _shape(self.data)
