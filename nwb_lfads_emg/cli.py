@@ -72,10 +72,11 @@ def _cmd_annotate(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate_file
+    from .evaluate import evaluate_file, summarize
 
     table = evaluate_file(args.file, behavior=args.behavior, report_dir=args.report)
-    print(table.to_string(index=False))
+    print("mean R^2 per method and analysis:")
+    print(summarize(table).round(3).to_string())
     if args.report:
         print(f"report in {args.report}")
     return 0

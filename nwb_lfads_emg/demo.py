@@ -13,7 +13,7 @@ DEMO_SIMULATION = SimulationConfig(n_muscles=8, duration_s=60.0, emg_rate=2000.0
 def run_demo(out_dir: str | Path = "demo_output", max_epochs: int | None = None, seed: int = 0,
              progress: bool = True, simulation: SimulationConfig | None = None) -> Path:
     """Simulate, annotate with the `demo` preset, evaluate; returns the path of the HTML report."""
-    from .evaluate import evaluate_file
+    from .evaluate import evaluate_file, summarize
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -22,5 +22,7 @@ def run_demo(out_dir: str | Path = "demo_output", max_epochs: int | None = None,
     annotated = run(source, out_dir / "run", out=out_dir / "session_annotated.nwb", overwrite=True,
                     job=JobConfig(preset="demo", seed=seed, max_epochs=max_epochs, progress=progress))
     report_dir = out_dir / "report"
-    evaluate_file(annotated, report_dir=report_dir)
-    return report_dir / "index.html"
+    table = evaluate_file(annotated, report_dir=report_dir)
+    if progress:
+        print(summarize(table).round(3).to_string())
+    return report_dir / "report.html"
