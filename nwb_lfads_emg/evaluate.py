@@ -9,12 +9,23 @@ binned spike counts to each estimate channel. Results come as a tidy pandas tabl
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from .errors import EMGDataError, describe
+
+try:  # optional: the ridge's small LAPACK calls are fastest single-threaded (threads only contend)
+    from threadpoolctl import threadpool_limits as _threadpool_limits
+except ImportError:  # pragma: no cover
+    _threadpool_limits = None
+
+
+def _one_blas_thread() -> object:
+    return _threadpool_limits(limits=1, user_api="blas") if _threadpool_limits else nullcontext()
+
 
 DEFAULT_ALPHAS: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
 """Ridge penalties tried (per sample, on z-scored features); picked by inner blocked CV per output."""
@@ -142,6 +153,19 @@ def decode_r2(
     mu, sd = feats.mean(axis=0), feats.std(axis=0)
     sd[sd == 0] = 1.0
     feats = (feats - mu) / sd
+    with _one_blas_thread():  # type: ignore[attr-defined]
+        pred = _blocked_ridge_cv(feats, yv, n_folds, alphas)
+    ss_res = ((pred - yv) ** 2).sum(axis=0)
+    ss_tot = ((yv - yv.mean(axis=0)) ** 2).sum(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r2 = np.where(ss_tot > 0, 1.0 - ss_res / ss_tot, np.nan)
+    if return_prediction:
+        return r2, pred
+    return r2
+
+
+def _blocked_ridge_cv(feats: np.ndarray, yv: np.ndarray, n_folds: int, alphas: Sequence[float]) -> np.ndarray:
+    """Held-out predictions of ridge regression over contiguous folds, penalty by inner blocked CV."""
     blocks = _blocks(feats.shape[0], n_folds)
     stats = [_Stats(feats[b], yv[b]) for b in blocks]
     pred = np.empty_like(yv)
@@ -159,13 +183,7 @@ def decode_r2(
         for o in range(q):
             w, b0 = fits[best[o]]
             pred[test, o] = feats[test] @ w[:, o] + b0[o]
-    ss_res = ((pred - yv) ** 2).sum(axis=0)
-    ss_tot = ((yv - yv.mean(axis=0)) ** 2).sum(axis=0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        r2 = np.where(ss_tot > 0, 1.0 - ss_res / ss_tot, np.nan)
-    if return_prediction:
-        return r2, pred
-    return r2
+    return pred
 
 
 def with_derivatives(behavior: np.ndarray, names: Sequence[str], rate: float) -> tuple[np.ndarray, list[str]]:
