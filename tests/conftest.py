@@ -14,6 +14,12 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_stream_cache(tmp_path_factory):
+    """Keep the tests' streamed-bytes cache out of the user's ~/.cache."""
+    os.environ["NWB_LFADS_EMG_CACHE_DIR"] = str(tmp_path_factory.mktemp("http-cache"))
+
+
 @pytest.fixture(scope="session")
 def small_session():
     """A 20 s, 8-muscle locomotion session at 2 kHz (seed 0)."""
