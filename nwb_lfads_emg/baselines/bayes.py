@@ -19,9 +19,16 @@ Defaults (picked on simulated locomotion and isometric sessions by R^2 against t
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import numpy as np
 
 from ..errors import EMGDataError
+
+try:  # optional: the per-step products are small; BLAS threads would only contend
+    from threadpoolctl import threadpool_limits as _threadpool_limits
+except ImportError:  # pragma: no cover
+    _threadpool_limits = None
 
 DEFAULT_DIFFUSION = 0.1
 """Variance rate of the drive's random walk, (normalised units)^2 per second."""
@@ -171,42 +178,44 @@ def bayes_filter(
     # the jumps keep every prior entry >= jump_prob / N (the posterior's max is 1) and the likelihood is
     # >= exp(-60): when their product is a normal float32 no explicit floor is needed
     need_floor = not (jump_prob / n_levels * np.exp(-60.0) > 1e-36)
-    for t in range(seg_len + warm):
-        st, kt = s_b[t], k_b[t]
-        # mode of the likelihood over continuous x (clipped to the grid): subtracting its log value and
-        # the log of the previous posterior's maximum keeps every number in range without a sum
-        if likelihood == "laplace":
-            xs = np.clip(st / kt, lo, hi)
-            llmax = -st / xs - kt * np.log(xs)
-        else:
-            xs = np.clip(np.sqrt(st / kt), lo, hi)
-            llmax = -0.5 * st / (xs * xs) - kt * np.log(xs)
-        feats[:, 0] = st
-        feats[:, 1] = kt
-        feats[:, 2] = -llmax - pmax_log
-        np.matmul(feats, basis, out=lik)
-        np.maximum(lik, -60.0, out=lik)  # no denormals (they slow every later operation)
-        np.exp(lik, out=lik)
-        np.matmul(post, tmat_t, out=prior)  # predict
-        np.multiply(prior, lik, out=post)  # update
-        if need_floor:
-            np.maximum(post, tiny, out=post)
-        idx = post.argmax(axis=1)
-        out_idx[t] = idx
-        pm = np.maximum(post[rows, idx], tiny)
-        pmax_log = np.log(pm)
-        if refine:
-            i0 = np.clip(idx, 1, n_levels - 2)
-            lm = np.log(np.maximum(post[rows, i0 - 1], tiny))
-            l0 = np.log(np.maximum(post[rows, i0], tiny))
-            lp = np.log(np.maximum(post[rows, i0 + 1], tiny))
-            den = lm - 2 * l0 + lp
-            with np.errstate(divide="ignore", invalid="ignore"):
-                frac = np.where(den < 0, 0.5 * (lm - lp) / den, 0.0)
-            out_frac[t] = np.where(idx == i0, np.clip(frac, -0.5, 0.5), 0.0)
-        if t % 64 == 63:  # exact renormalisation now and then (guards against drift of the max)
-            post /= pm[:, None]
-            pmax_log[:] = 0.0
+    limit = _threadpool_limits(limits=1, user_api="blas") if _threadpool_limits else nullcontext()
+    with limit:
+        for t in range(seg_len + warm):
+            st, kt = s_b[t], k_b[t]
+            # mode of the likelihood over continuous x (clipped to the grid): subtracting its log value and
+            # the log of the previous posterior's maximum keeps every number in range without a sum
+            if likelihood == "laplace":
+                xs = np.clip(st / kt, lo, hi)
+                llmax = -st / xs - kt * np.log(xs)
+            else:
+                xs = np.clip(np.sqrt(st / kt), lo, hi)
+                llmax = -0.5 * st / (xs * xs) - kt * np.log(xs)
+            feats[:, 0] = st
+            feats[:, 1] = kt
+            feats[:, 2] = -llmax - pmax_log
+            np.matmul(feats, basis, out=lik)
+            np.maximum(lik, -60.0, out=lik)  # no denormals (they slow every later operation)
+            np.exp(lik, out=lik)
+            np.matmul(post, tmat_t, out=prior)  # predict
+            np.multiply(prior, lik, out=post)  # update
+            if need_floor:
+                np.maximum(post, tiny, out=post)
+            idx = post.argmax(axis=1)
+            out_idx[t] = idx
+            pm = np.maximum(post[rows, idx], tiny)
+            pmax_log = np.log(pm)
+            if refine:
+                i0 = np.clip(idx, 1, n_levels - 2)
+                lm = np.log(np.maximum(post[rows, i0 - 1], tiny))
+                l0 = np.log(np.maximum(post[rows, i0], tiny))
+                lp = np.log(np.maximum(post[rows, i0 + 1], tiny))
+                den = lm - 2 * l0 + lp
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    frac = np.where(den < 0, 0.5 * (lm - lp) / den, 0.0)
+                out_frac[t] = np.where(idx == i0, np.clip(frac, -0.5, 0.5), 0.0)
+            if t % 64 == 63:  # exact renormalisation now and then (guards against drift of the max)
+                post /= pm[:, None]
+                pmax_log[:] = 0.0
     est = (out_idx + 1 + out_frac) / n_levels  # (T, S*ch)
     est = est[warm:].reshape(seg_len, n_seg, n_ch).transpose(1, 0, 2).reshape(n_seg * seg_len, n_ch)
     est = est[:m_steps] * sc[None, :]
