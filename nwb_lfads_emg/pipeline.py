@@ -236,10 +236,14 @@ def build_results(emg_input: EMGInput, record: dict[str, Any], inference: Any,
         provenance["source_url"] = record["source_url"]
     if record.get("pbt_history"):
         provenance["pbt_history"] = record["pbt_history"]
+    input_source = {"input_file_identifier": emg_input.file_identifier, "input_series_path": emg_input.series_path,
+                    "input_location": emg_input.location, "input_url": emg_input.dandi_url}
     autolfads = ActivationEstimate("AutoLFADS", inference.rates.astype(np.float32),
                                    uncertainty=inference.rates_std.astype(np.float32),
                                    parameters={"n_posterior_samples": int(inference.n_samples),
-                                               "trained_on": record["source_location"]})
+                                               "trained_on": record["source_location"], **input_source})
+    for estimate in baselines:
+        estimate.parameters.update(input_source)
     return SessionResults(
         estimates=[autolfads, *baselines],
         rate=binned.bin_rate,

@@ -4,6 +4,7 @@ both baselines against the ground truth."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -107,8 +108,12 @@ def test_annotate_dandi_asset_writes_shareable_copy(dandi_server, source, run_di
     assert validate(path=str(out), use_cached_namespaces=True) == []
     with NWBHDF5IO(str(out), "r") as io:
         nwb = io.read()
-        provenance = nwb.processing["ecephys"]["LFADSModelProvenance"].as_dict()
-        assert "000999" in provenance["source_url"] and provenance["source_series_path"] == "acquisition/EMG"
+        module = nwb.processing["ecephys"]
+        provenance = module["LFADSModelProvenance"].as_dict()
+        assert provenance["source_series_path"] == "acquisition/EMG"  # where the model's training data came from
+        assert provenance["source_file_identifier"] and len(provenance["weights_sha256"]) == 64
+        inputs = json.loads(module["AutoLFADS"].method_parameters)  # where the annotated EMG came from
+        assert "000999" in inputs["input_url"] and inputs["input_series_path"] == "acquisition/EMG"
         assert nwb.session_id == "sim-locomotion-seed0" and len(nwb.units) == 30
     local = tmp_path / "local.nwb"
     assert main(["annotate", str(source), "--run-dir", str(run_dir), "--out", str(local)]) == 0
