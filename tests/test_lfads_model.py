@@ -12,7 +12,7 @@ from nwb_lfads_emg.lfads import LFADS, LFADSConfig, preset
 from nwb_lfads_emg.lfads.augment import coordinated_dropout, random_shifts, shift_pair, temporal_shift
 from nwb_lfads_emg.lfads.decoder import gru_step, normalized_rows
 from nwb_lfads_emg.lfads.likelihoods import make_likelihood
-from nwb_lfads_emg.lfads.model import ramp
+from nwb_lfads_emg.lfads.model import lr_factor, ramp
 from nwb_lfads_emg.lfads.priors import AR1Prior, GaussianICPrior
 
 
@@ -131,6 +131,11 @@ def test_augmentations():
 
 def test_ramp_and_presets():
     assert ramp(0, 0, 10) == 0.0 and ramp(5, 0, 10) == 0.5 and ramp(20, 0, 10) == 1.0
+    assert lr_factor(7, 10, "constant", 0.1) == 1.0
+    assert lr_factor(0, 11, "cosine", 0.1) == 1.0 and lr_factor(10, 11, "cosine", 0.1) == pytest.approx(0.1)
+    assert lr_factor(5, 11, "cosine", 0.1) == pytest.approx(0.55)
+    with pytest.raises(ValueError):
+        tiny(lr_schedule="step").validate()
     for name in ("demo", "default", "paper"):
         cfg = preset(name)
         assert cfg.preset_name == name and cfg.seg_overlap < cfg.seg_len

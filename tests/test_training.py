@@ -181,3 +181,13 @@ def test_infer_load_model_and_new_session(tmp_path):
         infer(model, tiny_data(c=4), cfg)
     with pytest.raises(TrainingError, match="no exported"):
         load_model(tmp_path / "missing")
+
+
+def test_cosine_lr_schedule_and_controller_free_model(tmp_path):
+    data = tiny_data()
+    cfg = tiny_config(max_epochs=3, lr_schedule="cosine", lr_min_ratio=0.1, co_dim=0)
+    res = fit(data, cfg, tmp_path / "r", device="cpu", progress=False)
+    lrs = [m["lr_effective"] for m in res.metrics]
+    assert lrs[0] == pytest.approx(5e-3) and lrs[-1] == pytest.approx(5e-4) and lrs[0] > lrs[1] > lrs[2]
+    inf = infer(res.model, data, cfg, n_samples=3, device="cpu")  # co_dim = 0: no inferred inputs
+    assert inf.rates.shape == (400, 3) and inf.inferred_inputs.shape == (400, 0)

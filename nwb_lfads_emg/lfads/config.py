@@ -64,6 +64,8 @@ class LFADSConfig:
     l2_increase_epoch: int = 80
     # --- optimisation
     lr: float = 4e-3
+    lr_schedule: str = "constant"  # "constant", or "cosine": lr * factor falling to lr_min_ratio at max_epochs
+    lr_min_ratio: float = 0.1
     weight_decay: float = 0.0
     adam_eps: float = 1e-8
     grad_clip: float = 200.0
@@ -105,6 +107,8 @@ class LFADSConfig:
             raise ValueError("cd_rate, dropout and sv_rate must lie in [0, 1)")
         if self.cd_rate + self.sv_rate >= 0.95:
             raise ValueError("cd_rate + sv_rate leaves too little input for the encoders")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"lr_schedule must be constant or cosine, not {self.lr_schedule!r}")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be auto, fp32, bf16 or fp16, not {self.precision!r}")
         for name in ("ic_enc_dim", "ci_enc_dim", "con_dim", "ic_dim", "gen_dim", "fac_dim", "batch_size"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -148,9 +149,17 @@ def ramp(epoch: int, start: int, length: int) -> float:
     return float(min(max((epoch - start) / length, 0.0), 1.0))
 
 
+def lr_factor(epoch: int, max_epochs: int, schedule: str, min_ratio: float) -> float:
+    """Multiplier of the base learning rate at `epoch`: 1 ("constant"), or a half-cosine from 1 to min_ratio."""
+    if schedule != "cosine" or max_epochs <= 1:
+        return 1.0
+    frac = min(max(epoch / (max_epochs - 1), 0.0), 1.0)
+    return float(min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * frac)))
+
+
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-__all__ = ["LFADS", "LFADSOutput", "ramp", "count_parameters"]
+__all__ = ["LFADS", "LFADSOutput", "ramp", "lr_factor", "count_parameters"]

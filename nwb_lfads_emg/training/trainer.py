@@ -22,7 +22,7 @@ from ..errors import TrainingError
 from ..lfads.augment import coordinated_dropout, random_shifts, sample_validation_mask, temporal_shift
 from ..lfads.config import MUTABLE_HYPERPARAMETERS, LFADSConfig
 from ..lfads.likelihoods import make_likelihood
-from ..lfads.model import LFADS, ramp
+from ..lfads.model import LFADS, lr_factor, ramp
 from . import checkpoint as ckpt
 from .segments import chop, chop_blocks, merge, split_blocks
 
@@ -222,6 +222,9 @@ class Trainer:
         self.model.train()
         kl_ramp = ramp(self.epoch, c.kl_start_epoch, c.kl_increase_epoch)
         l2_ramp = ramp(self.epoch, c.l2_start_epoch, c.l2_increase_epoch)
+        lr_now = c.lr * lr_factor(self.epoch, c.max_epochs, c.lr_schedule, c.lr_min_ratio)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_now
         order = torch.randperm(self.n_train_segments, generator=self.generator)
         sums = {k: torch.zeros((), device=self.device) for k in ("loss", "recon", "kl_ic", "kl_co", "l2")}
         sv_sum = torch.zeros((), device=self.device)
@@ -283,6 +286,7 @@ class Trainer:
             "val_loss_smoothed": self.val_smoothed,
             "best": improved,
             "lr": c.lr,
+            "lr_effective": lr_now,
             "seconds": time.perf_counter() - t0,
         }
         self.metrics.append(metrics)
@@ -509,7 +513,8 @@ def infer(model: LFADS, data: np.ndarray, config: LFADSConfig | None = None, n_s
                     out = model(xr, sample=sample)
 
                 def per_seg(t: torch.Tensor, b: int = b) -> torch.Tensor:
-                    return t.float().reshape(b, -1, *t.shape[1:])
+                    # explicit sample count: a -1 is ambiguous for empty inputs (co_dim = 0)
+                    return t.float().reshape(b, n_samples if sample else 1, *t.shape[1:])
 
                 means = per_seg(out.means)
                 outs["rates"].append(means.mean(1).cpu().numpy())
