@@ -1,7 +1,8 @@
 """AutoLFADS: population-based training of LFADS with Ray Tune (embedded local Ray, or a Ray cluster).
 
-Ray Tune does the work: `PopulationBasedTraining` (synchronous generations, truncation selection on
-the smoothed held-out sample-validation loss, exploit = copy of a better trial's checkpoint), the
+Ray Tune does the work: `PopulationBasedTraining` (asynchronous: each member is ranked against the
+others every `perturbation_interval` epochs on the smoothed held-out sample-validation loss; one in
+the bottom quarter copies the checkpoint of one in the top quarter, then explores), the
 trial checkpointing, `Tuner.restore` for an interrupted search. This module adds the LFADS
 trainable, the AutoLFADS explore rule (multiplicative perturbation within bounds, see
 `search_space`), a stopper on population stagnation, the history for the provenance record, the
@@ -427,7 +428,7 @@ def fit_pbt(data: np.ndarray, config: LFADSConfig, run_dir: str | Path, populati
                 resample_probability=0.0,  # AutoLFADS only perturbs; the explore function does it
                 perturbation_factors=(1.0, 1.0),
                 custom_explore_fn=Explorer(space, seed=seed + 1),
-                synch=True,
+                synch=False,  # Ray's synchronous mode can deadlock when a search is resumed
             )
             tuner = tune.Tuner(
                 trainable,

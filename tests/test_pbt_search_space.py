@@ -1,0 +1,145 @@
+"""AutoLFADS search space, explore rule and population stopper (no Ray cluster needed)."""
+
+from __future__ import annotations
+
+import math
+import pickle
+import random
+
+import pytest
+
+from nwb_lfads_emg.errors import TrainingError
+from nwb_lfads_emg.lfads.config import MUTABLE_HYPERPARAMETERS, LFADSConfig, preset
+from nwb_lfads_emg.training.search_space import (
+    AUTOLFADS_SPACE,
+    Explorer,
+    HyperParam,
+    autolfads_search_space,
+    clip_to_space,
+    sample_population,
+    validate_space,
+)
+
+
+def test_default_space_is_autolfads():
+    space = autolfads_search_space()
+    assert set(space) == set(MUTABLE_HYPERPARAMETERS)
+    assert (space["lr"].low, space["lr"].high, space["lr"].log) == (1e-5, 5e-3, True)
+    assert (space["kl_ic_scale"].low, space["kl_ic_scale"].high, space["kl_ic_scale"].width) == (1e-6, 1e-3, 0.8)
+    assert (space["cd_rate"].low, space["cd_rate"].high, space["cd_rate"].log) == (0.01, 0.7, False)
+    assert space["temporal_shift"].integer
+    # every name is a real LFADSConfig field that the trainer may change mid-run
+    fields = LFADSConfig().to_dict()
+    assert all(p.name in fields for p in AUTOLFADS_SPACE)
+    validate_space(space, preset("default"))
+
+
+def test_overrides_replace_and_drop():
+    space = autolfads_search_space({"lr": (1e-3, 1e-2), "temporal_shift": None})
+    assert "temporal_shift" not in space
+    assert (space["lr"].low, space["lr"].high, space["lr"].log, space["lr"].width) == (1e-3, 1e-2, True, 0.3)
+    with pytest.raises(ValueError, match="can change during training"):
+        HyperParam("gen_dim", 1, 10)
+    with pytest.raises(ValueError, match="log-scaled"):
+        HyperParam("lr", 0.0, 1.0, log=True)
+    with pytest.raises(ValueError, match="below 0.95"):
+        validate_space(autolfads_search_space({"cd_rate": (0.1, 0.9)}), preset("default"))
+
+
+def test_samples_within_bounds_and_log_uniform():
+    space = autolfads_search_space()
+    pts = sample_population(space, 400, seed=3)
+    for pt in pts:
+        for name, p in space.items():
+            assert p.low <= pt[name] <= p.high
+            if p.integer:
+                assert isinstance(pt[name], int)
+    # log sampling: about half the learning rates lie below the geometric mean of the bounds
+    gm = math.sqrt(1e-5 * 5e-3)
+    frac = sum(pt["lr"] < gm for pt in pts) / len(pts)
+    assert 0.4 < frac < 0.6
+    assert sample_population(space, 5, seed=1) == sample_population(space, 5, seed=1)
+    first = sample_population(space, 3, seed=0, first={**preset("demo").to_dict()})
+    assert first[0]["lr"] == 5e-3  # the demo's 1e-2 is clipped into the AutoLFADS bounds
+    assert first[0]["dropout"] == pytest.approx(0.05)
+
+
+@pytest.mark.parametrize("p", AUTOLFADS_SPACE, ids=lambda p: p.name)
+def test_perturbation_stays_in_bounds_and_moves(p: HyperParam):
+    rng = random.Random(0)
+    for start in (p.low, p.high, p.sample(rng)):
+        start = p.clip(start)
+        for _ in range(200):
+            new = p.perturb(start, rng)
+            assert p.low <= new <= p.high
+            if not p.integer and start > 0:
+                ratio = new / start
+                # a factor 1 +- u with u at most the width (log params: times or divided by 1 + u)
+                lo = 1 / (1 + p.width) if p.log else 1 - p.width
+                assert lo - 1e-12 <= ratio <= 1 + p.width + 1e-12
+                assert ratio != 1.0
+
+
+def test_log_perturbation_is_symmetric_in_log_space():
+    p = HyperParam("kl_co_scale", 1e-12, 1.0, log=True, width=0.8)
+    rng = random.Random(1)
+    logs = [math.log(p.perturb(1e-6, rng) / 1e-6) for _ in range(4000)]
+    assert abs(sum(logs) / len(logs)) < 0.02
+    lin = HyperParam("dropout", 0.0, 1.0, width=0.3)
+    ups = [lin.perturb(0.5, rng) > 0.5 for _ in range(2000)]
+    assert 0.45 < sum(ups) / len(ups) < 0.55
+
+
+def test_integer_parameter_always_moves():
+    p = HyperParam("temporal_shift", 0, 6, width=0.3, integer=True)
+    rng = random.Random(2)
+    seen = {p.perturb(1, rng) for _ in range(200)}
+    assert seen <= {0, 2} and seen == {0, 2}
+    assert {p.perturb(0, rng) for _ in range(50)} == {1}
+
+
+def test_explorer_perturbs_only_searched_keys_and_pickles():
+    space = autolfads_search_space({"temporal_shift": None})
+    explore = Explorer(space, seed=4)
+    cfg = {**clip_to_space(preset("default").to_dict(), space), "other": 7}
+    new = explore(cfg)
+    assert new["other"] == 7
+    assert all(new[k] != cfg[k] for k in space)
+    assert all(space[k].low <= new[k] <= space[k].high for k in space)
+    clone = pickle.loads(pickle.dumps(explore))
+    assert clone(cfg) == explore(cfg)  # same RNG state after the round trip
+
+
+def test_plateau_stopper():
+    from nwb_lfads_emg.training.pbt import PopulationPlateauStopper
+
+    s = PopulationPlateauStopper(interval=2, max_iterations=100, patience=2, min_improvement=0.01)
+    values = {1: 1.0, 2: 0.9, 3: 0.8, 4: 0.79, 5: 0.795, 6: 0.792, 7: 0.7905, 8: 0.7901}
+    stopped_at = None
+    for it, v in values.items():
+        assert s("t1", {"training_iteration": it, "val_loss_smoothed": v}) is False
+        if s.stop_all():
+            stopped_at = it
+            break
+    # best improved by >= 0.01 last at iteration 3 (generation 1); two generations later (iteration 6) it stops
+    assert stopped_at == 6
+    assert "improved by less than" in s.reason
+    s2 = PopulationPlateauStopper(interval=2, max_iterations=4)
+    assert s2("t", {"training_iteration": 4, "val_loss_smoothed": 1.0}) is True
+
+
+def test_fit_pbt_rejects_bad_arguments(tmp_path):
+    import numpy as np
+
+    from nwb_lfads_emg.training.pbt import fit_pbt
+
+    data = np.ones((200, 3), np.float32)
+    with pytest.raises(TrainingError, match="at least 2"):
+        fit_pbt(data, preset("demo"), tmp_path, population=1)
+    with pytest.raises(TrainingError, match="cannot reach the Ray head node"):
+        fit_pbt(data, preset("demo"), tmp_path, population=2, ray_address="127.0.0.1:9")
+    with pytest.raises(TrainingError, match="host:port"):
+        fit_pbt(data, preset("demo"), tmp_path, population=2, ray_address="not-an-address")
+    with pytest.raises(TrainingError, match="search space"):
+        fit_pbt(data, preset("demo"), tmp_path, population=2,
+                search_space=autolfads_search_space({"cd_rate": (0.1, 0.93)}))
