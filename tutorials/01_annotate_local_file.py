@@ -15,7 +15,7 @@
 # `emg_and_estimates.png`, with four muscles: raw EMG in grey, the AutoLFADS estimate with its
 # posterior spread, the low-pass envelope and the Bayesian-filter estimate.
 #
-# **How long it takes:** about 3-5 minutes on a laptop CPU (a 60 s session, the `demo` model
+# **How long it takes:** about 2-4 minutes on a laptop CPU (a 60 s session, the `demo` model
 # preset). In fast mode (`NWB_LFADS_EMG_TUTORIAL_FAST=1`: a 15 s session, 2 training epochs) about
 # 15 s; the estimates of an under-trained model are then rough.
 #

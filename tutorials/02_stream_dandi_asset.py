@@ -19,11 +19,11 @@
 # the archive, training progress, the objects of the new file and where it came from, and a figure
 # `streamed_estimates.png` (streamed EMG over the three estimates for four muscles).
 #
-# **How long it takes:** with the real FALCON session, about 10-20 minutes on a laptop CPU (the
-# network part is a minute or so; the rest is training on the whole session with the `demo`
-# preset). Fast mode (`NWB_LFADS_EMG_TUTORIAL_FAST=1`, 2 training epochs) about 1-2 minutes on the
-# real asset; about 20 s in the test suite, which serves a 15 s simulated session from a local
-# stand-in for the archive.
+# **How long it takes:** with the real FALCON session, roughly 10-20 minutes on a laptop CPU,
+# depending on the session's length and your connection (streaming takes a minute or two; the rest
+# is training on the whole session with the `demo` preset). Fast mode
+# (`NWB_LFADS_EMG_TUTORIAL_FAST=1`, 2 training epochs) a few minutes on the real asset; about 20 s
+# in the test suite, which serves a 15 s simulated session from a local stand-in for the archive.
 
 # %%
 import os

@@ -20,7 +20,7 @@
 # method) and `decoded_angle.png` (a joint angle and its prediction from each method over a few
 # seconds).
 #
-# **How long it takes:** about 4-6 minutes on a laptop CPU (a 60 s session, `demo` preset). Fast
+# **How long it takes:** about 3-5 minutes on a laptop CPU (a 60 s session, `demo` preset). Fast
 # mode (`NWB_LFADS_EMG_TUTORIAL_FAST=1`: 15 s, 2 epochs) about 30 s. In fast mode AutoLFADS is
 # barely trained, so its scores say nothing about the method: read them from a full run.
 

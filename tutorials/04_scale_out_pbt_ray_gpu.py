@@ -13,7 +13,7 @@
 # table), its progress plot `pbt_progress.png` and the exported best model in `run_pbt/best/`.
 #
 # **How long it takes:** the full mode runs the PBT command exactly as below on a 60 s session,
-# with a population of 8: about 30-60 minutes on an 8-core laptop CPU, a few minutes on a Ray
+# with a population of 8: roughly 15-60 minutes on an 8-core laptop CPU, a few minutes on a Ray
 # cluster with GPUs (the search stops when the population stops improving). Fast mode
 # (`NWB_LFADS_EMG_TUTORIAL_FAST=1`) needs neither a GPU nor a cluster: a 15 s session, 2 epochs
 # for the single model and a population of 2 for 2 one-epoch generations on a local Ray, about

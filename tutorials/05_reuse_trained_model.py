@@ -13,7 +13,7 @@
 # B's true activation, a figure `session_b_estimates.png`, and the one-line error you get when the
 # muscles do not match.
 #
-# **How long it takes:** about 3-5 minutes on a laptop CPU (two 60 s sessions, `demo` preset; the
+# **How long it takes:** about 2-4 minutes on a laptop CPU (two 60 s sessions, `demo` preset; the
 # annotation itself takes seconds). Fast mode (`NWB_LFADS_EMG_TUTORIAL_FAST=1`: 15 s sessions,
 # 2 epochs) about 20 s; the under-trained model is then less accurate than the baselines.
 
