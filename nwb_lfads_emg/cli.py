@@ -30,6 +30,7 @@ def _job(args: argparse.Namespace) -> Any:
         pbt=args.pbt,
         population=args.population,
         ray_address=args.ray_address,
+        gpus_per_trial=args.gpus_per_trial,
         lowpass_cutoff_hz=args.lowpass_hz,
         preprocess=PreprocessConfig(bin_ms=args.bin_ms),
         progress=not args.quiet,
@@ -110,6 +111,8 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pbt", action="store_true", help="AutoLFADS: population-based training on Ray Tune")
     p.add_argument("--population", type=int, default=4, help="PBT population size")
     p.add_argument("--ray-address", default=None, help="attach to this Ray cluster (default: $RAY_ADDRESS or local)")
+    p.add_argument("--gpus-per-trial", type=float, default=None,
+                   help="GPU share of each PBT trial (default: 1/population, at most 4 per GPU, when CUDA is used)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to train")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-epochs", type=int, default=None, help="override the preset's epoch limit")

@@ -32,6 +32,8 @@ class JobConfig:
     pbt: bool = False
     population: int = 4
     ray_address: str | None = None
+    gpus_per_trial: float | None = None
+    pbt_interval: int | None = None
     n_posterior_samples: int = 20
     lowpass_cutoff_hz: float = 10.0
     bayes: dict[str, Any] = field(default_factory=dict)
@@ -113,8 +115,10 @@ def fit(emg_input: EMGInput, run_dir: str | Path, job: JobConfig | None = None) 
     if job.pbt:
         from .training.pbt import fit_pbt
 
+        interval, generations = pbt_schedule(job, config.max_epochs)
         result = fit_pbt(data, config, run_dir, population=job.population, ray_address=job.ray_address,
-                         seed=job.seed, progress=job.progress)
+                         gpus_per_trial=_gpus_per_trial(job), max_generations=generations,
+                         perturbation_interval=interval, seed=job.seed, progress=job.progress)
     else:
         from .training.trainer import fit as fit_single
 
@@ -137,6 +141,27 @@ def fit(emg_input: EMGInput, run_dir: str | Path, job: JobConfig | None = None) 
     }
     (run_dir / JOB_FILE).write_text(json.dumps(record, indent=1, default=str))
     return result
+
+
+def pbt_schedule(job: JobConfig, max_epochs: int) -> tuple[int, int]:
+    """(epochs between PBT selections, number of generations) so a search trains at most `max_epochs`."""
+    interval = job.pbt_interval or max(1, min(25, max_epochs // 4))
+    return interval, max(1, max_epochs // interval)
+
+
+def _gpus_per_trial(job: JobConfig) -> float:
+    """GPU share of each PBT trial: as given, else none on CPU and 1/population (at most 4 per GPU) on CUDA."""
+    if job.gpus_per_trial is not None:
+        return float(job.gpus_per_trial)
+    if job.device == "cpu":
+        return 0.0
+    import torch
+
+    if not torch.cuda.is_available():
+        if job.device == "cuda":
+            raise TrainingError("--device cuda: no CUDA device is visible to torch on this machine")
+        return 0.0
+    return 1.0 / min(4, max(1, job.population))
 
 
 def _model_dir(result: Any, run_dir: Path) -> Path:
