@@ -436,7 +436,10 @@ def fit_pbt(data: np.ndarray, config: LFADSConfig, run_dir: str | Path, populati
                 tune_config=tune.TuneConfig(
                     metric=METRIC, mode="min", scheduler=scheduler, num_samples=population,
                     search_alg=BasicVariantGenerator(points_to_evaluate=points, random_state=seed),
-                    reuse_actors=True,
+                    # reuse the trial actors only on the embedded local Ray: on a cluster a reused actor
+                    # on one node can keep taking every paused member before another node's actor has
+                    # started, leaving that node idle (actor start-up is small next to a real interval)
+                    reuse_actors=where == "embedded local Ray",
                 ),
                 run_config=tune.RunConfig(
                     name=EXPERIMENT_NAME, storage_path=str(storage), stop=stopper, verbose=0,
