@@ -41,7 +41,8 @@ def tiny_config():
 
     return dataclasses.replace(preset("demo"), ic_enc_dim=8, ci_enc_dim=8, con_dim=8, co_dim=2, ic_dim=8,
                                gen_dim=16, fac_dim=4, seg_len=40, seg_overlap=10, batch_size=16,
-                               kl_increase_epoch=4, l2_increase_epoch=4, lr=5e-3)
+                               kl_increase_epoch=4, l2_increase_epoch=4, lr=5e-3, lr_schedule="constant",
+                               val_fraction=0.15, val_blocks=2, num_threads=1)
 
 
 def tiny_space():

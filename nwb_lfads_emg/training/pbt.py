@@ -339,11 +339,15 @@ def fit_pbt(data: np.ndarray, config: LFADSConfig, run_dir: str | Path, populati
             seed: int = 0, progress: bool = True, shared_data_path: str | Path | None = None,
             search_space: Mapping[str, HyperParam] | None = None, patience_generations: int = 4,
             min_improvement: float = 5e-4, quantile_fraction: float = 0.25,
-            storage_path: str | Path | None = None, resume: bool = True) -> PBTResult:
+            storage_path: str | Path | None = None, resume: bool = True,
+            start_from_config: bool = True) -> PBTResult:
     """Run AutoLFADS on (bins, channels) data; exports the best model to run_dir/best and returns it.
 
     `max_generations` * `perturbation_interval` epochs at most; selection every `perturbation_interval`
-    epochs after `burn_in` epochs (default: one interval). An interrupted search in run_dir resumes.
+    epochs after `burn_in` epochs (default: one interval). Member 0 starts from `config`'s values
+    (clipped into the bounds) unless `start_from_config` is False; the others are drawn from the
+    space. All members share `seed` (same held-out entries and initial weights) and differ by their
+    hyper-parameters. An interrupted search in run_dir resumes.
     """
     t_start = time.perf_counter()
     if population < 2:
@@ -365,20 +369,23 @@ def fit_pbt(data: np.ndarray, config: LFADSConfig, run_dir: str | Path, populati
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise TrainingError(f"{run_dir}: cannot create the run directory ({exc.strerror})") from None
-    storage = Path(storage_path).resolve() if storage_path else run_dir
-    exp_path = storage / EXPERIMENT_NAME
+    # storage_path may be a URI (s3://, gs://, ...) that every node can write to
+    remote = storage_path is not None and "://" in str(storage_path)
+    storage = str(storage_path).rstrip("/") if remote else str(Path(storage_path or run_dir).resolve())
+    exp_uri = f"{storage}/{EXPERIMENT_NAME}"
+    exp_path = Path(storage) / EXPERIMENT_NAME  # only read when local
     burn_in = perturbation_interval if burn_in is None else int(burn_in)
     max_iterations = int(max_generations * perturbation_interval)
 
     settings = _settings(arr, config, space, population, perturbation_interval, seed)
     settings_path = run_dir / SETTINGS_FILE
-    if settings_path.is_file() and (exp_path / "tuner.pkl").exists():
+    if settings_path.is_file() and (remote or (exp_path / "tuner.pkl").exists()):
         old = json.loads(settings_path.read_text())
         if resume and old != json.loads(json.dumps(settings)):
             diff = sorted(k for k in settings if json.dumps(old.get(k)) != json.dumps(settings[k]))
             raise TrainingError(f"{run_dir}: holds a different PBT search (differs in {', '.join(diff)}); "
                                 "use another run directory")
-    if not resume and exp_path.exists():
+    if not resume and not remote and exp_path.exists():
         shutil.rmtree(exp_path)
     settings_path.write_text(json.dumps(settings, indent=1))
 
@@ -395,7 +402,8 @@ def fit_pbt(data: np.ndarray, config: LFADSConfig, run_dir: str | Path, populati
             raise TrainingError(f"{p}: cannot write the shared training data ({exc.strerror or exc})") from None
         data_path = str(p.resolve())
 
-    points = sample_population(space, population, seed=seed, first=config.to_dict())
+    points = sample_population(space, population, seed=seed,
+                               first=config.to_dict() if start_from_config else None)
     device = "cuda" if gpus_per_trial > 0 else "cpu"
     threads = max(1, int(cpus_per_trial))
 
@@ -414,9 +422,9 @@ def fit_pbt(data: np.ndarray, config: LFADSConfig, run_dir: str | Path, populati
                                progress)
         stopper = PopulationPlateauStopper(perturbation_interval, max_iterations, patience_generations,
                                            min_improvement, min_generations=max(1, burn_in // perturbation_interval))
-        if resume and tune.Tuner.can_restore(str(exp_path)):
-            log.info("resuming the PBT search in %s", exp_path)
-            tuner = tune.Tuner.restore(str(exp_path), trainable=trainable, resume_unfinished=True,
+        if resume and tune.Tuner.can_restore(exp_uri):
+            log.info("resuming the PBT search in %s", exp_uri)
+            tuner = tune.Tuner.restore(exp_uri, trainable=trainable, resume_unfinished=True,
                                        resume_errored=True)
         else:
             scheduler = PopulationBasedTraining(
@@ -442,7 +450,7 @@ def fit_pbt(data: np.ndarray, config: LFADSConfig, run_dir: str | Path, populati
                     reuse_actors=where == "embedded local Ray",
                 ),
                 run_config=tune.RunConfig(
-                    name=EXPERIMENT_NAME, storage_path=str(storage), stop=stopper, verbose=0,
+                    name=EXPERIMENT_NAME, storage_path=storage, stop=stopper, verbose=0,
                     callbacks=[recorder],
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=4, checkpoint_frequency=perturbation_interval,
                                                             checkpoint_at_end=True),
@@ -455,7 +463,7 @@ def fit_pbt(data: np.ndarray, config: LFADSConfig, run_dir: str | Path, populati
             recorder.close()
         results = [grid[i] for i in range(len(grid))]
         if grid.num_terminated + grid.num_errors < len(grid):
-            raise TrainingError(f"PBT: the search was interrupted; its state is saved in {exp_path}: run again "
+            raise TrainingError(f"PBT: the search was interrupted; its state is saved in {exp_uri}: run again "
                                 "with the same run directory to resume it")
         errors = [r.error for r in results if r.error is not None]
         if errors and len(errors) == len(results):
@@ -463,7 +471,11 @@ def fit_pbt(data: np.ndarray, config: LFADSConfig, run_dir: str | Path, populati
         for err in errors:
             log.warning("PBT: a trial failed: %s", _one_line(err))
         history = collect_history(run_dir / RESULTS_FILE, results, exp_path, space, perturbation_interval)
-        history["stop_reason"] = getattr(stopper, "reason", "") or "all trials finished"
+        history["experiment_path"] = exp_uri
+        last = [t["iterations"][-1] for t in history["trials"].values() if t["iterations"]]
+        history["stop_reason"] = (f"reached {max_iterations} epochs" if last and min(last) >= max_iterations
+                                  else f"best {METRIC} improved by less than {min_improvement:g} over "
+                                       f"{patience_generations} generations")
         history["ray"] = where
         best = _export_best(results, run_dir / BEST_DIR, history)
     history["wall_time_s"] = time.perf_counter() - t_start
@@ -479,7 +491,7 @@ def fit_pbt(data: np.ndarray, config: LFADSConfig, run_dir: str | Path, populati
     return PBTResult(model=model, config=cfg, metrics=best["metrics"], run_dir=run_dir,
                      best_val_loss=float(best[METRIC]), weights_sha256=best["sha256"], device=device, seed=seed,
                      best_epoch=int(best["iteration"]), pbt_history=history, best_trial=best["trial"],
-                     model_dir=run_dir / BEST_DIR, experiment_path=str(exp_path), plot_path=plot_path,
+                     model_dir=run_dir / BEST_DIR, experiment_path=exp_uri, plot_path=plot_path,
                      wall_time_s=history["wall_time_s"])
 
 
@@ -527,9 +539,9 @@ def _clean_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _read_policy_log(exp_path: Path) -> list[dict[str, Any]]:
     """Ray's own record of exploit/explore steps (pbt_global.txt)."""
-    path = exp_path / "pbt_global.txt"
+    path = Path(exp_path) / "pbt_global.txt"
     out = []
-    if path.is_file():
+    if path.is_file():  # (a local experiment directory; not read from remote storage)
         for line in path.read_text().splitlines():
             with contextlib.suppress(json.JSONDecodeError, ValueError):
                 target, source, target_it, source_it, old_cfg, new_cfg = json.loads(line)
