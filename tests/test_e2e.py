@@ -29,7 +29,7 @@ pytestmark = pytest.mark.slow
 
 METHODS = ("AutoLFADS", "LowPass", "BayesianFilter")
 # The regime of the accuracy claim (see tests/test_lfads_accuracy.py): narrow, low carrier band.
-E2E_SIMULATION = SimulationConfig(n_muscles=8, duration_s=60.0, seed=0, carrier_band_hz=(20.0, 80.0))
+E2E_SIMULATION = SimulationConfig(n_muscles=8, duration_s=60.0, seed=0, carrier_band_hz=(15.0, 50.0))
 
 
 @pytest.fixture(scope="module")
