@@ -5,8 +5,10 @@ bins. The low-pass cutoff is the best one chosen WITH the truth (an upper bound 
 The regime: 8 muscles, 60 s, seed 0, EMG carrier band 15-50 Hz (narrow and low, so that a low-pass
 must trade blur of the sharp onsets against noise). Demo preset (70 epochs, cosine learning rate),
 one torch thread, about 2 minutes of training on an idle core.
-Measured (seed 0): LFADS ~0.80, best low-pass 0.773 (8 Hz), Bayes filter 0.649.
-Where it does not win by this margin: carrier 20-80 Hz, LFADS 0.864 vs low-pass 0.859 (10 Hz).
+Measured (simulator seed 0; harness, final weights, 1 posterior sample), LFADS / best low-pass / Bayes:
+  carrier 15-50 Hz:  training seed 0: 0.834 / 0.773 / 0.649;  training seed 1: 0.812
+  carrier 20-80 Hz:  training seed 0: 0.909 / 0.859 / 0.747;  training seed 1: 0.847 (loses)
+  carrier 30-250 Hz: training seed 0: 0.941 / 0.940 / 0.872 (a tie with the low-pass)
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ pytestmark = pytest.mark.slow
 
 CUTOFFS = (2, 3, 4, 6, 8, 10, 12, 15, 20, 25, 30, 40)
 SIMULATION = dict(n_muscles=8, duration_s=60.0, seed=0, carrier_band_hz=(15.0, 50.0))
-MARGIN = 0.015
+MARGIN = 0.02
 
 
 def _binmean(x: np.ndarray, factor: int, n: int) -> np.ndarray:
