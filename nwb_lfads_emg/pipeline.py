@@ -199,6 +199,10 @@ def infer(run_dir: str | Path, emg_input: EMGInput, n_samples: int = 20, device:
             f"{record['bin_rate']} Hz"
         )
     model, config = load_model(record["model_dir"])
+    if config.num_threads:
+        import torch
+
+        torch.set_num_threads(int(config.num_threads))
     return infer_model(model, emg_input.binned.data, config, n_samples=n_samples, device=device, seed=seed)
 
 

@@ -51,3 +51,45 @@ def shared_data_dir() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real-data folder {SHARED_DATA} is absent")
     return SHARED_DATA
+
+
+# The regime of the accuracy claim: narrow, low EMG carrier band (see tests/test_lfads_accuracy.py).
+ACCURACY_SIMULATION = dict(n_muscles=8, duration_s=60.0, seed=0, carrier_band_hz=(15.0, 50.0))
+
+
+@pytest.fixture(scope="session")
+def accuracy_session():
+    """The simulated session on which the accuracy claim is tested (60 s, 8 muscles, 15-50 Hz carrier)."""
+    from nwb_lfads_emg.simulate import SimulationConfig, simulate_session
+
+    return simulate_session(SimulationConfig(**ACCURACY_SIMULATION))
+
+
+@pytest.fixture(scope="session")
+def accuracy_nwb(accuracy_session, tmp_path_factory) -> Path:
+    """`accuracy_session` as an NWB file (ElectricalSeries), the source of the trained demo model."""
+    from nwb_lfads_emg.simulate import write_session_nwb
+
+    return write_session_nwb(accuracy_session, tmp_path_factory.mktemp("accuracy") / "sub-sim_ses-acc.nwb")
+
+
+@pytest.fixture(scope="session")
+def demo_run(accuracy_nwb, tmp_path_factory) -> Path:
+    """ONE demo-preset model trained through the pipeline on `accuracy_nwb` (1 torch thread, seed 0).
+
+    Trained once per test session and shared by the accuracy and end-to-end tests (it is the
+    suite's most expensive step, about 2 minutes of CPU).
+    """
+    import torch
+
+    from nwb_lfads_emg.pipeline import JobConfig, fit, read
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run = tmp_path_factory.mktemp("demo-run")
+        emg_input, _ = read(accuracy_nwb)
+        fit(emg_input, run, JobConfig(preset="demo", seed=0, device="cpu", progress=False))
+    finally:
+        torch.set_num_threads(threads)
+    return run

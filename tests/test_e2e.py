@@ -17,45 +17,29 @@ from pynwb import NWBHDF5IO, validate
 
 from nwb_lfads_emg.cli import main
 from nwb_lfads_emg.evaluate import r2_affine
-from nwb_lfads_emg.pipeline import JobConfig, fit, read
 from nwb_lfads_emg.simulate import (
-    SimulationConfig,
-    simulate_session,
     true_activation_binned,
-    write_session_nwb,
 )
 
 pytestmark = pytest.mark.slow
 
 METHODS = ("AutoLFADS", "LowPass", "BayesianFilter")
-# The regime of the accuracy claim (see tests/test_lfads_accuracy.py): narrow, low carrier band.
-E2E_SIMULATION = SimulationConfig(n_muscles=8, duration_s=60.0, seed=0, carrier_band_hz=(15.0, 50.0))
 
 
 @pytest.fixture(scope="module")
-def session():
-    return simulate_session(E2E_SIMULATION)
+def session(accuracy_session):
+    return accuracy_session
 
 
 @pytest.fixture(scope="module")
-def source(session, tmp_path_factory) -> Path:
-    return write_session_nwb(session, tmp_path_factory.mktemp("e2e") / "sub-sim_ses-e2e.nwb")
+def source(accuracy_nwb) -> Path:
+    return accuracy_nwb
 
 
 @pytest.fixture(scope="module")
-def run_dir(source, tmp_path_factory) -> Path:
-    """One demo-preset model trained on the session (shared by the tests below)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        run = tmp_path_factory.mktemp("run")
-        emg_input, _ = read(source)
-        fit(emg_input, run, JobConfig(preset="demo", seed=0, progress=False))
-    finally:
-        torch.set_num_threads(threads)
-    return run
+def run_dir(demo_run) -> Path:
+    """The demo-preset model trained once for the suite (conftest.demo_run)."""
+    return demo_run
 
 
 def _plain_pynwb_summary(path: Path) -> str:

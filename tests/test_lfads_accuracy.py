@@ -13,8 +13,6 @@ Measured (simulator seed 0; harness, final weights, 1 posterior sample), LFADS /
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 import torch
@@ -22,7 +20,6 @@ import torch
 pytestmark = pytest.mark.slow
 
 CUTOFFS = (2, 3, 4, 6, 8, 10, 12, 15, 20, 25, 30, 40)
-SIMULATION = dict(n_muscles=8, duration_s=60.0, seed=0, carrier_band_hz=(15.0, 50.0))
 MARGIN = 0.02
 
 
@@ -32,22 +29,22 @@ def _binmean(x: np.ndarray, factor: int, n: int) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def scores(tmp_path_factory) -> dict[str, float]:
+def scores(accuracy_session, accuracy_nwb, demo_run) -> dict[str, float]:
+    """R^2 vs truth of the shared demo model (trained through the pipeline on the simulated file)."""
     from nwb_lfads_emg.baselines.bayes import bayes_filter
     from nwb_lfads_emg.baselines.lowpass import lowpass_envelope
     from nwb_lfads_emg.evaluate import r2_affine
-    from nwb_lfads_emg.lfads import preset
-    from nwb_lfads_emg.preprocess import PreprocessConfig, preprocess, rectify_highpass
-    from nwb_lfads_emg.simulate import SimulationConfig, simulate_session, true_activation_binned
-    from nwb_lfads_emg.training import fit, infer
+    from nwb_lfads_emg.pipeline import infer, load_run, read
+    from nwb_lfads_emg.preprocess import PreprocessConfig, rectify_highpass
+    from nwb_lfads_emg.simulate import true_activation_binned
 
-    session = simulate_session(SimulationConfig(**SIMULATION))
-    pcfg = PreprocessConfig(bin_ms=5.0)
-    binned = preprocess(session.emg, session.emg_rate, pcfg)
+    session = accuracy_session
+    emg_input, _ = read(accuracy_nwb)
+    binned = emg_input.binned
     n = binned.data.shape[0]
     truth = true_activation_binned(session, binned.bin_rate)[:n]
     factor = int(round(session.emg_rate / binned.bin_rate))
-    rect = rectify_highpass(session.emg, session.emg_rate, pcfg)
+    rect = rectify_highpass(session.emg, session.emg_rate, PreprocessConfig(bin_ms=5.0))
     lowpass, cutoff = max(
         (float(r2_affine(_binmean(lowpass_envelope(rect, session.emg_rate, c), factor, n), truth).mean()), c)
         for c in CUTOFFS
@@ -56,17 +53,13 @@ def scores(tmp_path_factory) -> dict[str, float]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        cfg = preset("demo")
-        t0, c0 = time.perf_counter(), time.process_time()
-        res = fit(binned.data, cfg, tmp_path_factory.mktemp("acc"), device="cpu", seed=0, progress=False)
-        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-        inf = infer(res.model, binned.data, cfg, n_samples=20, device="cpu", seed=0)
+        inf = infer(demo_run, emg_input, n_samples=20, device="cpu", seed=0)
     finally:
         torch.set_num_threads(threads)
+    record = load_run(demo_run)
     lfads = float(r2_affine(inf.rates, truth).mean())
-    print(f"\nR2 vs truth: LFADS {lfads:.4f} (demo, {len(res.metrics)} epochs, best {res.best_epoch}, "
-          f"training {cpu:.0f} s CPU / {wall:.0f} s wall), best low-pass {lowpass:.4f} ({cutoff} Hz), "
-          f"Bayes {bayes:.4f}")
+    print(f"\nR2 vs truth: LFADS {lfads:.4f} (demo, {len(record['metrics'])} epochs), "
+          f"best low-pass {lowpass:.4f} ({cutoff} Hz), Bayes {bayes:.4f}")
     return {"lfads": lfads, "lowpass": lowpass, "bayes": bayes}
 
 
