@@ -144,3 +144,32 @@ def test_ramp_and_presets():
         preset("huge")
     with pytest.raises(ValueError):
         tiny(seg_overlap=20).validate()
+
+
+@pytest.mark.parametrize("sample", [True, False])
+@pytest.mark.parametrize("training", [True, False])
+def test_fast_decoder_matches_eager(sample, training):
+    """The hand-written decoder loop gives the eager loop's outputs, gradients and RNG use."""
+    torch.manual_seed(0)
+    model = LFADS(tiny(dropout=0.3, cell_clip=0.5), n_channels=3)  # small clip: the clamps are active
+    model.train(training)
+    x = torch.rand(6, 20, 3) + 0.1
+    model.set_input_stats(x.reshape(-1, 3))
+    runs = []
+    for fast in (False, True):
+        model.decoder.fast = fast
+        model.zero_grad()
+        torch.manual_seed(1)
+        out = model(x, sample=sample)
+        model.loss(out, x, torch.rand(6, 20, 3) < 0.3)["loss"].backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        runs.append((out, grads, torch.rand(3)))
+    (oe, ge, re), (of, gf, rf) = runs
+    torch.testing.assert_close(rf, re, rtol=0, atol=0)  # same random numbers consumed
+    for name in ("factors", "inputs", "co_mean", "co_log_var", "params"):
+        torch.testing.assert_close(getattr(of, name), getattr(oe, name), rtol=1e-6, atol=1e-6)
+    assert ge.keys() == gf.keys()
+    for name, g in ge.items():
+        scale = g.abs().max().clamp_min(1e-6)
+        assert ((gf[name] - g).abs().max() / scale).item() < 1e-5, name
+    assert tiny().fast_decoder  # the fast path is the default

@@ -84,6 +84,8 @@ class LFADSConfig:
     # --- compute
     precision: str = "auto"  # "auto" (bf16/fp16 autocast on CUDA, fp32 on CPU), "fp32", "bf16", "fp16"
     compile: bool = False
+    # the decoder's time loop in TorchScript (same outputs, gradients and RNG use as the eager loop, faster on CPU)
+    fast_decoder: bool = True
     num_threads: int | None = None
     preset_name: str = field(default="custom")
 

@@ -47,7 +47,7 @@ class LFADS(nn.Module):
         self.ic_encoder = ICEncoder(n_channels, c.ic_enc_dim, c.ic_dim, c.ic_post_var_min, c.dropout)
         self.ci_encoder = CIEncoder(n_channels, c.ci_enc_dim, c.ci_lag, c.dropout) if c.co_dim > 0 else None
         self.decoder = Decoder(2 * c.ci_enc_dim, c.con_dim, c.co_dim, c.ic_dim, c.gen_dim, c.fac_dim,
-                               c.cell_clip, c.dropout)
+                               c.cell_clip, c.dropout, fast=c.fast_decoder)
         self.readout = nn.Linear(c.fac_dim, n_channels * self.likelihood.n_params)
         self.ic_prior = GaussianICPrior(c.ic_dim, c.ic_prior_var)
         self.co_prior = AR1Prior(c.co_dim, c.co_prior_tau, c.co_prior_var) if c.co_dim > 0 else None
