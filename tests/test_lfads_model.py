@@ -171,5 +171,5 @@ def test_fast_decoder_matches_eager(sample, training):
     assert ge.keys() == gf.keys()
     for name, g in ge.items():
         scale = g.abs().max().clamp_min(1e-6)
-        assert ((gf[name] - g).abs().max() / scale).item() < 1e-5, name
+        assert ((gf[name] - g).abs().max() / scale).item() < 2e-6, name
     assert tiny().fast_decoder  # the fast path is the default

@@ -48,133 +48,127 @@ def normalized_rows(weight: Tensor) -> Tensor:
     return weight / weight.norm(dim=1, keepdim=True).clamp_min(1e-8)
 
 
-def _gru_fwd(gi: Tensor, h: Tensor, whh_t: Tensor, hidden: int, clip: float) -> tuple[Tensor, ...]:
-    """`gru_step` (same ops, same values) also returning what its backward needs."""
+def _gru_fwd(gi: Tensor, h: Tensor, whh_t: Tensor, hidden: int, clip: float, out: Tensor) -> tuple[Tensor, ...]:
+    """`gru_step` (same ops, same values; the clipped state written to `out`) and what its backward needs."""
     gh = torch.mm(h, whh_t)
     rz = torch.sigmoid(gi[:, : 2 * hidden] + gh[:, : 2 * hidden])
-    r, z = rz[:, :hidden], rz[:, hidden:]
     gh_n = gh[:, 2 * hidden :]
-    n = torch.tanh(gi[:, 2 * hidden :] + r * gh_n)
-    h_new = n + z * (h - n)
-    keep = (h_new >= -clip) & (h_new <= clip)
-    return h_new.clamp(-clip, clip), rz, n, gh_n, keep
+    n = torch.tanh(gi[:, 2 * hidden :] + rz[:, :hidden] * gh_n)
+    h_minus_n = h - n
+    h_new = n + rz[:, hidden:] * h_minus_n
+    torch.clamp(h_new, -clip, clip, out=out)
+    return rz, n, h_minus_n, gh_n, h_new.abs() > clip
 
 
-def _gru_bwd(dh: Tensor, h: Tensor, rz: Tensor, n: Tensor, gh_n: Tensor, keep: Tensor,
-             hidden: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Gradients of one clipped GRU step: (d gi, d gh, d h through the z * h path)."""
-    dh = dh * keep
-    r, z = rz[:, :hidden], rz[:, hidden:]
-    dn = dh * (1 - z)
-    dz = dh * (h - n)
-    da = dn * (1 - n * n)
-    dr = da * gh_n
-    drz = torch.cat([dr, dz], 1) * rz * (1 - rz)
-    return torch.cat([drz, da], 1), torch.cat([drz, da * r], 1), dh * z
+def _gru_bwd(dh: Tensor, rz: Tensor, n: Tensor, h_minus_n: Tensor, gh_n: Tensor, clipped: Tensor, hidden: int,
+             dgi: Tensor, dgh: Tensor) -> Tensor:
+    """Backward of one clipped GRU step: d gi and d gh written to `dgi`, `dgh` (B, 3H); returns d h via z * h."""
+    dh = dh.masked_fill(clipped, 0.0)
+    dhz = dh * rz[:, hidden:]
+    da = dgi[:, 2 * hidden :]
+    torch.ops.aten.tanh_backward.grad_input(dh - dhz, n, grad_input=da)
+    torch.mul(da, gh_n, out=dgi[:, :hidden])
+    torch.mul(dh, h_minus_n, out=dgi[:, hidden : 2 * hidden])
+    drz = dgi[:, : 2 * hidden]
+    torch.ops.aten.sigmoid_backward.grad_input(drz, rz, grad_input=drz)
+    dgh[:, : 2 * hidden].copy_(drz)
+    torch.mul(da, rz[:, :hidden], out=dgh[:, 2 * hidden :])
+    return dhz
 
 
 class _DecoderLoop(torch.autograd.Function):
     """The decoder's time loop (controller present) with a hand-written backward through time.
 
     The forward does the eager `Decoder._step` ops in the same order (same values, same RNG use:
-    one bernoulli_ per step for dropout exactly as `torch.dropout`); the backward needs far fewer
-    ops than autograd's per-step graph, and the weight gradients are single matmuls over all steps.
+    one bernoulli_ per step for dropout exactly as `torch.dropout` on CPU); the backward needs far
+    fewer ops than autograd's per-step graph, and the weight gradients are single matmuls over all steps.
     """
 
     @staticmethod
     def forward(ctx, ci_proj, eps, f, c, g, fac_w, con_wf, con_whh, to_co_w, to_co_b, gen_wih, gen_bih,  # noqa: ANN001
                 gen_whh, clip: float, p: float, training: bool, sample: bool):  # noqa: ANN205
         hc, hg, co = con_whh.shape[1], gen_whh.shape[1], to_co_w.shape[0] // 2
-        con_wf_t, con_whh_t, gen_wih_t, gen_whh_t = con_wf.t(), con_whh.t(), gen_wih.t(), gen_whh.t()
+        n_t, b = ci_proj.shape[1], f.shape[0]
+        con_wf_t, con_whh_t, gen_wih_t, gen_whh_t, fac_w_t = con_wf.t(), con_whh.t(), gen_wih.t(), gen_whh.t(), fac_w.t()
         drop = training and p > 0
-        fs, cs, gs, rz_c, n_c, ghn_c, keep_c, rz_g, n_g, ghn_g, keep_g = ([] for _ in range(11))
-        scales, lv_keep, us, noises, ds, means, log_vars = ([] for _ in range(7))
-        factors = []
-        for t in range(ci_proj.shape[1]):
-            fs.append(f)
-            cs.append(c)
-            gs.append(g)
-            gi = torch.addmm(ci_proj[:, t], f, con_wf_t)
-            c, *saved = _gru_fwd(gi, c, con_whh_t, hc, clip)
-            for lst, v in zip((rz_c, n_c, ghn_c, keep_c), saved, strict=True):
-                lst.append(v)
-            co_mean, co_log_var = F.linear(c, to_co_w, to_co_b).chunk(2, dim=-1)
-            lv_keep.append((co_log_var >= -16.0) & (co_log_var <= 8.0))
+        # states of all steps in (T + 1, B, .) buffers: [0] the initial one, [t + 1] after step t
+        fs, cs, gs = f.new_empty(n_t + 1, b, f.shape[1]), c.new_empty(n_t + 1, b, hc), g.new_empty(n_t + 1, b, hg)
+        fs[0], cs[0], gs[0] = f, c, g
+        us = f.new_empty(n_t, b, co)
+        ds = f.new_empty(n_t, b, hg) if drop else gs[1:]
+        saved_c, saved_g, scales, lv_clipped, noises, means, log_vars = [], [], [], [], [], [], []
+        for t in range(n_t):
+            gi = torch.addmm(ci_proj[:, t], fs[t], con_wf_t)
+            saved_c.append(_gru_fwd(gi, cs[t], con_whh_t, hc, clip, cs[t + 1]))
+            co_mean, co_log_var = F.linear(cs[t + 1], to_co_w, to_co_b).chunk(2, dim=-1)
+            lv_clipped.append((co_log_var < -16.0) | (co_log_var > 8.0))
             co_log_var = co_log_var.clamp(-16.0, 8.0)
             if sample:
                 scale = torch.exp(0.5 * co_log_var)
                 scales.append(scale)
-                u = co_mean + scale * eps[:, t]
+                torch.add(co_mean, scale * eps[:, t], out=us[t])
             else:
-                u = co_mean
-            us.append(u)
-            gi_g = torch.addmm(gen_bih, u, gen_wih_t)
-            g, *saved = _gru_fwd(gi_g, g, gen_whh_t, hg, clip)
-            for lst, v in zip((rz_g, n_g, ghn_g, keep_g), saved, strict=True):
-                lst.append(v)
+                us[t].copy_(co_mean)
+            gi_g = torch.addmm(gen_bih, us[t], gen_wih_t)
+            saved_g.append(_gru_fwd(gi_g, gs[t], gen_whh_t, hg, clip, gs[t + 1]))
             if drop:  # as torch.dropout on CPU: noise = bernoulli_(1 - p) / (1 - p); g * noise
-                noise = torch.empty_like(g).bernoulli_(1 - p).div_(1 - p)
+                noise = torch.empty_like(gs[t + 1]).bernoulli_(1 - p).div_(1 - p)
                 noises.append(noise)
-                d = g * noise
-            else:
-                d = g
-            ds.append(d)
-            f = F.linear(d, fac_w)
-            factors.append(f)
+                torch.mul(gs[t + 1], noise, out=ds[t])
+            torch.mm(ds[t], fac_w_t, out=fs[t + 1])
             means.append(co_mean)
             log_vars.append(co_log_var)
-        ctx.lists = (fs, cs, gs, rz_c, n_c, ghn_c, keep_c, rz_g, n_g, ghn_g, keep_g, scales, lv_keep, us, noises, ds)
+        ctx.lists = (saved_c, saved_g, scales, lv_clipped, noises)
+        ctx.bufs = (fs, cs, gs, us, ds)
         ctx.save_for_backward(eps, fac_w, con_wf, con_whh, to_co_w, gen_wih, gen_whh)
         ctx.flags = (hc, hg, co, drop, sample)
-        ctx.c_last = c
-        return torch.stack(factors, 1), torch.stack(means, 1), torch.stack(log_vars, 1), torch.stack(us, 1)
+        return (fs[1:].transpose(0, 1).contiguous(), torch.stack(means, 1), torch.stack(log_vars, 1),
+                us.transpose(0, 1).contiguous())
 
     @staticmethod
     def backward(ctx, d_fac, d_mean, d_lv, d_u):  # noqa: ANN001, ANN205
         eps, fac_w, con_wf, con_whh, to_co_w, gen_wih, gen_whh = ctx.saved_tensors
-        fs, cs, gs, rz_c, n_c, ghn_c, keep_c, rz_g, n_g, ghn_g, keep_g, scales, lv_keep, us, noises, ds = ctx.lists
+        saved_c, saved_g, scales, lv_clipped, noises = ctx.lists
+        fs, cs, gs, us, ds = ctx.bufs
         hc, hg, co, drop, sample = ctx.flags
-        n_t = len(fs)
-        b = fs[0].shape[0]
-        zeros = fs[0].new_zeros(b, n_t, 1)
+        n_t, b = us.shape[0], us.shape[1]
+        zeros = fs.new_zeros(b, n_t, 1)
         d_fac = d_fac if d_fac is not None else zeros.expand(-1, -1, fac_w.shape[0])
         d_mean = d_mean if d_mean is not None else zeros.expand(-1, -1, co)
         d_lv = d_lv if d_lv is not None else zeros.expand(-1, -1, co)
         d_u = d_u if d_u is not None else zeros.expand(-1, -1, co)
+        dfs = fs.new_empty(n_t, b, fs.shape[2])
+        dgi_c, dgh_c = cs.new_empty(n_t, b, 3 * hc), cs.new_empty(n_t, b, 3 * hc)
+        dgi_g, dgh_g = gs.new_empty(n_t, b, 3 * hg), gs.new_empty(n_t, b, 3 * hg)
+        dco = us.new_empty(n_t, b, 2 * co)
         df_c, dc_c, dg_c = torch.zeros_like(fs[0]), torch.zeros_like(cs[0]), torch.zeros_like(gs[0])
-        dfs, dgis, dghs, dgigs, dghgs, dcos = ([None] * n_t for _ in range(6))
         for t in range(n_t - 1, -1, -1):
-            df = d_fac[:, t] + df_c
-            dfs[t] = df
+            df = torch.add(d_fac[:, t], df_c, out=dfs[t])
             dd = torch.mm(df, fac_w)
             dg = dg_c + (dd * noises[t] if drop else dd)
-            dgi_g, dgh_g, dg_prev = _gru_bwd(dg, gs[t], rz_g[t], n_g[t], ghn_g[t], keep_g[t], hg)
-            dgigs[t], dghgs[t] = dgi_g, dgh_g
-            dg_c = torch.addmm(dg_prev, dgh_g, gen_whh)
-            du = torch.addmm(d_u[:, t], dgi_g, gen_wih)
-            dmean = d_mean[:, t] + du
+            dg_prev = _gru_bwd(dg, *saved_g[t], hg, dgi_g[t], dgh_g[t])
+            dg_c = torch.addmm(dg_prev, dgh_g[t], gen_whh)
+            du = torch.addmm(d_u[:, t], dgi_g[t], gen_wih)
+            torch.add(d_mean[:, t], du, out=dco[t, :, :co])
             dlv = d_lv[:, t] + du * eps[:, t] * scales[t] * 0.5 if sample else d_lv[:, t]
-            dco = torch.cat([dmean, dlv * lv_keep[t]], 1)
-            dcos[t] = dco
-            dc = torch.addmm(dc_c, dco, to_co_w)
-            dgi, dgh, dc_prev = _gru_bwd(dc, cs[t], rz_c[t], n_c[t], ghn_c[t], keep_c[t], hc)
-            dgis[t], dghs[t] = dgi, dgh
-            dc_c = torch.addmm(dc_prev, dgh, con_whh)
-            df_c = torch.mm(dgi, con_wf)
+            dco[t, :, co:] = dlv.masked_fill(lv_clipped[t], 0.0)
+            dc = torch.addmm(dc_c, dco[t], to_co_w)
+            dc_prev = _gru_bwd(dc, *saved_c[t], hc, dgi_c[t], dgh_c[t])
+            dc_c = torch.addmm(dc_prev, dgh_c[t], con_whh)
+            df_c = torch.mm(dgi_c[t], con_wf)
 
-        def flat(xs: list) -> Tensor:
-            return torch.stack(xs, 0).reshape(n_t * b, -1)
+        def flat(x: Tensor) -> Tensor:
+            return x.reshape(-1, x.shape[-1])
 
-        dgis_f, dgigs_f, dcos_f = flat(dgis), flat(dgigs), flat(dcos)
-        d_ci = torch.stack(dgis, 1)
+        d_ci = dgi_c.transpose(0, 1).contiguous()
         d_fac_w = flat(dfs).t().mm(flat(ds))
-        d_con_wf = dgis_f.t().mm(flat(fs))
-        d_con_whh = flat(dghs).t().mm(flat(cs))
-        d_to_co_w = dcos_f.t().mm(flat(cs[1:] + [ctx.c_last]))
-        d_to_co_b = dcos_f.sum(0)
-        d_gen_wih = dgigs_f.t().mm(flat(us))
-        d_gen_bih = dgigs_f.sum(0)
-        d_gen_whh = flat(dghgs).t().mm(flat(gs))
+        d_con_wf = flat(dgi_c).t().mm(flat(fs[:-1]))
+        d_con_whh = flat(dgh_c).t().mm(flat(cs[:-1]))
+        d_to_co_w = flat(dco).t().mm(flat(cs[1:]))
+        d_to_co_b = flat(dco).sum(0)
+        d_gen_wih = flat(dgi_g).t().mm(flat(us))
+        d_gen_bih = flat(dgi_g).sum(0)
+        d_gen_whh = flat(dgh_g).t().mm(flat(gs[:-1]))
         return (d_ci, None, df_c, dc_c, dg_c, d_fac_w, d_con_wf, d_con_whh, d_to_co_w, d_to_co_b, d_gen_wih,
                 d_gen_bih, d_gen_whh, None, None, None, None)
 
