@@ -138,8 +138,8 @@ def test_local_pbt_interrupted_resumed_exploits_and_exports_best(tmp_path):
 
     for e in hist["exploits"]:
         assert e["source"] in hist["trials"] and e["source"] != e["trial"]
-    # Ray's policy log may miss entries written just before the interruption (seen once in a full-suite
-    # run), so require agreement for the exploits it does hold, and at least one of them.
+    # In one full-suite run Ray's policy log did not hold one exploit's new configuration (cause not
+    # found; the run was interrupted and resumed), so require that the log confirms at least one exploit.
     assert any(in_policy_log(e) for e in hist["exploits"]), (hist["exploits"], new_configs)
     for t in hist["trials"].values():
         for seg in t["hp_segments"]:
