@@ -61,8 +61,9 @@ def _gru_fwd(gi: Tensor, h: Tensor, whh_t: Tensor, hidden: int, clip: float, out
 
 
 def _gru_bwd(dh: Tensor, rz: Tensor, n: Tensor, h_minus_n: Tensor, gh_n: Tensor, clipped: Tensor, hidden: int,
-             dgi: Tensor, dgh: Tensor) -> Tensor:
-    """Backward of one clipped GRU step: d gi and d gh written to `dgi`, `dgh` (B, 3H); returns d h via z * h."""
+             dgi: Tensor, dgh_n: Tensor) -> Tensor:
+    """Backward of one clipped GRU step: d gi to `dgi` (B, 3H), the candidate part of d gh to `dgh_n` (B, H)
+    (its gate part equals that of d gi); returns d h through the z * h path."""
     dh = dh.masked_fill(clipped, 0.0)
     dhz = dh * rz[:, hidden:]
     da = dgi[:, 2 * hidden :]
@@ -71,8 +72,7 @@ def _gru_bwd(dh: Tensor, rz: Tensor, n: Tensor, h_minus_n: Tensor, gh_n: Tensor,
     torch.mul(dh, h_minus_n, out=dgi[:, hidden : 2 * hidden])
     drz = dgi[:, : 2 * hidden]
     torch.ops.aten.sigmoid_backward.grad_input(drz, rz, grad_input=drz)
-    dgh[:, : 2 * hidden].copy_(drz)
-    torch.mul(da, rz[:, :hidden], out=dgh[:, 2 * hidden :])
+    torch.mul(da, rz[:, :hidden], out=dgh_n)
     return dhz
 
 
@@ -138,23 +138,28 @@ class _DecoderLoop(torch.autograd.Function):
         d_lv = d_lv if d_lv is not None else zeros.expand(-1, -1, co)
         d_u = d_u if d_u is not None else zeros.expand(-1, -1, co)
         dfs = fs.new_empty(n_t, b, fs.shape[2])
-        dgi_c, dgh_c = cs.new_empty(n_t, b, 3 * hc), cs.new_empty(n_t, b, 3 * hc)
-        dgi_g, dgh_g = gs.new_empty(n_t, b, 3 * hg), gs.new_empty(n_t, b, 3 * hg)
+        dgi_c, dghn_c = cs.new_empty(n_t, b, 3 * hc), cs.new_empty(n_t, b, hc)
+        dgi_g, dghn_g = gs.new_empty(n_t, b, 3 * hg), gs.new_empty(n_t, b, hg)
+        # d h_prev = d gh @ W_hh, with d gh = [d gi's gate part, dgh_n]
+        con_whh_rz, con_whh_n = con_whh[: 2 * hc], con_whh[2 * hc :]
+        gen_whh_rz, gen_whh_n = gen_whh[: 2 * hg], gen_whh[2 * hg :]
         dco = us.new_empty(n_t, b, 2 * co)
         df_c, dc_c, dg_c = torch.zeros_like(fs[0]), torch.zeros_like(cs[0]), torch.zeros_like(gs[0])
         for t in range(n_t - 1, -1, -1):
             df = torch.add(d_fac[:, t], df_c, out=dfs[t])
             dd = torch.mm(df, fac_w)
             dg = dg_c + (dd * noises[t] if drop else dd)
-            dg_prev = _gru_bwd(dg, *saved_g[t], hg, dgi_g[t], dgh_g[t])
-            dg_c = torch.addmm(dg_prev, dgh_g[t], gen_whh)
+            dg_prev = _gru_bwd(dg, *saved_g[t], hg, dgi_g[t], dghn_g[t])
+            saved_g[t] = None  # free the step's saved tensors as we go, as autograd does
+            dg_c = torch.addmm(torch.addmm(dg_prev, dgi_g[t, :, : 2 * hg], gen_whh_rz), dghn_g[t], gen_whh_n)
             du = torch.addmm(d_u[:, t], dgi_g[t], gen_wih)
             torch.add(d_mean[:, t], du, out=dco[t, :, :co])
             dlv = d_lv[:, t] + du * eps[:, t] * scales[t] * 0.5 if sample else d_lv[:, t]
             dco[t, :, co:] = dlv.masked_fill(lv_clipped[t], 0.0)
             dc = torch.addmm(dc_c, dco[t], to_co_w)
-            dc_prev = _gru_bwd(dc, *saved_c[t], hc, dgi_c[t], dgh_c[t])
-            dc_c = torch.addmm(dc_prev, dgh_c[t], con_whh)
+            dc_prev = _gru_bwd(dc, *saved_c[t], hc, dgi_c[t], dghn_c[t])
+            saved_c[t] = None
+            dc_c = torch.addmm(torch.addmm(dc_prev, dgi_c[t, :, : 2 * hc], con_whh_rz), dghn_c[t], con_whh_n)
             df_c = torch.mm(dgi_c[t], con_wf)
 
         def flat(x: Tensor) -> Tensor:
@@ -163,12 +168,12 @@ class _DecoderLoop(torch.autograd.Function):
         d_ci = dgi_c.transpose(0, 1).contiguous()
         d_fac_w = flat(dfs).t().mm(flat(ds))
         d_con_wf = flat(dgi_c).t().mm(flat(fs[:-1]))
-        d_con_whh = flat(dgh_c).t().mm(flat(cs[:-1]))
+        d_con_whh = torch.cat([flat(dgi_c[..., : 2 * hc]).t().mm(flat(cs[:-1])), flat(dghn_c).t().mm(flat(cs[:-1]))])
         d_to_co_w = flat(dco).t().mm(flat(cs[1:]))
         d_to_co_b = flat(dco).sum(0)
         d_gen_wih = flat(dgi_g).t().mm(flat(us))
         d_gen_bih = flat(dgi_g).sum(0)
-        d_gen_whh = flat(dgh_g).t().mm(flat(gs[:-1]))
+        d_gen_whh = torch.cat([flat(dgi_g[..., : 2 * hg]).t().mm(flat(gs[:-1])), flat(dghn_g).t().mm(flat(gs[:-1]))])
         return (d_ci, None, df_c, dc_c, dg_c, d_fac_w, d_con_wf, d_con_whh, d_to_co_w, d_to_co_b, d_gen_wih,
                 d_gen_bih, d_gen_whh, None, None, None, None)
 
