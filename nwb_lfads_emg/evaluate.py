@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import EMGDataError, describe
+from .sources.discover import column_names
 
 try:  # optional: the ridge's small LAPACK calls are fastest single-threaded (threads only contend)
     from threadpoolctl import threadpool_limits as _threadpool_limits
@@ -298,20 +299,6 @@ __all__ = [
 # ----------------------------------------------------------------------------- NWB files
 
 
-def _column_names(ts: object, n_cols: int) -> list[str]:
-    """Column names of a TimeSeries: from a 'a, b, c (columns ...)' description when it lists them."""
-    name = str(getattr(ts, "name", "x"))
-    if n_cols == 1:
-        return [name]
-    desc = str(getattr(ts, "description", "") or "")
-    text = desc.split(":", 1)[1] if ":" in desc else desc
-    text = text.split("(", 1)[0]
-    parts = [p.strip().rstrip(".") for p in text.split(",")]
-    if len(parts) == n_cols and all(p and len(p) < 40 for p in parts):
-        return parts
-    return [f"{name}_{j}" for j in range(n_cols)]
-
-
 def _series_times(ts: object, n: int) -> np.ndarray:
     rate = getattr(ts, "rate", None)
     if rate is not None:
@@ -416,7 +403,7 @@ def evaluate_file(
             for ts in series:
                 v = _on_bins(ts, rate, start, n_bins)
                 cols_b.append(v)
-                names_b += _column_names(ts, v.shape[1])
+                names_b += column_names(ts, v.shape[1])
             if cols_b:
                 beh, beh_names = np.hstack(cols_b), names_b
         elif behavior is not None:

@@ -163,6 +163,7 @@ def test_behaviour_and_spikes_on_a_common_time_base(sim) -> None:
     with open_source(el) as opened:
         beh = read_behavior(opened.nwbfile)
         assert beh.dims == ("time", "output") and beh.shape == session.behavior.shape
+        assert list(beh.coords["output"].values) == session.behavior_names  # named as in the evaluation
         np.testing.assert_allclose(beh.values, session.behavior)
         times = np.array([0.5, 0.505, 11.0])
         on = read_behavior(opened.nwbfile, name="joint_angles", times=times)

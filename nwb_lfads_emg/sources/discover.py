@@ -244,3 +244,17 @@ def find_behavior_series(nwbfile: Any) -> list[BehaviorInfo]:
 def all_series_summary(nwbfile: Any) -> list[str]:
     """'path (type)' for every TimeSeries in the file, for error messages."""
     return [f"{path} ({type(ts).__name__})" for path, ts, _ in walk_series(nwbfile)]
+
+
+def column_names(ts: object, n_cols: int) -> list[str]:
+    """Column names of a TimeSeries: from a 'a, b, c (columns ...)' description when it lists them."""
+    name = str(getattr(ts, "name", "x"))
+    if n_cols == 1:
+        return [name]
+    desc = str(getattr(ts, "description", "") or "")
+    text = desc.split(":", 1)[1] if ":" in desc else desc
+    text = text.split("(", 1)[0]
+    parts = [p.strip().rstrip(".") for p in text.split(",")]
+    if len(parts) == n_cols and all(p and len(p) < 40 for p in parts):
+        return parts
+    return [f"{name}_{j}" for j in range(n_cols)]

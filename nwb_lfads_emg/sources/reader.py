@@ -13,6 +13,7 @@ from ..errors import EMGDataError, NwbLfadsEmgError, SourceError, describe
 from .discover import (
     SeriesInfo,
     all_series_summary,
+    column_names,
     find_behavior_series,
     find_emg_candidates,
 )
@@ -399,7 +400,7 @@ def read_behavior(nwbfile: Any, name: str | None = None, times: np.ndarray | Non
         outputs = [ts.name]
     else:
         data = data.reshape(data.shape[0], -1)
-        outputs = [f"{ts.name}_{j}" for j in range(data.shape[1])]
+        outputs = column_names(ts, data.shape[1])
     if times is not None:
         t = np.asarray(times, dtype=np.float64)
         data = np.stack([np.interp(t, stamps, data[:, j], left=np.nan, right=np.nan)
