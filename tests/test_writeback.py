@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from nwbinspector import Importance, inspect_nwbfile, load_config
 from pynwb import NWBHDF5IO, validate
 
 from nwb_lfads_emg.errors import WriteBackError
@@ -72,6 +73,11 @@ def test_in_place_annotation_round_trips(source_copy, small_session):
     results = make_results(small_session.muscle_names)
     write_into_copy(source_copy, results, source_copy)
     assert validate(path=str(source_copy), use_cached_namespaces=True) == []
+    messages = list(inspect_nwbfile(str(source_copy), config=load_config("dandi")))
+    assert not [m for m in messages if m.importance.value >= Importance.CRITICAL.value], messages
+    ours = [m for m in messages if m.importance == Importance.BEST_PRACTICE_VIOLATION
+            and "ecephys" in str(m.location or "")]
+    assert ours == [], ours
     with NWBHDF5IO(str(source_copy), "r") as io:
         nwb = io.read()
         module = nwb.processing["ecephys"]
