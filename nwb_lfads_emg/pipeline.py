@@ -16,7 +16,13 @@ import numpy as np
 
 from .errors import NwbLfadsEmgError, TrainingError, WriteBackError
 from .preprocess import Binned, PreprocessConfig, bin_to, preprocess_chunks, rectify_highpass
-from .writeback import ActivationEstimate, SessionResults, write_into_copy, write_new_file
+from .writeback import (
+    ActivationEstimate,
+    SessionResults,
+    refuse_existing_output,
+    write_into_copy,
+    write_new_file,
+)
 
 JOB_FILE = "job.json"
 
@@ -340,8 +346,8 @@ def run(source: str | Path, run_dir: str | Path, out: str | Path | None = None, 
     job = job or JobConfig()
     if (out is None) == (not in_place):
         raise WriteBackError(f"{source}: give exactly one of --out OUT.nwb or --in-place")
-    if out is not None and Path(out).exists() and not overwrite:
-        raise WriteBackError(f"{out}: output file exists; pass --overwrite to replace it")
+    if out is not None:
+        refuse_existing_output(out, overwrite)
     if in_place and not overwrite:
         _refuse_if_annotated(source)
     emg_input, _ = read(source, emg, cache_dir, job.preprocess, job.chunk_s)

@@ -296,6 +296,14 @@ def _finish(
     )
 
 
+def _checked(config: PreprocessConfig | None) -> PreprocessConfig:
+    """The given configuration (or the default), refused when its positive floor is not > 0."""
+    config = config or PreprocessConfig()
+    if config.positive_floor <= 0:
+        raise EMGDataError(f"PreprocessConfig.positive_floor: must be > 0, got {config.positive_floor}")
+    return config
+
+
 def preprocess(
     emg: object,
     rate: float | None = None,
@@ -309,9 +317,7 @@ def preprocess(
     A trailing partial bin is dropped. `stats` (clip levels and scales) may be given to reuse those of
     another recording; by default they come from this one.
     """
-    config = config or PreprocessConfig()
-    if config.positive_floor <= 0:
-        raise EMGDataError(f"PreprocessConfig.positive_floor: must be > 0, got {config.positive_floor}")
+    config = _checked(config)
     data, rate, t0, names = _as_array(emg, rate, starting_time, muscles)
     n_bin = bin_samples_for(rate, config.bin_ms)
     stage1 = _Stage1(rate, config)
@@ -330,9 +336,7 @@ def preprocess_chunks(
     stats: ChannelStats | None = None,
 ) -> Binned:
     """Same as `preprocess` on the concatenation of consecutive chunks, holding only the bins in memory."""
-    config = config or PreprocessConfig()
-    if config.positive_floor <= 0:
-        raise EMGDataError(f"PreprocessConfig.positive_floor: must be > 0, got {config.positive_floor}")
+    config = _checked(config)
     stage1: _Stage1 | None = None
     binner: _Binner | None = None
     pieces: list[np.ndarray] = []

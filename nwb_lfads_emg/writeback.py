@@ -198,6 +198,12 @@ def validate_file(path: Path) -> None:
             )
 
 
+def refuse_existing_output(destination: str | Path, overwrite: bool) -> None:
+    """Raise WriteBackError when an output file exists and replacing it was not asked for."""
+    if Path(destination).exists() and not overwrite:
+        raise WriteBackError(f"{destination}: output file exists; pass --overwrite (overwrite=True) to replace it")
+
+
 def _temp_beside(destination: Path) -> Path:
     fd, name = tempfile.mkstemp(prefix=f".{destination.stem}.tmp-", suffix=".nwb", dir=destination.parent)
     os.close(fd)
@@ -251,8 +257,8 @@ def write_into_copy(
     from pynwb import NWBHDF5IO
 
     source, destination = Path(source), Path(destination)
-    if destination != source and destination.exists() and not overwrite:
-        raise WriteBackError(f"{destination}: output file exists; pass --overwrite (overwrite=True) to replace it")
+    if destination != source:
+        refuse_existing_output(destination, overwrite)
     names = _names_to_write(results)
     try:
         with NWBHDF5IO(str(source), "r") as io:
@@ -358,8 +364,7 @@ def write_new_file(
     from pynwb import NWBHDF5IO
 
     destination = Path(destination)
-    if destination.exists() and not overwrite:
-        raise WriteBackError(f"{destination}: output file exists; pass --overwrite (overwrite=True) to replace it")
+    refuse_existing_output(destination, overwrite)
     destination.parent.mkdir(parents=True, exist_ok=True)
     temp = _temp_beside(destination)
     try:
