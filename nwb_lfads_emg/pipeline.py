@@ -87,14 +87,13 @@ def read(source: str | Path, emg: str | None = None, cache_dir: str | None = Non
             dandi_url=opened.dandi_url,
             is_remote=opened.is_remote,
         )
-        emg_input_reader = reader
     except BaseException:
         opened.close()
         raise
     if not keep_open:
         opened.close()
         return emg_input, None
-    return emg_input, (opened, emg_input_reader)
+    return emg_input, (opened, reader)
 
 
 def lfads_config(job: JobConfig) -> Any:
@@ -301,20 +300,27 @@ def _lfads_config_dict(record: dict[str, Any]) -> dict[str, Any]:
         return {}
 
 
+def _check_destination(source: str | Path, out: str | Path | None, in_place: bool,
+                       emg_input: EMGInput | None = None) -> None:
+    """Refuse an ambiguous destination, and in-place writes into a read-only (remote) source."""
+    if (out is None) == (not in_place):
+        raise WriteBackError(f"{source}: give exactly one of --out OUT.nwb or --in-place")
+    if in_place and emg_input is not None and emg_input.is_remote:
+        raise WriteBackError(f"{emg_input.location}: a remote (DANDI/URL) source is read-only; use --out OUT.nwb")
+
+
 def annotate(source: str | Path, run_dir: str | Path, out: str | Path | None = None, in_place: bool = False,
              emg: str | None = None, overwrite: bool = False, cache_dir: str | None = None,
              job: JobConfig | None = None) -> Path:
     """Apply a trained model (and the baselines) to a session and write the results back into NWB."""
-    if (out is None) == (not in_place):
-        raise WriteBackError(f"{source}: give exactly one of --out OUT.nwb or --in-place")
+    _check_destination(source, out, in_place)
     record = load_run(run_dir)
     job = job or JobConfig(**{k: v for k, v in record["job"].items() if k not in ("preprocess",)})
     job.preprocess = PreprocessConfig(**record["job"]["preprocess"])
     emg_input, handle = read(source, emg, cache_dir, job.preprocess, job.chunk_s, keep_open=True)
     opened, reader = handle
     try:
-        if in_place and emg_input.is_remote:
-            raise WriteBackError(f"{emg_input.location}: a remote (DANDI/URL) source is read-only; use --out OUT.nwb")
+        _check_destination(source, out, in_place, emg_input)
         inference = infer(run_dir, emg_input, job.n_posterior_samples, job.device, job.seed)
         baselines = baseline_estimates(reader.to_dataarray(), emg_input.binned, job)
         results = build_results(emg_input, record, inference, baselines)
@@ -328,11 +334,10 @@ def annotate(source: str | Path, run_dir: str | Path, out: str | Path | None = N
 def write(source: str | Path, emg_input: EMGInput, results: SessionResults, out: str | Path | None = None,
           in_place: bool = False, overwrite: bool = False, opened_nwbfile: Any = None) -> Path:
     """Write results for `emg_input` back: into a copy of a local file (or in place), or a new file."""
-    if (out is None) == (not in_place):
-        raise WriteBackError(f"{source}: give exactly one of --out OUT.nwb or --in-place")
+    _check_destination(source, out, in_place, emg_input)
     if emg_input.is_remote:
-        if in_place or opened_nwbfile is None:
-            raise WriteBackError(f"{emg_input.location}: a remote (DANDI/URL) source is read-only; use --out OUT.nwb")
+        if opened_nwbfile is None:
+            raise WriteBackError(f"{emg_input.location}: a remote source needs its opened file to copy the session from")
         return write_new_file(opened_nwbfile, emg_input.dandi_url or emg_input.location, results, Path(out),
                               overwrite=overwrite)
     destination = Path(out) if out is not None else Path(emg_input.location)
@@ -344,15 +349,13 @@ def run(source: str | Path, run_dir: str | Path, out: str | Path | None = None, 
         job: JobConfig | None = None) -> Path:
     """The whole job: preprocess, train (single model or PBT), infer, baselines, write back."""
     job = job or JobConfig()
-    if (out is None) == (not in_place):
-        raise WriteBackError(f"{source}: give exactly one of --out OUT.nwb or --in-place")
+    _check_destination(source, out, in_place)
     if out is not None:
         refuse_existing_output(out, overwrite)
     if in_place and not overwrite:
         _refuse_if_annotated(source)
     emg_input, _ = read(source, emg, cache_dir, job.preprocess, job.chunk_s)
-    if in_place and emg_input.is_remote:
-        raise WriteBackError(f"{emg_input.location}: a remote (DANDI/URL) source is read-only; use --out OUT.nwb")
+    _check_destination(source, out, in_place, emg_input)
     fit(emg_input, run_dir, job)
     return annotate(source, run_dir, out=out, in_place=in_place, emg=emg, overwrite=overwrite,
                     cache_dir=cache_dir, job=job)
