@@ -42,8 +42,8 @@ def main() -> None:
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args()
 
-    from nwb_lfads_emg.evaluate import r2_affine
     from nwb_lfads_emg.lfads.config import preset
+    from nwb_lfads_emg.metrics import r2_affine
     from nwb_lfads_emg.preprocess import PreprocessConfig, preprocess
     from nwb_lfads_emg.simulate import SimulationConfig, simulate_session, true_activation_binned
     from nwb_lfads_emg.training.pbt import fit_pbt

@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import scipy.signal as sps  # noqa: E402
 
-from .evaluate import save_table, summarize  # noqa: E402
+from .metrics import save_table, summarize  # noqa: E402
 
 
 def _unit_range(x: np.ndarray) -> np.ndarray:

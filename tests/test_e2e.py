@@ -16,7 +16,7 @@ from dandi_server import dandi_server  # noqa: F401  (pytest fixture)
 from pynwb import NWBHDF5IO, validate
 
 from nwb_lfads_emg.cli import main
-from nwb_lfads_emg.evaluate import r2_affine
+from nwb_lfads_emg.metrics import r2_affine
 from nwb_lfads_emg.simulate import (
     true_activation_binned,
 )

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from nwb_lfads_emg.baselines import bayes_filter, lowpass_envelope
-from nwb_lfads_emg.evaluate import (
-    compare_estimates,
+from nwb_lfads_emg.evaluate import compare_estimates
+from nwb_lfads_emg.metrics import (
     decode_r2,
     lag_features,
     quadratic_expand,
