@@ -34,17 +34,17 @@ import ray
 import torch
 from ray import tune
 
-from ..errors import TrainingError
-from ..lfads.config import MUTABLE_HYPERPARAMETERS, LFADSConfig
-from . import checkpoint as ckpt
-from .search_space import (
+from ...errors import TrainingError
+from ...lfads.config import MUTABLE_HYPERPARAMETERS, LFADSConfig
+from .. import checkpoint as ckpt
+from ..search_space import (
     Explorer,
     HyperParam,
     autolfads_search_space,
     sample_population,
     validate_space,
 )
-from .trainer import FitResult, Trainer, _data_digest, check_data, load_model
+from ..trainer import FitResult, Trainer, _data_digest, check_data, load_model
 
 METRIC = "val_loss_smoothed"
 EXPERIMENT_NAME = "pbt"
