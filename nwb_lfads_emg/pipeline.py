@@ -189,8 +189,8 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
 def infer(run_dir: str | Path, emg_input: EMGInput, n_samples: int = 20, device: str = "auto",
           seed: int = 0) -> Any:
     """Posterior means, spreads, factors and inferred inputs of a trained model on preprocessed EMG."""
-    from .training.trainer import infer as infer_model
-    from .training.trainer import load_model
+    from .training.inference import infer as infer_model
+    from .training.inference import load_model
 
     record = load_run(run_dir)
     if list(record["muscles"]) != list(emg_input.muscles):

@@ -78,8 +78,9 @@ def _rows(path: Path) -> list[dict]:
 def test_local_pbt_interrupted_resumed_exploits_and_exports_best(tmp_path):
     import torch
 
+    from nwb_lfads_emg.training.inference import load_model
     from nwb_lfads_emg.training.pbt import RESULTS_FILE, fit_pbt
-    from nwb_lfads_emg.training.trainer import Trainer, load_model
+    from nwb_lfads_emg.training.trainer import Trainer
 
     data = tiny_data()
     data_file = tmp_path / "data.npy"

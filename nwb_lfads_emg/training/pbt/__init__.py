@@ -7,7 +7,7 @@ trial checkpointing, `Tuner.restore` for an interrupted search. This package add
 `trainable` (the LFADS trainable, a stopper on population stagnation, the result recorder),
 `search` (the Ray session, the scheduler's set-up with the AutoLFADS explore rule from
 `search_space`, the run, the export of the best model into `run_dir/best/`, readable by
-`trainer.load_model`) and `history` (the history for the provenance record, the winner's lineage,
+`inference.load_model`) and `history` (the history for the provenance record, the winner's lineage,
 a summary table and a plot).
 
 Data reach the trials through Ray's object store (`tune.with_parameters`) unless `shared_data_path`

@@ -25,6 +25,7 @@ from ray import tune
 from ...errors import TrainingError
 from ...lfads.config import LFADSConfig
 from .. import checkpoint as ckpt
+from ..inference import load_model
 from ..search_space import (
     Explorer,
     HyperParam,
@@ -32,7 +33,7 @@ from ..search_space import (
     sample_population,
     validate_space,
 )
-from ..trainer import FitResult, _data_digest, check_data, load_model
+from ..trainer import FitResult, _data_digest, check_data
 from .history import _lineage, _r, collect_history, plot_history, summary_table
 from .trainable import _STATE_FILE, METRIC, LFADSTrainable, PBTRecorder, PopulationPlateauStopper, _member_of
 
