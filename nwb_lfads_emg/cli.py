@@ -18,6 +18,28 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+# --flag -> PBTSettings field (a flag given on the command line wins over --pbt-config)
+_PBT_FLAGS = {"population": "population", "ray_address": "ray_address", "gpus_per_trial": "gpus_per_trial",
+              "cpus_per_trial": "cpus_per_trial", "pbt_interval": "interval", "pbt_burn_in": "burn_in",
+              "pbt_patience": "patience_generations", "pbt_min_improvement": "min_improvement",
+              "pbt_quantile": "quantile_fraction", "pbt_storage": "storage_path",
+              "pbt_shared_data": "shared_data_path"}
+
+
+def _pbt_settings(args: argparse.Namespace) -> Any:
+    from .pipeline import read_pbt_settings
+
+    values: dict[str, Any] = {}
+    for flag, name in _PBT_FLAGS.items():
+        if getattr(args, flag) is not None:
+            values[name] = getattr(args, flag)
+    if args.pbt_restart:
+        values["resume"] = False
+    if args.pbt_random_start:
+        values["start_from_config"] = False
+    return read_pbt_settings(args.pbt_config, values)
+
+
 def _job(args: argparse.Namespace) -> Any:
     from .pipeline import JobConfig
     from .preprocess import PreprocessConfig
@@ -28,9 +50,7 @@ def _job(args: argparse.Namespace) -> Any:
         device=args.device,
         max_epochs=args.max_epochs,
         pbt=args.pbt,
-        population=args.population,
-        ray_address=args.ray_address,
-        gpus_per_trial=args.gpus_per_trial,
+        pbt_settings=_pbt_settings(args),
         lowpass_cutoff_hz=args.lowpass_hz,
         preprocess=PreprocessConfig(bin_ms=args.bin_ms),
         progress=not args.quiet,
@@ -109,10 +129,29 @@ def _add_output_args(p: argparse.ArgumentParser) -> None:
 def _add_training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="demo", choices=["demo", "default", "paper"], help="model size preset")
     p.add_argument("--pbt", action="store_true", help="AutoLFADS: population-based training on Ray Tune")
-    p.add_argument("--population", type=int, default=4, help="PBT population size")
+    p.add_argument("--population", type=int, default=None, help="PBT population size (default 4)")
     p.add_argument("--ray-address", default=None, help="attach to this Ray cluster (default: $RAY_ADDRESS or local)")
     p.add_argument("--gpus-per-trial", type=float, default=None,
                    help="GPU share of each PBT trial (default: 1/population, at most 4 per GPU, when CUDA is used)")
+    p.add_argument("--cpus-per-trial", type=float, default=None, help="CPUs (and torch threads) per PBT trial (default 1)")
+    p.add_argument("--pbt-interval", type=int, default=None,
+                   help="epochs between PBT selections (default max-epochs/4, at most 25)")
+    p.add_argument("--pbt-burn-in", type=int, default=None, help="epochs before the first selection (default: one interval)")
+    p.add_argument("--pbt-patience", type=int, default=None,
+                   help="stop after this many generations without improvement (default 4)")
+    p.add_argument("--pbt-min-improvement", type=float, default=None,
+                   help="smallest improvement of the best loss that counts (default 5e-4)")
+    p.add_argument("--pbt-quantile", type=float, default=None,
+                   help="fraction of the population replaced / copied at each selection (default 0.25)")
+    p.add_argument("--pbt-storage", default=None, metavar="PATH_OR_URI",
+                   help="where the search's checkpoints go (default RUN_DIR; shared path or s3:// on a cluster)")
+    p.add_argument("--pbt-shared-data", default=None, metavar="PATH",
+                   help="a path every node sees, for the training data (default: Ray's object store)")
+    p.add_argument("--pbt-restart", action="store_true", help="start the search afresh instead of resuming it")
+    p.add_argument("--pbt-random-start", action="store_true",
+                   help="draw every member from the search space (default: member 0 starts from the preset)")
+    p.add_argument("--pbt-config", default=None, metavar="FILE.json",
+                   help="PBT settings as JSON (the fields of pipeline.PBTSettings, e.g. search_space); flags win")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to train")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-epochs", type=int, default=None, help="override the preset's epoch limit")

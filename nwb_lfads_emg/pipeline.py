@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import platform
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,61 @@ JOB_FILE = "job.json"
 
 
 @dataclass
+class PBTSettings:
+    """AutoLFADS (population-based training) settings of a job; `fit_pbt`'s arguments beyond the data.
+
+    `interval` (epochs between selections) defaults to max_epochs // 4 (at most 25); the number of
+    generations follows from the job's epoch limit. `search_space` maps a hyper-parameter to
+    [low, high] (or null to drop it) over AutoLFADS' default space.
+    """
+
+    population: int = 4
+    ray_address: str | None = None
+    gpus_per_trial: float | None = None
+    cpus_per_trial: float = 1.0
+    interval: int | None = None
+    burn_in: int | None = None
+    patience_generations: int = 4
+    min_improvement: float = 5e-4
+    quantile_fraction: float = 0.25
+    storage_path: str | None = None
+    shared_data_path: str | None = None
+    resume: bool = True
+    start_from_config: bool = True
+    search_space: dict[str, list[float] | None] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], what: str = "PBT settings") -> PBTSettings:
+        """Settings from a plain dict (a config file or a recorded job); unknown keys are an error."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise TrainingError(f"{what}: unknown setting(s) {', '.join(unknown)} "
+                                f"(known: {', '.join(sorted(names))})")
+        return cls(**values)
+
+
+# PBT settings that were top-level JobConfig fields in earlier records (job.json)
+_LEGACY_PBT_KEYS = {"population": "population", "ray_address": "ray_address",
+                    "gpus_per_trial": "gpus_per_trial", "pbt_interval": "interval"}
+
+
+def read_pbt_settings(path: str | Path | None, overrides: dict[str, Any] | None = None) -> PBTSettings:
+    """PBT settings from a JSON file (or the defaults when `path` is None), then `overrides` applied."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            values = json.loads(Path(path).read_text())
+        except OSError as exc:
+            raise TrainingError(f"{path}: cannot read the PBT settings (--pbt-config): {exc.strerror}") from None
+        except json.JSONDecodeError as exc:
+            raise TrainingError(f"{path}: not valid JSON (--pbt-config): {exc.msg} at line {exc.lineno}") from None
+        if not isinstance(values, dict):
+            raise TrainingError(f"{path}: expected a JSON object of PBT settings (--pbt-config)")
+    return PBTSettings.from_dict({**values, **(overrides or {})}, what=f"{path or 'PBT settings'} (--pbt-config)")
+
+
+@dataclass
 class JobConfig:
     """One run's settings beyond the model's own (serialised whole into the provenance record)."""
 
@@ -36,10 +91,7 @@ class JobConfig:
     device: str = "auto"
     max_epochs: int | None = None
     pbt: bool = False
-    population: int = 4
-    ray_address: str | None = None
-    gpus_per_trial: float | None = None
-    pbt_interval: int | None = None
+    pbt_settings: PBTSettings = field(default_factory=PBTSettings)
     n_posterior_samples: int = 20
     lowpass_cutoff_hz: float = 10.0
     bayes: dict[str, Any] = field(default_factory=dict)
@@ -47,6 +99,20 @@ class JobConfig:
     progress: bool = True
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     lfads_overrides: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> JobConfig:
+        """A job from its recorded form (`job.json`), nested settings included."""
+        values = dict(values)
+        pbt = dict(values.pop("pbt_settings", None) or {})
+        for old, new in _LEGACY_PBT_KEYS.items():
+            if old in values:
+                pbt.setdefault(new, values.pop(old))
+        prep = values.pop("preprocess", None)
+        job = cls(**values, pbt_settings=PBTSettings.from_dict(pbt))
+        if prep is not None:
+            job.preprocess = PreprocessConfig(**prep)
+        return job
 
 
 @dataclass
@@ -119,11 +185,21 @@ def fit(emg_input: EMGInput, run_dir: str | Path, job: JobConfig | None = None) 
     data = emg_input.binned.data
     if job.pbt:
         from .training.pbt import fit_pbt
+        from .training.search_space import autolfads_search_space
 
+        p = job.pbt_settings
         interval, generations = pbt_schedule(job, config.max_epochs)
-        result = fit_pbt(data, config, run_dir, population=job.population, ray_address=job.ray_address,
-                         gpus_per_trial=_gpus_per_trial(job), max_generations=generations,
-                         perturbation_interval=interval, seed=job.seed, progress=job.progress)
+        try:
+            space = autolfads_search_space({k: None if v is None else tuple(v) for k, v in p.search_space.items()})
+        except (TypeError, ValueError) as exc:
+            raise TrainingError(f"PBT search space {p.search_space}: {exc}") from None
+        result = fit_pbt(data, config, run_dir, population=p.population, ray_address=p.ray_address,
+                         gpus_per_trial=_gpus_per_trial(job), cpus_per_trial=p.cpus_per_trial,
+                         max_generations=generations, perturbation_interval=interval, burn_in=p.burn_in,
+                         seed=job.seed, progress=job.progress, shared_data_path=p.shared_data_path,
+                         search_space=space, patience_generations=p.patience_generations,
+                         min_improvement=p.min_improvement, quantile_fraction=p.quantile_fraction,
+                         storage_path=p.storage_path, resume=p.resume, start_from_config=p.start_from_config)
     else:
         from .training.trainer import fit as fit_single
 
@@ -150,14 +226,14 @@ def fit(emg_input: EMGInput, run_dir: str | Path, job: JobConfig | None = None) 
 
 def pbt_schedule(job: JobConfig, max_epochs: int) -> tuple[int, int]:
     """(epochs between PBT selections, number of generations) so a search trains at most `max_epochs`."""
-    interval = job.pbt_interval or max(1, min(25, max_epochs // 4))
+    interval = job.pbt_settings.interval or max(1, min(25, max_epochs // 4))
     return interval, max(1, max_epochs // interval)
 
 
 def _gpus_per_trial(job: JobConfig) -> float:
     """GPU share of each PBT trial: as given, else none on CPU and 1/population (at most 4 per GPU) on CUDA."""
-    if job.gpus_per_trial is not None:
-        return float(job.gpus_per_trial)
+    if job.pbt_settings.gpus_per_trial is not None:
+        return float(job.pbt_settings.gpus_per_trial)
     if job.device == "cpu":
         return 0.0
     import torch
@@ -166,7 +242,7 @@ def _gpus_per_trial(job: JobConfig) -> float:
         if job.device == "cuda":
             raise TrainingError("--device cuda: no CUDA device is visible to torch on this machine")
         return 0.0
-    return 1.0 / min(4, max(1, job.population))
+    return 1.0 / min(4, max(1, job.pbt_settings.population))
 
 
 def _model_dir(result: Any, run_dir: Path) -> Path:
@@ -315,7 +391,7 @@ def annotate(source: str | Path, run_dir: str | Path, out: str | Path | None = N
     """Apply a trained model (and the baselines) to a session and write the results back into NWB."""
     _check_destination(source, out, in_place)
     record = load_run(run_dir)
-    job = job or JobConfig(**{k: v for k, v in record["job"].items() if k not in ("preprocess",)})
+    job = job or JobConfig.from_dict(record["job"])
     job.preprocess = PreprocessConfig(**record["job"]["preprocess"])
     emg_input, handle = read(source, emg, cache_dir, job.preprocess, job.chunk_s, keep_open=True)
     opened, reader = handle
@@ -383,6 +459,6 @@ def _refuse_if_annotated(source: str | Path) -> None:
 
 
 __all__ = [
-    "JobConfig", "EMGInput", "read", "fit", "infer", "annotate", "run", "write", "baseline_estimates", "build_results",
+    "JobConfig", "PBTSettings", "EMGInput", "read", "fit", "infer", "annotate", "run", "write", "baseline_estimates", "build_results",
     "load_run", "lfads_config", "NwbLfadsEmgError",
 ]
