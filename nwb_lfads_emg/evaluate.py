@@ -8,11 +8,14 @@ from binned spike counts to each estimate channel. Results come as a tidy pandas
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import xarray as xr
 
 from .errors import EMGDataError, describe
 from .metrics import (
@@ -25,7 +28,10 @@ from .metrics import (
     summarize,
     with_derivatives,
 )
-from .sources.discover import column_names
+from .preprocess import PreprocessConfig, bin_like, rectify_highpass
+
+log = logging.getLogger(__name__)
+
 
 # ----------------------------------------------------------------------------- comparison table
 
@@ -113,48 +119,63 @@ __all__ = [
 # ----------------------------------------------------------------------------- NWB files
 
 
-def _series_times(ts: object, n: int) -> np.ndarray:
-    rate = getattr(ts, "rate", None)
-    if rate is not None:
-        return float(getattr(ts, "starting_time", 0.0) or 0.0) + np.arange(n) / float(rate)
-    return np.asarray(ts.timestamps[:], dtype=np.float64)  # type: ignore[attr-defined]
-
-
-def _series_values(ts: object) -> np.ndarray:
-    data = np.asarray(ts.data[:], dtype=np.float64)  # type: ignore[attr-defined]
-    data = data * float(getattr(ts, "conversion", 1.0) or 1.0) + float(getattr(ts, "offset", 0.0) or 0.0)
-    return data[:, None] if data.ndim == 1 else data
-
-
-def _on_bins(ts: object, rate: float, start: float, n_bins: int) -> np.ndarray:
-    """A TimeSeries onto bins (mean per bin when its rate is a whole multiple, else interpolation)."""
-    from .preprocess import bin_like
-
-    values = _series_values(ts)
-    if getattr(ts, "rate", None) is not None:
-        out = bin_like(values, float(ts.rate), rate, n_bins,  # type: ignore[attr-defined]
-                       float(getattr(ts, "starting_time", 0.0) or 0.0), start)
+def _on_bins(series: xr.DataArray, rate: float, start: float, n_bins: int) -> np.ndarray:
+    """A series read by `sources` onto bins (mean per bin when its rate is a whole multiple, else
+    interpolation at the bin centres)."""
+    values = np.asarray(series.values, dtype=np.float64)
+    t = np.asarray(series.coords["time"].values, dtype=np.float64)
+    src_rate = series.attrs.get("rate")
+    if src_rate is not None and values.shape[0] > 0:
+        out = bin_like(values, float(src_rate), rate, n_bins, float(t[0]), start)
         if out.shape[0] == n_bins:
             return out
-    t = _series_times(ts, values.shape[0])
     centres = start + (np.arange(n_bins) + 0.5) / rate
     return np.column_stack([np.interp(centres, t, values[:, j], left=np.nan, right=np.nan)
                             for j in range(values.shape[1])])
 
 
-def _behaviour_series(module: object) -> list[object]:
-    from pynwb import TimeSeries
+def _recorded_preprocessing(ref: object) -> PreprocessConfig:
+    """The preprocessing the run recorded in its provenance (defaults when the file has none)."""
+    provenance = getattr(ref, "model_provenance", None)
+    if provenance is None:
+        return PreprocessConfig()
+    recorded = provenance.as_dict().get("preprocessing") or {}  # type: ignore[attr-defined]
+    names = {f.name for f in dataclasses.fields(PreprocessConfig)}
+    return PreprocessConfig(**{k: v for k, v in recorded.items() if k in names})
 
-    found: list[object] = []
-    for obj in module.data_interfaces.values():  # type: ignore[attr-defined]
-        if isinstance(obj, TimeSeries):
-            found.append(obj)
-        else:
-            for attr in ("time_series", "spatial_series"):
-                inner = getattr(obj, attr, None)
-                if isinstance(inner, dict):
-                    found.extend(v for v in inner.values() if isinstance(v, TimeSeries))
-    return found
+
+def _source_path(opened: object, ref: object) -> str | None:
+    """Path of the EMG series an estimate links to (`source_series`), among the file's EMG candidates."""
+    from .sources.discover import find_emg_candidates
+
+    source = getattr(ref, "source_series", None)
+    if source is None:
+        return None
+    for cand in find_emg_candidates(opened.nwbfile):  # type: ignore[attr-defined]
+        if any(obj.object_id == source.object_id for obj in cand.objects):
+            return cand.path
+    return None
+
+
+def _rectified_reference(opened: object, ref: object, config: PreprocessConfig, muscles: list[str], rate: float,
+                         start: float, n_bins: int) -> np.ndarray | None:
+    """The linked source EMG, high-passed and rectified with the run's recorded preprocessing, on the bins."""
+    from .sources import EMGReader
+
+    path = _source_path(opened, ref)
+    if path is None:
+        return None
+    try:
+        reader = EMGReader(opened, path, on_nonfinite="mask", check_dead=False)
+    except EMGDataError as exc:  # e.g. irregular timestamps: the estimates are still scored
+        log.warning("no rectified reference: %s", exc)
+        return None
+    if reader.n_samples * len(muscles) > 5e7 or sorted(reader.muscles) != sorted(muscles):
+        return None
+    emg = reader.to_dataarray(muscles=muscles)
+    rect = rectify_highpass(np.asarray(emg.values), reader.rate, config)
+    rectified = bin_like(rect, reader.rate, rate, n_bins, reader.starting_time, start)
+    return rectified if rectified.shape[0] == n_bins else None
 
 
 def evaluate_file(
@@ -167,20 +188,21 @@ def evaluate_file(
     """Score every `MuscleActivation` in an NWB file (all processing modules) by `compare_estimates`.
 
     Behaviour comes from `processing/behavior` (all series, or those named in `behavior`), the truth
-    from `processing/ground_truth/true_activation`, spikes from the Units table; with `report_dir`
-    the table, figures and report.html are written there. Extra keyword arguments go to
-    `compare_estimates`.
+    from `processing/ground_truth/true_activation`, spikes from the Units table, the rectified
+    reference from the EMG the estimates link to (preprocessed as the run recorded); all read through
+    `sources`. With `report_dir` the table, figures and report.html are written there. Extra keyword
+    arguments go to `compare_estimates`.
     """
-    from pynwb import NWBHDF5IO
-
     from . import ndx  # registers the extension
-    from .preprocess import PreprocessConfig, bin_like, rectify_highpass
+    from .sources import open_source, read_series, read_spikes_binned
+    from .sources.discover import walk_series
+
 
     path = Path(path)
     if not path.is_file():
         raise EMGDataError(describe(path, None, "no such file"))
-    with NWBHDF5IO(str(path), "r", load_namespaces=True) as io:
-        nwbfile = io.read()
+    with open_source(str(path)) as opened:
+        nwbfile = opened.nwbfile
         found: list[tuple[str, object]] = []
         for mod_name, module in nwbfile.processing.items():
             for name, obj in module.data_interfaces.items():
@@ -190,11 +212,12 @@ def evaluate_file(
             raise EMGDataError(describe(path, "processing", "no MuscleActivation estimates in the file"))
         found.sort(key=lambda kv: (getattr(kv[1], "method", "") != "AutoLFADS", kv[0]))
         ref_path, ref = found[0]
-        ref_data = np.asarray(ref.data[:], dtype=np.float64)  # type: ignore[attr-defined]
-        n_bins = ref_data.shape[0]
+        ref_series = read_series(ref, str(path), ref_path)
+        n_bins = ref_series.shape[0]
+        times = np.asarray(ref_series.coords["time"].values, dtype=np.float64)
         rate = float(ref.rate) if ref.rate is not None else float(  # type: ignore[attr-defined]
-            1.0 / np.median(np.diff(ref.timestamps[:])))  # type: ignore[attr-defined]
-        start = float(_series_times(ref, n_bins)[0])
+            1.0 / np.median(np.diff(times)))
+        start = float(times[0])
         muscles = ref.muscles  # type: ignore[attr-defined]
         estimates: dict[str, np.ndarray] = {}
         names_used = [str(getattr(o, "method", None) or p.rsplit("/", 1)[-1]) for p, o in found]
@@ -203,21 +226,21 @@ def evaluate_file(
             cols = obj.muscles  # type: ignore[attr-defined]
             if sorted(cols) != sorted(muscles):
                 continue  # another EMG series: not on this one's muscles
-            data = _on_bins(obj, rate, start, n_bins)
+            data = _on_bins(read_series(obj, str(path), p), rate, start, n_bins)
             estimates[key] = data[:, [cols.index(m) for m in muscles]]
 
         beh, beh_names = None, None
         if "behavior" in nwbfile.processing:
             wanted = [behavior] if isinstance(behavior, str) else behavior
-            series = [ts for ts in _behaviour_series(nwbfile.processing["behavior"])
-                      if wanted is None or ts.name in wanted]
+            series = [(p, ts) for p, ts, _ in walk_series(nwbfile) if p.startswith("processing/behavior/")
+                      and (wanted is None or ts.name in wanted)]
             if wanted is not None and not series:
                 raise EMGDataError(describe(path, "processing/behavior", f"no behaviour series named {wanted}"))
             cols_b, names_b = [], []
-            for ts in series:
-                v = _on_bins(ts, rate, start, n_bins)
-                cols_b.append(v)
-                names_b += column_names(ts, v.shape[1])
+            for p, ts in series:
+                da = read_series(ts, str(path), p)
+                cols_b.append(_on_bins(da, rate, start, n_bins))
+                names_b += [str(o) for o in da.coords["output"].values]
             if cols_b:
                 beh, beh_names = np.hstack(cols_b), names_b
         elif behavior is not None:
@@ -226,26 +249,19 @@ def evaluate_file(
         truth = None
         gt = nwbfile.processing.get("ground_truth")
         if gt is not None and "true_activation" in gt.data_interfaces:
-            truth = _on_bins(gt["true_activation"], rate, start, n_bins)
+            truth = _on_bins(read_series(gt["true_activation"], str(path), "processing/ground_truth/true_activation"),
+                             rate, start, n_bins)
             if truth.shape[1] != len(muscles):
                 truth = None
 
         spikes = None
         if nwbfile.units is not None and len(nwbfile.units) > 0:
-            from .sources.reader import read_spikes_binned
-
-            spikes = read_spikes_binned(nwbfile, start + np.arange(n_bins + 1) / rate).astype(np.float64)
+            spikes = read_spikes_binned(opened, start + np.arange(n_bins + 1) / rate).astype(np.float64)
 
         rectified = None
-        source = getattr(ref, "source_series", None)
-        if include_rectified and source is not None and getattr(source, "rate", None) is not None:
-            shape = source.data.shape
-            if len(shape) == 2 and shape[0] * shape[1] <= 5e7 and shape[1] == len(muscles):
-                rect = rectify_highpass(_series_values(source), float(source.rate), PreprocessConfig())
-                rectified = bin_like(rect, float(source.rate), rate, n_bins,
-                                     float(source.starting_time or 0.0), start)
-                if rectified.shape[0] != n_bins:
-                    rectified = None
+        prep = _recorded_preprocessing(ref)
+        if include_rectified:
+            rectified = _rectified_reference(opened, ref, prep, list(muscles), rate, start, n_bins)
 
     # rows where the behaviour is undefined (outside its time range) are dropped
     if beh is not None:
@@ -263,6 +279,8 @@ def evaluate_file(
                               **kwargs)  # type: ignore[arg-type]
     table.attrs["source"] = str(path)
     table.attrs["reference_series"] = ref_path
+    if rectified is not None:
+        table.attrs["rectified_preprocessing"] = dataclasses.asdict(prep)
     if report_dir is not None:
         from .report import make_report
 

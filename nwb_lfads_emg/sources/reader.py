@@ -387,13 +387,18 @@ def read_behavior(nwbfile: Any, name: str | None = None, times: np.ndarray | Non
             raise EMGDataError(describe(location, name, "no such behaviour series; candidates: "
                                         + (", ".join(b.path for b in infos) or "none")))
         info = matches[0]
-    ts = info.obj
+    return read_series(info.obj, location, info.path, times)
+
+
+def read_series(ts: Any, location: str, path: str, times: np.ndarray | None = None) -> xr.DataArray:
+    """Any TimeSeries as (time x output) in physical units (conversion, offset applied); linearly
+    interpolated onto ``times`` (NaN outside) when given. ``attrs['rate']`` is its rate (None when timestamped)."""
     try:
         data = np.asarray(ts.data[:], dtype=np.float64)
         stamps = (np.asarray(ts.timestamps[:], dtype=np.float64) if ts.rate is None
                   else float(ts.starting_time or 0.0) + np.arange(data.shape[0]) / float(ts.rate))
     except (OSError, RuntimeError) as exc:
-        raise SourceError(describe(location, info.path, f"cannot read the data: {' '.join(str(exc).split())[:200]}")) from None
+        raise SourceError(describe(location, path, f"cannot read the data: {' '.join(str(exc).split())[:200]}")) from None
     data = data * float(ts.conversion) + float(getattr(ts, "offset", 0.0) or 0.0)
     if data.ndim == 1:
         data = data[:, None]
@@ -401,13 +406,15 @@ def read_behavior(nwbfile: Any, name: str | None = None, times: np.ndarray | Non
     else:
         data = data.reshape(data.shape[0], -1)
         outputs = column_names(ts, data.shape[1])
+    rate = None if ts.rate is None else float(ts.rate)
     if times is not None:
         t = np.asarray(times, dtype=np.float64)
         data = np.stack([np.interp(t, stamps, data[:, j], left=np.nan, right=np.nan)
                          for j in range(data.shape[1])], axis=1)
-        stamps = t
+        stamps, rate = t, None
     return xr.DataArray(data, dims=("time", "output"), coords={"time": stamps, "output": outputs},
-                        name=ts.name, attrs={"units": ts.unit, "series_path": info.path, "source": location})
+                        name=ts.name, attrs={"units": ts.unit, "series_path": path, "source": location,
+                                             "rate": rate})
 
 
 def read_spikes_binned(nwbfile: Any, bin_edges: np.ndarray) -> np.ndarray:
