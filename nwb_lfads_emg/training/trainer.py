@@ -7,6 +7,7 @@ import copy
 import csv
 import dataclasses
 import hashlib
+import io
 import json
 import math
 import time
@@ -387,13 +388,11 @@ class FitResult:
 def _write_metrics_csv(path: Path, metrics: list[dict[str, Any]]) -> None:
     if not metrics:
         return
-    keys = list(metrics[0].keys())
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=keys, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(metrics)
-    tmp.replace(path)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(metrics[0].keys()), extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(metrics)
+    ckpt.write_atomic(path, text.getvalue().encode())
 
 
 def _tensorboard_writer(run_dir: Path) -> Any:

@@ -217,6 +217,8 @@ def fit_pbt(data: np.ndarray, config: LFADSConfig, run_dir: str | Path, populati
         stopper = PopulationPlateauStopper(perturbation_interval, max_iterations, patience_generations,
                                            min_improvement, min_generations=max(1, burn_in // perturbation_interval))
         if resume and tune.Tuner.can_restore(exp_uri):
+            if not remote:  # Ray's resume unpickles state: only from a folder no one else may write
+                ckpt.refuse_shared_dir(exp_path, "the PBT search")
             log.info("resuming the PBT search in %s", exp_uri)
             tuner = tune.Tuner.restore(exp_uri, trainable=trainable, resume_unfinished=True,
                                        resume_errored=True)
@@ -314,7 +316,7 @@ def _export_best(results: list[Any], best_dir: Path, history: dict[str, Any]) ->
         try:
             with tempfile.TemporaryDirectory() as tmp:
                 local = cp.to_directory(os.path.join(tmp, "ckpt"))
-                state = torch.load(Path(local) / _STATE_FILE, map_location="cpu", weights_only=False)
+                state = ckpt.load_checkpoint(Path(local) / _STATE_FILE)
         except Exception as exc:  # noqa: BLE001 - a pruned or unreadable checkpoint: take the next best
             log.debug("PBT: skipping checkpoint %s (%s)", cp, exc)
             continue

@@ -88,7 +88,7 @@ class LFADSTrainable(tune.Trainable):
     def load_checkpoint(self, checkpoint: str | dict | None) -> None:
         if checkpoint is None or isinstance(checkpoint, dict):
             raise TrainingError("PBT trial: checkpoint format not understood")
-        state = torch.load(Path(checkpoint) / _STATE_FILE, map_location="cpu", weights_only=False)
+        state = ckpt.load_checkpoint(Path(checkpoint) / _STATE_FILE)
         self.trainer.load_state_dict(state["trainer"])
         self._diverged = None
         self.trainer.set_hyperparameters(self._hp())  # an exploit brings perturbed values in the config
