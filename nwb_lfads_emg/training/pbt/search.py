@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import ray
-import torch
 from ray import tune
 
 from ...errors import TrainingError
