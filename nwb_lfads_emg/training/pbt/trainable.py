@@ -60,7 +60,6 @@ class LFADSTrainable(tune.Trainable):
     def _build(self) -> None:
         cfg = LFADSConfig.from_dict({**self._base, **self._hp()})
         self.trainer = Trainer(self._data, cfg, device=self._device, seed=self._seed)
-        self._built_for = self.trial_id
 
     def step(self) -> dict[str, Any]:
         if self._diverged is None:
