@@ -41,7 +41,7 @@ class Inference:
     n_samples: int = 1
 
 
-def infer(model: LFADS, data: np.ndarray, config: LFADSConfig | None = None, n_samples: int = 20,
+def infer(model: LFADS, data: np.ndarray, config: LFADSConfig | None = None, *, n_samples: int,
           device: str = "auto", batch_size: int | None = None, seed: int = 0,
           overlap: int | None = None) -> Inference:
     """Posterior-sample the model over a continuous (bins, channels) recording and merge the segments."""

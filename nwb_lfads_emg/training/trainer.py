@@ -47,6 +47,16 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return dev
 
 
+def set_torch_threads(num_threads: int | None) -> None:
+    """Set torch's process-wide intra-op thread count (None or 0: leave torch's own choice).
+
+    The one place that sets it: a trainer (the config's `num_threads`), a PBT trial (its CPUs) and
+    inference go through here.
+    """
+    if num_threads:
+        torch.set_num_threads(max(1, int(num_threads)))
+
+
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for a precision setting on a device (None = full fp32)."""
     if precision == "fp32":
@@ -104,8 +114,7 @@ class Trainer:
         self.data = check_data(data, config.likelihood)
         self.n_bins, self.n_channels = self.data.shape
         self.data_digest = _data_digest(self.data)
-        if config.num_threads:
-            torch.set_num_threads(int(config.num_threads))
+        set_torch_threads(config.num_threads)
         c = self.config
         # the trainer owns its RNG streams (global torch RNG forked around every use), so that several
         # trainers in one process (PBT) and a resumed run draw exactly the same numbers
