@@ -92,7 +92,7 @@ class JobConfig:
     max_epochs: int | None = None
     pbt: bool = False
     pbt_settings: PBTSettings = field(default_factory=PBTSettings)
-    n_posterior_samples: int = 20
+    n_posterior_samples: int | None = None  # None: training.inference.POSTERIOR_SAMPLES
     lowpass_cutoff_hz: float = 10.0
     bayes: dict[str, Any] = field(default_factory=dict)
     chunk_s: float = 60.0
@@ -264,7 +264,7 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
 def infer(run_dir: str | Path, emg_input: EMGInput, n_samples: int | None = None, device: str = "auto",
           seed: int = 0) -> Any:
     """Posterior means, spreads, factors and inferred inputs of a trained model on preprocessed EMG
-    (`n_samples` posterior samples; default `JobConfig.n_posterior_samples`)."""
+    (`n_samples` posterior samples; None: `training.inference.POSTERIOR_SAMPLES`)."""
     from .training.inference import infer as infer_model
     from .training.inference import load_model
     from .training.trainer import set_torch_threads
@@ -282,8 +282,6 @@ def infer(run_dir: str | Path, emg_input: EMGInput, n_samples: int | None = None
         )
     model, config = load_model(record["model_dir"])
     set_torch_threads(config.num_threads)
-    if n_samples is None:
-        n_samples = JobConfig.n_posterior_samples
     return infer_model(model, emg_input.binned.data, config, n_samples=n_samples, device=device, seed=seed)
 
 
