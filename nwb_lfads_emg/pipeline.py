@@ -92,7 +92,7 @@ class JobConfig:
     max_epochs: int | None = None
     pbt: bool = False
     pbt_settings: PBTSettings = field(default_factory=PBTSettings)
-    n_posterior_samples: int = 20
+    n_posterior_samples: int | None = None  # None: training.inference.POSTERIOR_SAMPLES
     lowpass_cutoff_hz: float = 10.0
     bayes: dict[str, Any] = field(default_factory=dict)
     chunk_s: float = 60.0
@@ -203,8 +203,7 @@ def fit(emg_input: EMGInput, run_dir: str | Path, job: JobConfig | None = None) 
     else:
         from .training.trainer import fit as fit_single
 
-        result = fit_single(data, config, run_dir, device=job.device, seed=job.seed, progress=job.progress,
-                            max_epochs=job.max_epochs)
+        result = fit_single(data, config, run_dir, device=job.device, seed=job.seed, progress=job.progress)
     record = {
         "job": _job_dict(job),
         "muscles": emg_input.muscles,
@@ -262,11 +261,13 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def infer(run_dir: str | Path, emg_input: EMGInput, n_samples: int = 20, device: str = "auto",
+def infer(run_dir: str | Path, emg_input: EMGInput, n_samples: int | None = None, device: str = "auto",
           seed: int = 0) -> Any:
-    """Posterior means, spreads, factors and inferred inputs of a trained model on preprocessed EMG."""
+    """Posterior means, spreads, factors and inferred inputs of a trained model on preprocessed EMG
+    (`n_samples` posterior samples; None: `training.inference.POSTERIOR_SAMPLES`)."""
     from .training.inference import infer as infer_model
     from .training.inference import load_model
+    from .training.trainer import set_torch_threads
 
     record = load_run(run_dir)
     if list(record["muscles"]) != list(emg_input.muscles):
@@ -280,10 +281,7 @@ def infer(run_dir: str | Path, emg_input: EMGInput, n_samples: int = 20, device:
             f"{record['bin_rate']} Hz"
         )
     model, config = load_model(record["model_dir"])
-    if config.num_threads:
-        import torch
-
-        torch.set_num_threads(int(config.num_threads))
+    set_torch_threads(config.num_threads)
     return infer_model(model, emg_input.binned.data, config, n_samples=n_samples, device=device, seed=seed)
 
 
@@ -368,12 +366,10 @@ def build_results(emg_input: EMGInput, record: dict[str, Any], inference: Any,
 
 
 def _lfads_config_dict(record: dict[str, Any]) -> dict[str, Any]:
+    """The trained model's LFADS configuration (read errors are one-line TrainingErrors, never dropped)."""
     from .training import checkpoint
 
-    try:
-        return dict(checkpoint.read_weights(record["model_dir"])["config"])
-    except Exception:  # noqa: BLE001 - provenance still records the job and preset
-        return {}
+    return dict(checkpoint.read_weights(record["model_dir"])["config"])
 
 
 def _check_destination(source: str | Path, out: str | Path | None, in_place: bool,
@@ -391,8 +387,7 @@ def annotate(source: str | Path, run_dir: str | Path, out: str | Path | None = N
     """Apply a trained model (and the baselines) to a session and write the results back into NWB."""
     _check_destination(source, out, in_place)
     record = load_run(run_dir)
-    job = job or JobConfig.from_dict(record["job"])
-    job.preprocess = PreprocessConfig(**record["job"]["preprocess"])
+    job = job or JobConfig.from_dict(record["job"])  # a caller's job (and its preprocessing) is used as given
     emg_input, handle = read(source, emg, cache_dir, job.preprocess, job.chunk_s, keep_open=True)
     opened, reader = handle
     try:

@@ -37,10 +37,16 @@ def temporal_shift(x: Tensor, shifts: Tensor) -> Tensor:
     return torch.gather(x, 1, idx.clamp(0, n_t - 1))
 
 
-def shift_pair(x: Tensor, max_shift: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-    """(encoder input, reconstruction target), each shifted per channel independently (the EMG paper's trick)."""
+def shift_pair(x: Tensor, max_shift: int, generator: torch.Generator | None = None,
+               *alike: Tensor) -> tuple[Tensor, ...]:
+    """(encoder input, reconstruction target), each shifted per channel independently (the EMG paper's trick).
+
+    Tensors in `alike` (same shape as x, e.g. masks) get the same two shifts: (x_in, x_tgt, a_in, a_tgt, ...).
+    """
+    tensors = (x, *alike)
     if max_shift <= 0:
-        return x, x
+        return tuple(t for t in tensors for _ in range(2))
     b, _, c = x.shape
-    return (temporal_shift(x, random_shifts(b, c, max_shift, generator)),
-            temporal_shift(x, random_shifts(b, c, max_shift, generator)))
+    s_in = random_shifts(b, c, max_shift, generator)
+    s_tgt = random_shifts(b, c, max_shift, generator)
+    return tuple(out for t in tensors for out in (temporal_shift(t, s_in), temporal_shift(t, s_tgt)))

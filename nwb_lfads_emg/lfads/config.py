@@ -79,12 +79,11 @@ class LFADSConfig:
     seg_overlap: int = 50
     val_fraction: float = 0.2
     val_blocks: int = 5
-    # --- inference
-    n_samples: int = 20
     # --- compute
     precision: str = "auto"  # "auto" (bf16/fp16 autocast on CUDA, fp32 on CPU), "fp32", "bf16", "fp16"
     compile: bool = False
-    # the decoder's time loop in TorchScript (same outputs, gradients and RNG use as the eager loop, faster on CPU)
+    # the decoder's time loop as one autograd Function with a hand-written backward (same outputs,
+    # gradients and RNG use as the eager step loop, faster on CPU)
     fast_decoder: bool = True
     num_threads: int | None = None
     preset_name: str = field(default="custom")
@@ -154,7 +153,6 @@ def preset(name: str) -> LFADSConfig:
             seg_overlap=30,
             # no held-out blocks: every bin trains; early stopping watches the sample-validation entries
             val_fraction=0.0,
-            n_samples=20,
             # one thread: a model this small is as fast on one as on two, and far faster when the
             # other core is busy (another trial, the data pipeline, a loaded CI machine)
             num_threads=1,

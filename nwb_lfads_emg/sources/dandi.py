@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import quote
 
-from ..errors import SourceError, describe
+from ..errors import SourceError, describe, one_line
 
 _INSTANCE_COLON = re.compile(r"^(?P<name>[A-Za-z][-\w.]*):(?P<id>\d{6})(?P<rest>/.*)?$")
 _DANDI_SCHEME = re.compile(r"^dandi://(?P<name>[-\w.]+)/(?P<id>\d{6})(@(?P<version>[^/]+))?(/(?P<path>.*))?$")
@@ -119,7 +119,7 @@ def resolve_asset(reference: str, instance: str | None = None) -> DandiAsset:
     except UnknownURLError:
         raise SourceError(describe(reference, None, "not a DANDI reference dandi can parse")) from None
     except Exception as exc:  # network trouble while dandi asks the server for its info
-        raise SourceError(describe(reference, None, f"cannot reach the DANDI instance ({_one_line(exc)})")) from None
+        raise SourceError(describe(reference, None, f"cannot reach the DANDI instance ({one_line(exc, 300)})")) from None
 
     client = DandiAPIClient(dandi_instance=parsed.instance)
     try:
@@ -146,9 +146,9 @@ def resolve_asset(reference: str, instance: str | None = None) -> DandiAsset:
     except SourceError:
         raise
     except NotFoundError as exc:
-        raise SourceError(describe(reference, None, f"not found on {parsed.instance.api}: {_one_line(exc)}")) from None
+        raise SourceError(describe(reference, None, f"not found on {parsed.instance.api}: {one_line(exc, 300)}")) from None
     except Exception as exc:
-        raise SourceError(describe(reference, None, f"DANDI API request failed: {_one_line(exc)}")) from None
+        raise SourceError(describe(reference, None, f"DANDI API request failed: {one_line(exc, 300)}")) from None
     finally:
         client.session.close()
     return DandiAsset(
@@ -180,5 +180,3 @@ def _single_nwb(reference: str, dandiset, path: str):
     raise SourceError(describe(reference, path, f"{len(found)} .nwb assets under this path; pick one of: {names}"))
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:300] or type(exc).__name__

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import h5py
 
-from ..errors import SourceError, describe
+from ..errors import SourceError, describe, one_line
 
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
@@ -35,4 +35,4 @@ def hdf5_problem(exc: BaseException) -> str:
         return "truncated HDF5 file (it ends before the data it declares; an incomplete download?)"
     if "signature" in text:
         return "not an HDF5/NWB file (no HDF5 signature)"
-    return "cannot be read as HDF5 (" + " ".join(text.split())[:200] + ")"
+    return f"cannot be read as HDF5 ({one_line(exc)})"

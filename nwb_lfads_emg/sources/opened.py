@@ -10,7 +10,7 @@ from typing import Any
 
 import h5py
 
-from ..errors import NwbLfadsEmgError, SourceError, describe
+from ..errors import NwbLfadsEmgError, SourceError, describe, one_line
 from .local import hdf5_problem, open_local_hdf5
 
 
@@ -95,7 +95,7 @@ def _read_nwb(h5file: h5py.File, location: str) -> tuple[Any, Any]:
             io.close()
         except Exception:
             pass
-        text = " ".join(str(exc).split())[:240]
+        text = one_line(exc, 240)
         if isinstance(exc, OSError):
             text = hdf5_problem(exc)
         raise SourceError(describe(location, None, f"pynwb cannot read this NWB file ({text})")) from None
@@ -146,7 +146,7 @@ def _open_url(url: str, cache_dir: Any, timeout: float, retries: int, *, label: 
         raise SourceError(describe(label, None, problem)) from None
     except Exception as exc:
         session.close()
-        problem = session.last_error or " ".join(str(exc).split())[:200]
+        problem = session.last_error or one_line(exc)
         raise SourceError(describe(label, None, f"cannot stream the file ({problem})")) from None
     try:
         io, nwbfile = _read_nwb(h5file, label)

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from ..errors import EMGDataError, NwbLfadsEmgError, SourceError, describe
+from ..errors import EMGDataError, NwbLfadsEmgError, SourceError, describe, one_line
 from .discover import (
     SeriesInfo,
     all_series_summary,
@@ -229,7 +229,7 @@ class EMGReader:
         problem = self._opened.stream_problem() if self._opened is not None else None
         if problem:
             return SourceError(describe(self.location, self.series_path, f"streaming failed: {problem}"))
-        text = " ".join(str(exc).split())[:200]
+        text = one_line(exc)
         return SourceError(describe(self.location, self.series_path, f"cannot read the data (truncated or damaged file?): {text}"))
 
     def _raw(self, i0: int, i1: int, columns: list[int]) -> np.ndarray:
@@ -398,7 +398,7 @@ def read_series(ts: Any, location: str, path: str, times: np.ndarray | None = No
         stamps = (np.asarray(ts.timestamps[:], dtype=np.float64) if ts.rate is None
                   else float(ts.starting_time or 0.0) + np.arange(data.shape[0]) / float(ts.rate))
     except (OSError, RuntimeError) as exc:
-        raise SourceError(describe(location, path, f"cannot read the data: {' '.join(str(exc).split())[:200]}")) from None
+        raise SourceError(describe(location, path, f"cannot read the data: {one_line(exc)}")) from None
     data = data * float(ts.conversion) + float(getattr(ts, "offset", 0.0) or 0.0)
     if data.ndim == 1:
         data = data[:, None]
@@ -430,7 +430,7 @@ def read_spikes_binned(nwbfile: Any, bin_edges: np.ndarray) -> np.ndarray:
         flat = np.asarray(units.spike_times.data[:], dtype=np.float64)
         ends = np.asarray(units.spike_times_index.data[:], dtype=np.int64)
     except (OSError, RuntimeError) as exc:
-        raise SourceError(describe(location, "units/spike_times", f"cannot read: {' '.join(str(exc).split())[:200]}")) from None
+        raise SourceError(describe(location, "units/spike_times", f"cannot read: {one_line(exc)}")) from None
     out = np.zeros((edges.size - 1, ends.size), dtype=np.int64)
     start = 0
     for u, end in enumerate(ends):
@@ -471,7 +471,7 @@ def inspect_source(source: str, cache_dir: Any = None) -> str:
         except NwbLfadsEmgError:
             raise
         except (OSError, RuntimeError) as exc:
-            problem = opened.stream_problem() or " ".join(str(exc).split())[:200]
+            problem = opened.stream_problem() or one_line(exc)
             raise SourceError(describe(opened.location, None, f"cannot read the file's contents: {problem}")) from None
         if opened.dandi_url:
             text = text.replace(f"file: {opened.location}", f"file: {opened.location}\ndandi: {opened.dandi_url}", 1)

@@ -12,7 +12,7 @@ from typing import Any
 import remfile
 import requests
 
-from ..errors import SourceError, describe
+from ..errors import SourceError, describe, one_line
 
 #: Status codes worth retrying (throttling and transient server errors).
 RETRY_STATUSES = (429, 500, 502, 503, 504)
@@ -59,7 +59,8 @@ class RetryingSession(requests.Session):
             except requests.Timeout:
                 problem = f"timed out after {self.timeout:g} s"
             except requests.ConnectionError as exc:
-                problem = f"connection failed ({_short(exc)})"
+                refused = "Connection refused" in str(exc) or "Errno 111" in str(exc)
+                problem = f"connection failed ({'connection refused' if refused else one_line(exc, 160)})"
             else:
                 if response.status_code not in RETRY_STATUSES:
                     return response
@@ -75,13 +76,6 @@ class RetryingSession(requests.Session):
         failed._content = b""
         failed._content_consumed = True
         return failed
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc)
-    if "Connection refused" in text or "Errno 111" in text:
-        return "connection refused"
-    return text.split("\n")[0][:160]
 
 
 def probe_size(url: str, session: RetryingSession) -> int:

@@ -30,6 +30,10 @@ def load_model(run_dir: str | Path) -> tuple[LFADS, LFADSConfig]:
     return model, config
 
 
+POSTERIOR_SAMPLES = 20
+"""Posterior samples averaged per segment unless a caller (e.g. `JobConfig.n_posterior_samples`) says otherwise."""
+
+
 @dataclass
 class Inference:
     """Posterior estimates merged into continuous series (bins first)."""
@@ -41,7 +45,7 @@ class Inference:
     n_samples: int = 1
 
 
-def infer(model: LFADS, data: np.ndarray, config: LFADSConfig | None = None, n_samples: int = 20,
+def infer(model: LFADS, data: np.ndarray, config: LFADSConfig | None = None, n_samples: int | None = None,
           device: str = "auto", batch_size: int | None = None, seed: int = 0,
           overlap: int | None = None) -> Inference:
     """Posterior-sample the model over a continuous (bins, channels) recording and merge the segments."""
@@ -54,7 +58,7 @@ def infer(model: LFADS, data: np.ndarray, config: LFADSConfig | None = None, n_s
     dev = resolve_device(device)
     overlap = config.seg_overlap if overlap is None else overlap
     segs, starts = chop(arr, config.seg_len, overlap)
-    n_samples = max(int(n_samples), 1)
+    n_samples = max(int(POSTERIOR_SAMPLES if n_samples is None else n_samples), 1)
     sample = n_samples > 1
     if batch_size is None:
         batch_size = max(1, min(256, 8192 // n_samples))

@@ -11,7 +11,7 @@ import io
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import TrainingError
-from ..lfads.augment import coordinated_dropout, random_shifts, sample_validation_mask, temporal_shift
+from ..lfads.augment import coordinated_dropout, sample_validation_mask, shift_pair
 from ..lfads.config import MUTABLE_HYPERPARAMETERS, LFADSConfig
 from ..lfads.likelihoods import make_likelihood
 from ..lfads.model import LFADS, lr_factor, ramp
@@ -28,7 +28,7 @@ from . import checkpoint as ckpt
 from .segments import chop_blocks, split_blocks
 
 # Config fields that may differ between a checkpoint and the config given on resume.
-_RESUME_FREE = set(MUTABLE_HYPERPARAMETERS) | {"max_epochs", "patience", "n_samples", "compile", "num_threads",
+_RESUME_FREE = set(MUTABLE_HYPERPARAMETERS) | {"max_epochs", "patience", "compile", "num_threads",
                                                "precision", "preset_name"}
 
 
@@ -46,6 +46,16 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise TrainingError(f"device {device!r}: CUDA is not available on this machine")
     return dev
+
+
+def set_torch_threads(num_threads: int | None) -> None:
+    """Set torch's process-wide intra-op thread count (None or 0: leave torch's own choice).
+
+    The one place that sets it: a trainer (the config's `num_threads`), a PBT trial (its CPUs) and
+    inference go through here.
+    """
+    if num_threads:
+        torch.set_num_threads(max(1, int(num_threads)))
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -105,8 +115,7 @@ class Trainer:
         self.data = check_data(data, config.likelihood)
         self.n_bins, self.n_channels = self.data.shape
         self.data_digest = _data_digest(self.data)
-        if config.num_threads:
-            torch.set_num_threads(int(config.num_threads))
+        set_torch_threads(config.num_threads)
         c = self.config
         # the trainer owns its RNG streams (global torch RNG forked around every use), so that several
         # trainers in one process (PBT) and a resumed run draw exactly the same numbers
@@ -193,13 +202,7 @@ class Trainer:
     def _batch_masks(self, x: torch.Tensor, sv: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """(encoder input, target, keep mask, loss mask) for one batch, with the augmentations applied."""
         c = self.config
-        b, _, ch = x.shape
-        x_in, x_tgt, sv_in, sv_tgt = x, x, sv, sv
-        if c.temporal_shift > 0:
-            s_in = random_shifts(b, ch, c.temporal_shift, self.generator)
-            s_tgt = random_shifts(b, ch, c.temporal_shift, self.generator)
-            x_in, sv_in = temporal_shift(x, s_in), temporal_shift(sv, s_in)
-            x_tgt, sv_tgt = temporal_shift(x, s_tgt), temporal_shift(sv, s_tgt)
+        x_in, x_tgt, sv_in, sv_tgt = shift_pair(x, c.temporal_shift, self.generator, sv)
         cd = coordinated_dropout(tuple(x.shape), c.cd_rate, self.generator, device=x.device)
         keep = ~cd & ~sv_in
         loss_mask = (cd & ~sv_tgt) if c.cd_rate > 0 else ~sv_tgt
@@ -382,7 +385,6 @@ class FitResult:
     device: str
     seed: int = 0
     best_epoch: int = -1
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _write_metrics_csv(path: Path, metrics: list[dict[str, Any]]) -> None:

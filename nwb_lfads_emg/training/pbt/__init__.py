@@ -29,9 +29,11 @@ from .search import (
     fit_pbt,
     ray_session,
 )
-from .trainable import METRIC, LFADSTrainable, PopulationPlateauStopper
+
+# PBTRecorder too: a search interrupted before the split pickled it as nwb_lfads_emg.training.pbt.PBTRecorder
+from .trainable import METRIC, LFADSTrainable, PBTRecorder, PopulationPlateauStopper
 
 __all__ = ["PBTResult", "fit_pbt", "collect_history", "plot_history", "summary_table", "ray_session",
            "PopulationPlateauStopper", "HyperParam", "autolfads_search_space", "METRIC", "LFADSTrainable",
            "BEST_DIR", "DATA_FILE", "EXPERIMENT_NAME", "HISTORY_FILE", "PLOT_FILE", "RESULTS_FILE", "SETTINGS_FILE",
-           "read_results"]
+           "read_results", "PBTRecorder"]

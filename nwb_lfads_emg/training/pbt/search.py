@@ -21,7 +21,7 @@ import numpy as np
 import ray
 from ray import tune
 
-from ...errors import TrainingError
+from ...errors import TrainingError, one_line
 from ...lfads.config import LFADSConfig
 from .. import checkpoint as ckpt
 from ..inference import load_model
@@ -93,7 +93,7 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
             ray.init(address=address, **kwargs)
         except Exception as exc:  # noqa: BLE001 - any failure to attach is the user's to fix
             raise TrainingError(f"Ray address {address}: cannot attach to the Ray cluster "
-                                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+                                f"({type(exc).__name__}: {one_line(exc)})") from None
         where = f"Ray cluster at {address}"
     else:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -101,7 +101,7 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
             ray.init(address="auto" if address == "auto" else "local", num_cpus=num_cpus,
                      include_dashboard=False, **kwargs)
         except Exception as exc:  # noqa: BLE001
-            raise TrainingError(f"local Ray: cannot start ({type(exc).__name__}: {exc})") from None
+            raise TrainingError(f"local Ray: cannot start ({type(exc).__name__}: {one_line(exc)})") from None
         where = "embedded local Ray"
     try:
         yield where
@@ -262,9 +262,9 @@ def fit_pbt(data: np.ndarray, config: LFADSConfig, run_dir: str | Path, populati
                                 "with the same run directory to resume it")
         errors = [r.error for r in results if r.error is not None]
         if errors and len(errors) == len(results):
-            raise TrainingError(f"PBT: every trial failed; first error: {_one_line(errors[0])}")
+            raise TrainingError(f"PBT: every trial failed; first error: {one_line(errors[0], 300, last_line=True)}")
         for err in errors:
-            log.warning("PBT: a trial failed: %s", _one_line(err))
+            log.warning("PBT: a trial failed: %s", one_line(err, 300, last_line=True))
         history = collect_history(run_dir / RESULTS_FILE, results, exp_path, space, perturbation_interval)
         history["experiment_path"] = exp_uri
         last = [t["iterations"][-1] for t in history["trials"].values() if t["iterations"]]
@@ -288,12 +288,6 @@ def fit_pbt(data: np.ndarray, config: LFADSConfig, run_dir: str | Path, populati
                      best_epoch=int(best["iteration"]), pbt_history=history, best_trial=best["trial"],
                      model_dir=run_dir / BEST_DIR, experiment_path=exp_uri, plot_path=plot_path,
                      wall_time_s=history["wall_time_s"])
-
-
-def _one_line(err: Any) -> str:
-    text = str(err).strip().splitlines()
-    last = [line for line in text if line.strip()]
-    return (last[-1] if last else type(err).__name__)[:300]
 
 
 def _quiet_ray_loggers() -> None:

@@ -16,7 +16,7 @@ from ray import tune
 from ...errors import TrainingError
 from ...lfads.config import MUTABLE_HYPERPARAMETERS, LFADSConfig
 from .. import checkpoint as ckpt
-from ..trainer import Trainer
+from ..trainer import Trainer, set_torch_threads
 
 METRIC = "val_loss_smoothed"
 _STATE_FILE = "trainer_state.pt"
@@ -37,7 +37,7 @@ class LFADSTrainable(tune.Trainable):
     def setup(self, config: dict[str, Any], data: np.ndarray | None = None, data_path: str | None = None,
               base_config: dict[str, Any] | None = None, seed: int = 0, device: str = "cpu",
               threads: int = 1) -> None:
-        torch.set_num_threads(max(1, int(threads)))
+        set_torch_threads(max(1, int(threads)))  # a preset's own num_threads, if any, wins in Trainer
         if data is None:
             if data_path is None:
                 raise TrainingError("PBT trial: neither data nor a shared data path was given")
@@ -60,7 +60,6 @@ class LFADSTrainable(tune.Trainable):
     def _build(self) -> None:
         cfg = LFADSConfig.from_dict({**self._base, **self._hp()})
         self.trainer = Trainer(self._data, cfg, device=self._device, seed=self._seed)
-        self._built_for = self.trial_id
 
     def step(self) -> dict[str, Any]:
         if self._diverged is None:
