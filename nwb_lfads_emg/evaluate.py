@@ -12,10 +12,12 @@ from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pandas as pd
 
 from .errors import EMGDataError, describe
+from .files import check_output_dir
 from .sources.discover import column_names
 
 try:  # optional: the ridge's small LAPACK calls are fastest single-threaded (threads only contend)
@@ -365,8 +367,17 @@ def evaluate_file(
     path = Path(path)
     if not path.is_file():
         raise EMGDataError(describe(path, None, "no such file"))
-    with NWBHDF5IO(str(path), "r", load_namespaces=True) as io:
+    if report_dir is not None:
+        check_output_dir(report_dir, "--report")
+    if not h5py.is_hdf5(path):
+        raise EMGDataError(describe(path, None, "not an NWB file (not HDF5); give an annotated .nwb file"))
+    try:
+        io = NWBHDF5IO(str(path), "r", load_namespaces=True)
         nwbfile = io.read()
+    except Exception as exc:  # noqa: BLE001 - a damaged or foreign HDF5 file: one line
+        raise EMGDataError(describe(path, None, f"cannot be read as NWB ({type(exc).__name__}: "
+                                                f"{str(exc).splitlines()[0] if str(exc) else ''})")) from None
+    with io:
         found: list[tuple[str, object]] = []
         for mod_name, module in nwbfile.processing.items():
             for name, obj in module.data_interfaces.items():
