@@ -76,7 +76,7 @@ def string_values(path: Path) -> list[str]:
         for value in obj.attrs.values():
             with contextlib.suppress(Exception):
                 text(value)
-        if isinstance(obj, h5py.Dataset) and obj.dtype.kind in "OSU":
+        if isinstance(obj, h5py.Dataset) and h5py.check_string_dtype(obj.dtype) is not None:
             text(obj.asstr()[()] if obj.shape == () else obj.asstr()[...])
 
     with h5py.File(path, "r") as f:
