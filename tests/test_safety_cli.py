@@ -106,3 +106,20 @@ def test_sampling_rate_zero_is_one_line(capsys, tmp_path):
     refused(capsys, ["run", path, "--out", tmp_path / "o.nwb", "--max-epochs", "1", "--run-dir", tmp_path / "r"],
             str(path), "acquisition/EMG", "sampling rate is 0.0 Hz", "--emg")
     assert not (tmp_path / "o.nwb").exists()
+
+
+def test_too_little_free_space_is_refused_before_reading(capsys, tmp_path):
+    """`--out` on a 1 MB file system, for a source of 2 MB: refused up front (the run dir does not even exist)."""
+    small = tmp_path / "small_fs"
+    small.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here")
+    try:
+        source = tmp_path / "big.nwb"
+        source.write_bytes(b"\0" * 2_000_000)
+        refused(capsys, ["annotate", source, "--run-dir", tmp_path / "none", "--out", small / "out.nwb"],
+                "--out", "MB free")
+        assert list(small.iterdir()) == []
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)
