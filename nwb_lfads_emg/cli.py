@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import NwbLfadsEmgError
+from .files import Interrupted, signals_interrupt
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
@@ -74,9 +75,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
-    from .pipeline import fit, read
+    from .pipeline import check_job, fit, read
 
     job = _job(args)
+    check_job(job, args.run_dir)
     emg_input, _ = read(args.source, args.emg, args.cache_dir, job.preprocess, job.chunk_s)
     result = fit(emg_input, args.run_dir, job)
     print(f"trained model in {args.run_dir} (best validation loss {result.best_val_loss:.4f})")
@@ -245,16 +247,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.debug = debug
+    _show_warnings()
     try:
-        return int(args.func(args) or 0)
+        with signals_interrupt():
+            return int(args.func(args) or 0)
     except NwbLfadsEmgError as exc:
         if args.debug:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Interrupted as exc:
+        print(f"error: stopped by {exc}; temporary files were removed, the input file is unchanged",
+              file=sys.stderr)
+        return 128 + exc.signum
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+
+
+def _show_warnings() -> None:
+    """Print the package's warnings (e.g. the input's own DANDI issues) as one `warning: ...` line each."""
+    import logging
+
+    class OneLine(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            return f"{record.levelname.lower()}: {' '.join(record.getMessage().split())}"
+
+    logger = logging.getLogger("nwb_lfads_emg")
+    if not any(getattr(h, "_nwb_lfads_emg", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(OneLine())
+        handler.setLevel(logging.WARNING)
+        handler._nwb_lfads_emg = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
 
 
 if __name__ == "__main__":

@@ -13,11 +13,13 @@ import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pandas as pd
 import xarray as xr
 
 from .errors import EMGDataError, describe
+from .files import check_output_dir
 from .metrics import (
     DEFAULT_ALPHAS,
     decode_r2,
@@ -201,6 +203,10 @@ def evaluate_file(
     path = Path(path)
     if not path.is_file():
         raise EMGDataError(describe(path, None, "no such file"))
+    if report_dir is not None:
+        check_output_dir(report_dir, "--report")
+    if not h5py.is_hdf5(path):
+        raise EMGDataError(describe(path, None, "not an NWB file (not HDF5); give an annotated .nwb file"))
     with open_source(str(path)) as opened:
         nwbfile = opened.nwbfile
         found: list[tuple[str, object]] = []

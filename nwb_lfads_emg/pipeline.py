@@ -6,8 +6,11 @@ preprocess, baselines, training, writeback) and can be used alone. The CLI is a 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import platform
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -15,11 +18,20 @@ from typing import Any
 import numpy as np
 
 from .errors import NwbLfadsEmgError, TrainingError, WriteBackError
+from .files import (
+    FileStamp,
+    check_free_space,
+    check_output_dir,
+    check_output_file,
+    check_writable_file,
+    remove_stale_partials,
+    signals_interrupt,
+    target_lock,
+)
 from .preprocess import Binned, PreprocessConfig, bin_to, preprocess_chunks, rectify_highpass
 from .writeback import (
     ActivationEstimate,
     SessionResults,
-    refuse_existing_output,
     write_into_copy,
     write_new_file,
 )
@@ -162,10 +174,22 @@ def read(source: str | Path, emg: str | None = None, cache_dir: str | None = Non
     return emg_input, (opened, reader)
 
 
+def check_job(job: JobConfig, run_dir: str | Path | None = None) -> None:
+    """Refuse, before any data is read, settings that cannot give a trained model (one line naming the flag)."""
+    if job.max_epochs is not None and int(job.max_epochs) < 1:
+        raise TrainingError(f"--max-epochs {job.max_epochs}: must be at least 1 (with no training the results "
+                            "would be an untrained model labelled AutoLFADS)")
+    if job.pbt and int(job.population) < 2:
+        raise TrainingError(f"--population {job.population}: population-based training needs at least 2 members")
+    if run_dir is not None:
+        check_output_dir(run_dir, "--run-dir")
+
+
 def lfads_config(job: JobConfig) -> Any:
     """The LFADS configuration of a job: its preset with the job's overrides applied."""
     from .lfads.config import preset
 
+    check_job(job)
     config = preset(job.preset)
     overrides = dict(job.lfads_overrides)
     if job.max_epochs is not None:
@@ -345,13 +369,19 @@ def build_results(emg_input: EMGInput, record: dict[str, Any], inference: Any,
     if record.get("pbt_history"):
         provenance["pbt_history"] = record["pbt_history"]
     input_source = {"input_file_identifier": emg_input.file_identifier, "input_series_path": emg_input.series_path,
-                    "input_location": emg_input.location, "input_url": emg_input.dandi_url}
+                    "input_location": shareable_location(emg_input.location), "input_url": emg_input.dandi_url}
+    trained_on = {"trained_on": record.get("source_url") or shareable_location(record.get("source_location") or ""),
+                  "trained_on_file_identifier": record["source_file_identifier"],
+                  "trained_on_series_path": record["source_series_path"]}
     autolfads = ActivationEstimate("AutoLFADS", inference.rates.astype(np.float32),
                                    uncertainty=inference.rates_std.astype(np.float32),
-                                   parameters={"n_posterior_samples": int(inference.n_samples),
-                                               "trained_on": record["source_location"], **input_source})
+                                   parameters={"n_posterior_samples": int(inference.n_samples), **trained_on,
+                                               **input_source})
     for estimate in baselines:
         estimate.parameters.update(input_source)
+    provenance = shareable(provenance)
+    for estimate in (autolfads, *baselines):
+        estimate.parameters = shareable(estimate.parameters)
     return SessionResults(
         estimates=[autolfads, *baselines],
         rate=binned.bin_rate,
@@ -365,6 +395,37 @@ def build_results(emg_input: EMGInput, record: dict[str, Any], inference: Any,
     )
 
 
+def shareable_location(location: str) -> str:
+    """How a source is named in files meant for sharing: a URL without its query, a local file by name only."""
+    if "://" in location or location.startswith("DANDI:"):
+        return location.split("?", 1)[0].split("#", 1)[0]
+    return Path(location).name
+
+
+def shareable(value: Any) -> Any:
+    """A copy of JSON-like data in which no string holds an absolute local path (each becomes its name)."""
+    if isinstance(value, dict):
+        return {k: shareable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [shareable(v) for v in value]
+    if isinstance(value, str):
+        if value.startswith("file://"):
+            return Path(value[len("file://"):]).name
+        if os.path.isabs(value) or value.startswith("~"):
+            return Path(value).name
+        for private in _private_dirs():
+            value = value.replace(private + os.sep, "")
+    return value
+
+
+def _private_dirs() -> list[str]:
+    """Local folders whose names must not appear inside shared text (home, working and temp folders)."""
+    import tempfile
+
+    dirs = {str(Path.home()), os.getcwd(), tempfile.gettempdir()}
+    return sorted((d for d in dirs if len(d) > 1), key=len, reverse=True)
+
+
 def _lfads_config_dict(record: dict[str, Any]) -> dict[str, Any]:
     """The trained model's LFADS configuration (read errors are one-line TrainingErrors, never dropped)."""
     from .training import checkpoint
@@ -372,20 +433,77 @@ def _lfads_config_dict(record: dict[str, Any]) -> dict[str, Any]:
     return dict(checkpoint.read_weights(record["model_dir"])["config"])
 
 
+def _is_remote(source: str | Path) -> bool:
+    text = str(source)
+    return "://" in text or text.startswith("DANDI:")
+
+
 def _check_destination(source: str | Path, out: str | Path | None, in_place: bool,
                        emg_input: EMGInput | None = None) -> None:
     """Refuse an ambiguous destination, and in-place writes into a read-only (remote) source."""
     if (out is None) == (not in_place):
         raise WriteBackError(f"{source}: give exactly one of --out OUT.nwb or --in-place")
-    if in_place and emg_input is not None and emg_input.is_remote:
-        raise WriteBackError(f"{emg_input.location}: a remote (DANDI/URL) source is read-only; use --out OUT.nwb")
+    remote = emg_input.is_remote if emg_input is not None else _is_remote(source)
+    if in_place and remote:
+        location = emg_input.location if emg_input is not None else source
+        raise WriteBackError(f"{location}: a remote (DANDI/URL) source is read-only; use --out OUT.nwb")
+
+
+@dataclass
+class Destination:
+    """Where a job writes (a link resolved to its target) and the local source's stamp when first seen."""
+
+    target: Path | None
+    stamp: FileStamp | None
+
+
+def check_destination(source: str | Path, out: str | Path | None = None, in_place: bool = False,
+                      overwrite: bool = False) -> Destination:
+    """Check the destination before any data is read: right kind, writable, not read-only, enough space.
+
+    Raises a one-line WriteBackError naming the flag (--out/--in-place/--overwrite) otherwise.
+    """
+    _check_destination(source, out, in_place)
+    local = None if _is_remote(source) else Path(source)
+    if local is not None and not local.is_file():
+        local = None  # the reader reports a missing or odd source in its own words
+    size = local.stat().st_size if local is not None else 0
+    if in_place:
+        if local is None:
+            return Destination(None, None)
+        target = Path(os.path.realpath(local))
+        check_writable_file(target, "--in-place")
+        check_free_space(target.parent, size + size // 2, "--in-place", "the annotated temporary copy")
+    else:
+        check_output_file(out, "--out", overwrite)
+        target = Path(os.path.realpath(out))
+        check_free_space(target.parent, size + size // 2 if local is not None else 1 << 20, "--out",
+                         "the annotated file")
+    return Destination(target, FileStamp.of(local) if local is not None else None)
+
+
+@contextlib.contextmanager
+def _guarded(destination: Destination) -> Iterator[None]:
+    """Hold the destination's lock for the whole job, turn SIGTERM/SIGHUP into clean interrupts, and
+    remove temporary copies a killed run left beside it."""
+    with signals_interrupt(), (target_lock(destination.target) if destination.target is not None
+                               else contextlib.nullcontext()):
+        if destination.target is not None:
+            remove_stale_partials(destination.target)
+        yield
 
 
 def annotate(source: str | Path, run_dir: str | Path, out: str | Path | None = None, in_place: bool = False,
              emg: str | None = None, overwrite: bool = False, cache_dir: str | None = None,
              job: JobConfig | None = None) -> Path:
     """Apply a trained model (and the baselines) to a session and write the results back into NWB."""
-    _check_destination(source, out, in_place)
+    destination = check_destination(source, out, in_place, overwrite)
+    with _guarded(destination):
+        return _annotate(source, run_dir, out, in_place, emg, overwrite, cache_dir, job, destination)
+
+
+def _annotate(source: str | Path, run_dir: str | Path, out: str | Path | None, in_place: bool, emg: str | None,
+              overwrite: bool, cache_dir: str | None, job: JobConfig | None, destination: Destination) -> Path:
     record = load_run(run_dir)
     job = job or JobConfig.from_dict(record["job"])  # a caller's job (and its preprocessing) is used as given
     emg_input, handle = read(source, emg, cache_dir, job.preprocess, job.chunk_s, keep_open=True)
@@ -399,12 +517,16 @@ def annotate(source: str | Path, run_dir: str | Path, out: str | Path | None = N
             return write(source, emg_input, results, out, in_place, overwrite, opened.nwbfile)
     finally:
         opened.close()
-    return write(source, emg_input, results, out, in_place, overwrite)
+    return write(source, emg_input, results, out, in_place, overwrite, stamp=destination.stamp)
 
 
 def write(source: str | Path, emg_input: EMGInput, results: SessionResults, out: str | Path | None = None,
-          in_place: bool = False, overwrite: bool = False, opened_nwbfile: Any = None) -> Path:
-    """Write results for `emg_input` back: into a copy of a local file (or in place), or a new file."""
+          in_place: bool = False, overwrite: bool = False, opened_nwbfile: Any = None,
+          stamp: FileStamp | None = None) -> Path:
+    """Write results for `emg_input` back: into a copy of a local file (or in place), or a new file.
+
+    `stamp` is the local source's FileStamp when it was read: a file changed since is not replaced.
+    """
     _check_destination(source, out, in_place, emg_input)
     if emg_input.is_remote:
         if opened_nwbfile is None:
@@ -412,24 +534,27 @@ def write(source: str | Path, emg_input: EMGInput, results: SessionResults, out:
         return write_new_file(opened_nwbfile, emg_input.dandi_url or emg_input.location, results, Path(out),
                               overwrite=overwrite)
     destination = Path(out) if out is not None else Path(emg_input.location)
-    return write_into_copy(Path(emg_input.location), results, destination, overwrite=overwrite)
+    return write_into_copy(Path(emg_input.location), results, destination, overwrite=overwrite, expect=stamp)
 
 
 def run(source: str | Path, run_dir: str | Path, out: str | Path | None = None, in_place: bool = False,
         emg: str | None = None, overwrite: bool = False, cache_dir: str | None = None,
         job: JobConfig | None = None) -> Path:
-    """The whole job: preprocess, train (single model or PBT), infer, baselines, write back."""
+    """The whole job: preprocess, train (single model or PBT), infer, baselines, write back.
+
+    Settings and the destination are checked before any data is read; the destination stays locked
+    until the results are written.
+    """
     job = job or JobConfig()
-    _check_destination(source, out, in_place)
-    if out is not None:
-        refuse_existing_output(out, overwrite)
-    if in_place and not overwrite:
-        _refuse_if_annotated(source)
-    emg_input, _ = read(source, emg, cache_dir, job.preprocess, job.chunk_s)
-    _check_destination(source, out, in_place, emg_input)
-    fit(emg_input, run_dir, job)
-    return annotate(source, run_dir, out=out, in_place=in_place, emg=emg, overwrite=overwrite,
-                    cache_dir=cache_dir, job=job)
+    check_job(job, run_dir)
+    destination = check_destination(source, out, in_place, overwrite)
+    with _guarded(destination):
+        if in_place and not overwrite:
+            _refuse_if_annotated(source)
+        emg_input, _ = read(source, emg, cache_dir, job.preprocess, job.chunk_s)
+        _check_destination(source, out, in_place, emg_input)
+        fit(emg_input, run_dir, job)
+        return _annotate(source, run_dir, out, in_place, emg, overwrite, cache_dir, job, destination)
 
 
 def _refuse_if_annotated(source: str | Path) -> None:
@@ -455,5 +580,5 @@ def _refuse_if_annotated(source: str | Path) -> None:
 
 __all__ = [
     "JobConfig", "PBTSettings", "EMGInput", "read", "fit", "infer", "annotate", "run", "write", "baseline_estimates", "build_results",
-    "load_run", "lfads_config", "NwbLfadsEmgError",
+    "load_run", "lfads_config", "check_job", "check_destination", "Destination", "NwbLfadsEmgError",
 ]

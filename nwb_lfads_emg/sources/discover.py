@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -97,7 +98,10 @@ def series_timing(ts: Any) -> tuple[float | None, float, float | None, bool]:
     n = int(ts.data.shape[0]) if ts.data is not None and len(ts.data.shape) else 0
     if ts.rate is not None:
         start = float(ts.starting_time or 0.0)
-        return float(ts.rate), start, n / float(ts.rate), False
+        rate = float(ts.rate)
+        if not math.isfinite(rate) or rate <= 0:  # a broken rate attribute: unknown (the reader refuses it)
+            return None, start, None, False
+        return rate, start, n / rate, False
     stamps = ts.timestamps
     if stamps is None or len(stamps) == 0:
         return None, 0.0, None, True

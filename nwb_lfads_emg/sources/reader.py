@@ -139,6 +139,9 @@ class EMGReader:
         rates = []
         for ts in self._objects:
             if ts.rate is not None:
+                if not math.isfinite(float(ts.rate)) or float(ts.rate) <= 0:
+                    raise EMGDataError(describe(self.location, self.series_path, f"sampling rate is {ts.rate} Hz "
+                                                "(must be positive); fix the file, or pick another series with --emg"))
                 rates.append((ts.name, float(ts.rate), float(ts.starting_time or 0.0)))
             else:
                 stamps = ts.timestamps

@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 import ray
-import torch
 from ray import tune
 
 from ...errors import TrainingError
