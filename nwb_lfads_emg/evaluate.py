@@ -348,6 +348,11 @@ def evaluate_file(
     behavior: str | Sequence[str] | None = None,
     report_dir: str | Path | None = None,
     include_rectified: bool = True,
+    cycles: str | None = None,
+    cycles_from: str | None = None,
+    holds: str | None = None,
+    phase_bins: int = 10,
+    progress: bool = False,
     **kwargs: object,
 ) -> pd.DataFrame:
     """Score every `MuscleActivation` in an NWB file (all processing modules) by `compare_estimates`.
@@ -355,7 +360,10 @@ def evaluate_file(
     Behaviour comes from `processing/behavior` (all series, or those named in `behavior`), the truth
     from `processing/ground_truth/true_activation`, spikes from the Units table; with `report_dir`
     the table, figures and report.html are written there. Extra keyword arguments go to
-    `compare_estimates`.
+    `compare_estimates`. The paper's analyses (`analyses/`) run on request: `cycles` (a TimeIntervals
+    table) or `cycles_from` (a behaviour series) -> phase-resolved frequency response in `phase_bins`;
+    `holds` (a TimeIntervals table, force from `behavior`) -> oscillations; spikes -> smoothness
+    control. Their tables are in `table.attrs["analyses"]` (records) and, with `report_dir`, in the report.
     """
     from pynwb import NWBHDF5IO
 
@@ -367,6 +375,13 @@ def evaluate_file(
         raise EMGDataError(describe(path, None, "no such file"))
     with NWBHDF5IO(str(path), "r", load_namespaces=True) as io:
         nwbfile = io.read()
+        from .analyses import read_intervals
+
+        cycle_times = read_intervals(nwbfile, cycles, path, "--cycles") if cycles else None
+        hold_times = read_intervals(nwbfile, holds, path, "--holds") if holds else None
+        if holds and (behavior is None or "behavior" not in nwbfile.processing):
+            raise EMGDataError(describe(path, "processing/behavior", "the oscillation analysis (--holds) needs a "
+                                        "force series: name it with --behavior"))
         found: list[tuple[str, object]] = []
         for mod_name, module in nwbfile.processing.items():
             for name, obj in module.data_interfaces.items():
@@ -408,6 +423,18 @@ def evaluate_file(
                 beh, beh_names = np.hstack(cols_b), names_b
         elif behavior is not None:
             raise EMGDataError(describe(path, "processing/behavior", "no behaviour module in the file"))
+        if cycles_from:
+            from .analyses import cycles_from_series
+
+            pool = _behaviour_series(nwbfile.processing["behavior"]) if "behavior" in nwbfile.processing else []
+            chosen = [ts for ts in pool if ts.name == cycles_from]
+            if not chosen:
+                raise EMGDataError(describe(path, "processing/behavior", f"no behaviour series named "
+                                            f"{cycles_from!r} (--cycles-from)"))
+            cycle_times = cycles_from_series(_on_bins(chosen[0], rate, start, n_bins), rate, start)
+            if len(cycle_times) < 2:
+                raise EMGDataError(describe(path, f"processing/behavior/{cycles_from}", "fewer than 2 cycles "
+                                            "found from its phase (--cycles-from)"))
 
         truth = None
         gt = nwbfile.processing.get("ground_truth")
@@ -422,7 +449,7 @@ def evaluate_file(
 
             spikes = read_spikes_binned(nwbfile, start + np.arange(n_bins + 1) / rate).astype(np.float64)
 
-        rectified = None
+        rectified = reference = None
         source = getattr(ref, "source_series", None)
         if include_rectified and source is not None and getattr(source, "rate", None) is not None:
             shape = source.data.shape
@@ -432,8 +459,14 @@ def evaluate_file(
                                      float(source.starting_time or 0.0), start)
                 if rectified.shape[0] != n_bins:
                     rectified = None
+                elif cycle_times is not None or spikes is not None:  # the analyses' alias-free reference
+                    from .baselines.lowpass import lowpass_envelope
+
+                    reference = bin_like(lowpass_envelope(rect, float(source.rate), 0.4 * rate), float(source.rate),
+                                         rate, n_bins, float(source.starting_time or 0.0), start)
 
     # rows where the behaviour is undefined (outside its time range) are dropped
+    first_row = 0
     if beh is not None:
         ok = np.all(np.isfinite(beh), axis=1)
         if ok.sum() < n_bins:
@@ -444,14 +477,26 @@ def evaluate_file(
             truth = None if truth is None else truth[lo:hi]
             spikes = None if spikes is None else spikes[lo:hi]
             rectified = None if rectified is None else rectified[lo:hi]
+            reference = None if reference is None else reference[lo:hi]
+            first_row = lo
     table = compare_estimates(estimates, rate, behavior=beh, behavior_names=beh_names, truth=truth,
                               spikes=spikes, rectified=rectified, muscle_names=muscles,
                               **kwargs)  # type: ignore[arg-type]
     table.attrs["source"] = str(path)
     table.attrs["reference_series"] = ref_path
+    sections = []
+    if cycle_times is not None or hold_times is not None or (spikes is not None and reference is not None):
+        from .analyses import run_analyses
+
+        sections = run_analyses(rate, start + first_row / rate, estimates, reference, muscles, truth=truth,
+                                spikes=spikes, force=beh, force_names=beh_names, cycles=cycle_times,
+                                holds=hold_times, table=table, phase_bins=phase_bins, out_dir=report_dir,
+                                progress=progress)
+        table.attrs["analyses"] = {k: v.to_dict("records") for sec in sections for k, v in sec.tables.items()
+                                   if not k.endswith(("_gains", "_spectra"))}  # the curves stay in the CSVs
     if report_dir is not None:
         from .report import make_report
 
         make_report(report_dir, table, rate, estimates, rectified=rectified, truth=truth,
-                    muscle_names=muscles, title=f"Activation estimates: {path.name}")
+                    muscle_names=muscles, title=f"Activation estimates: {path.name}", sections=sections)
     return table
