@@ -123,14 +123,16 @@ def run_analyses(
     if cycles is not None:
         if reference is None:
             raise EMGDataError("phase response needs the rectified EMG (the estimates' source series)")
-        from .phase_response import phase_response, plot_phase_response
+        from .phase_response import cycle_profile, onset_offset, phase_response, plot_phase_response
 
         summary, gains = phase_response(with_truth, reference, rate, cycles, start, n_bins=phase_bins,
                                         muscle_names=muscle_names, progress=progress)
+        onoff = onset_offset(summary, cycle_profile(reference, rate, start, cycles, phase_bins), muscle_names)
         sec = Section("phase_response", "Phase-resolved frequency response", LOOK_FOR["phase_response"],
-                      {"phase_response": summary, "phase_response_gains": gains})
+                      {"phase_response": summary, "phase_response_onset_offset": onoff,
+                       "phase_response_gains": gains})
         if out is not None:
-            sec.figure = Path(plot_phase_response(summary, gains, str(out / "phase_response.png")))
+            sec.figure = Path(plot_phase_response(summary, gains, str(out / "phase_response.png"), onoff=onoff))
         sections.append(sec)
     if holds is not None:
         if force is None:

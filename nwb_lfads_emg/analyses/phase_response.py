@@ -104,6 +104,15 @@ def bandwidth_3db(freqs: np.ndarray, gain: np.ndarray) -> float:
     return float(freqs[i - 1] + (g0 - 1 / np.sqrt(2)) / (g0 - g1) * (freqs[i] - freqs[i - 1]))
 
 
+def filter_half_length(bins: np.ndarray, n_bins: int, rate: float, max_lag_s: float) -> int:
+    """Taps each side of the fitted filter: `max_lag_s`, shortened (to no less than 0.1 s) so that the
+    sparsest phase bin has at least 3 samples per coefficient (short recordings, few cycles)."""
+    m = max(1, int(round(max_lag_s * rate)))
+    fewest = min(int(np.sum(bins[m:len(bins) - m] == k)) for k in range(n_bins))
+    fit = (fewest // 3 - 2) // 2
+    return max(min(m, fit), int(round(0.1 * rate)), 1)
+
+
 def phase_response(
     estimates: Mapping[str, np.ndarray],
     rectified: np.ndarray,
@@ -120,17 +129,17 @@ def phase_response(
 
     All arrays are (time, muscles) on one time base at `rate` starting at `start`; `cycles` are
     (start, stop) times. Returns (summary: method, muscle, phase_bin, phase, bandwidth_hz, dc_gain,
-    r2, n_samples; gains: method, muscle, phase_bin, freq_hz, gain). r2 is the fit of the estimate by
+    r2, n_samples, max_lag_s; gains: method, muscle, phase_bin, freq_hz, gain). r2 is the fit of the estimate by
     the filter: near 1 means the estimate is that linear filter of the EMG at that phase.
     """
     x_all = np.atleast_2d(np.asarray(rectified, dtype=np.float64).T).T
     n, n_ch = x_all.shape
-    m = max(1, int(round(max_lag_s * rate)))
     if freqs is None:
         freqs = np.arange(0.0, rate / 2 + 1e-9, 0.5)
     bins = phase_bin_index(n, rate, start, cycles, n_bins)
     if not np.any(bins >= 0):
         raise EMGDataError(f"phase_response: none of the {len(cycles)} cycles overlaps the estimates' time range")
+    m = filter_half_length(bins, n_bins, rate, max_lag_s)
     muscles = list(muscle_names) if muscle_names is not None else [f"ch{j}" for j in range(n_ch)]
     rows, gain_rows = [], []
     total = len(estimates) * n_ch
@@ -140,17 +149,17 @@ def phase_response(
     fourier = fourier_matrix(m, rate, freqs)
     with one_blas_thread():
         for method, est in estimates.items():
-            _fit_method(str(method), est, x_all, n, m, bins, n_bins, muscles, freqs, fourier, rows, gain_rows, bar)
+            _fit_method(str(method), est, x_all, n, m, rate, bins, n_bins, muscles, freqs, fourier, rows, gain_rows, bar)
     bar.close()
     bar.close()
     summary = pd.DataFrame(rows, columns=["method", "muscle", "phase_bin", "phase", "bandwidth_hz", "peak_hz",
-                                          "dc_gain", "r2", "n_samples"])
+                                          "dc_gain", "r2", "n_samples", "max_lag_s"])
     gains = pd.concat(gain_rows, ignore_index=True) if gain_rows else pd.DataFrame(
         columns=["method", "muscle", "phase_bin", "freq_hz", "gain"])
     return summary, gains
 
 
-def _fit_method(method: str, est: np.ndarray, x_all: np.ndarray, n: int, m: int, bins: np.ndarray, n_bins: int,
+def _fit_method(method: str, est: np.ndarray, x_all: np.ndarray, n: int, m: int, rate: float, bins: np.ndarray, n_bins: int,
                 muscles: list[str], freqs: np.ndarray, fourier: np.ndarray, rows: list, gain_rows: list,
                 bar: object) -> None:
     y_all = np.atleast_2d(np.asarray(est, dtype=np.float64).T).T[:n]
@@ -160,7 +169,7 @@ def _fit_method(method: str, est: np.ndarray, x_all: np.ndarray, n: int, m: int,
         for k in range(n_bins):
             sel = valid & (bins == k)
             base = {"method": method, "muscle": muscles[j], "phase_bin": k, "phase": (k + 0.5) / n_bins,
-                    "n_samples": int(sel.sum())}
+                    "n_samples": int(sel.sum()), "max_lag_s": m / rate}
             if sel.sum() < 2 * m + 2:
                 rows.append({**base, "bandwidth_hz": np.nan, "peak_hz": np.nan, "dc_gain": np.nan, "r2": np.nan})
                 continue
@@ -191,14 +200,35 @@ def cycle_profile(x: np.ndarray, rate: float, start: float, cycles: np.ndarray, 
                       for k in range(n_bins)])
 
 
-def plot_phase_response(summary: pd.DataFrame, gains: pd.DataFrame, out_path: str, n_curves: int = 4) -> str:
-    """Left: bandwidth vs phase per method (median over muscles, quartile band). Right: the median gain
-    curves of each method at a few phases (line style = phase)."""
+def onset_offset(summary: pd.DataFrame, profile: np.ndarray, muscle_names: Sequence[str]) -> pd.DataFrame:
+    """Each method's bandwidth at every muscle's burst onset and offset: the phase bins of the steepest
+    rise and fall of `profile` (cycle average of the rectified EMG, (bins, muscles))."""
+    rows = []
+    for j, muscle in enumerate(muscle_names):
+        if not np.all(np.isfinite(profile[:, j])):
+            continue
+        on, off = onset_offset_bins(profile[:, j])
+        for method, sub in summary[summary["muscle"] == muscle].groupby("method", sort=False):
+            bw = sub.set_index("phase_bin")["bandwidth_hz"]
+            rows.append({"method": method, "muscle": muscle, "onset_bin": on, "offset_bin": off,
+                         "bandwidth_onset_hz": float(bw.get(on, np.nan)),
+                         "bandwidth_offset_hz": float(bw.get(off, np.nan))})
+    return pd.DataFrame(rows, columns=["method", "muscle", "onset_bin", "offset_bin", "bandwidth_onset_hz",
+                                       "bandwidth_offset_hz"])
+
+
+def plot_phase_response(summary: pd.DataFrame, gains: pd.DataFrame, out_path: str, n_curves: int = 4,
+                        onoff: pd.DataFrame | None = None) -> str:
+    """Left: bandwidth vs phase per method (median over muscles, quartile band). Middle: the median gain
+    curves of each method at a few phases (line style = phase). Right: bandwidth at burst onsets vs
+    offsets (median over muscles)."""
     import matplotlib.pyplot as plt
 
     from ..colors import method_color
 
-    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(11, 4))
+    with_onoff = onoff is not None and not onoff.empty
+    fig, axes = plt.subplots(1, 3 if with_onoff else 2, figsize=(15 if with_onoff else 11, 4))
+    ax0, ax1 = axes[0], axes[1]
     for method, sub in summary.groupby("method", sort=False):
         g = sub.groupby("phase")["bandwidth_hz"]
         med, q1, q3 = g.median(), g.quantile(0.25), g.quantile(0.75)
@@ -222,9 +252,20 @@ def plot_phase_response(summary: pd.DataFrame, gains: pd.DataFrame, out_path: st
                          label=f"{method}, phase {100 * (k + 0.5) / n_bins:.0f}%")
         ax1.axhline(1 / np.sqrt(2), color="0.6", lw=0.6)
         ax1.set_xlabel("frequency (Hz)")
-        ax1.set_ylabel("gain |H(f)|/|H(0)| (median over muscles)")
+        ax1.set_ylabel("gain |H(f)| / its peak (median over muscles)")
         ax1.set_title("gain vs rectified EMG at a few phases", fontsize=9)
         ax1.legend(fontsize=6, ncol=2)
+    if with_onoff:
+        med = onoff.groupby("method", sort=False)[["bandwidth_onset_hz", "bandwidth_offset_hz"]].median()
+        x = np.arange(len(med))
+        colors = [method_color(str(m)) for m in med.index]
+        axes[2].bar(x - 0.2, med["bandwidth_onset_hz"], 0.4, color=colors, label="burst onset")
+        axes[2].bar(x + 0.2, med["bandwidth_offset_hz"], 0.4, color=colors, alpha=0.4, hatch="//",
+                    label="burst offset")
+        axes[2].set_xticks(x, med.index, rotation=20, fontsize=7)
+        axes[2].set_ylabel("effective bandwidth (Hz, median over muscles)")
+        axes[2].set_title("at each muscle's steepest rise vs fall", fontsize=9)
+        axes[2].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out_path, dpi=110)
     plt.close(fig)
