@@ -73,14 +73,22 @@ def _cycle_profile(estimate: np.ndarray, rate: float, start: float, touchdown: n
     return np.mean(cycles, axis=0)
 
 
-def test_baseline_estimates_show_gait_physiology(treadmill):
-    path, meta = treadmill
+@pytest.fixture(scope="module")
+def treadmill_baselines(treadmill):
+    """The low-pass and Bayesian-filter estimates of the treadmill recording, and its model input."""
+    path, _ = treadmill
     emg_input, handle = read(path, keep_open=True)
     opened, reader = handle
     try:
         estimates = baseline_estimates(reader.to_dataarray(), emg_input.binned, JobConfig())
     finally:
         opened.close()
+    return estimates, emg_input
+
+
+def test_baseline_estimates_show_gait_physiology(treadmill, treadmill_baselines):
+    path, meta = treadmill
+    estimates, emg_input = treadmill_baselines
     for estimate in estimates:
         profile = _cycle_profile(estimate.data, emg_input.binned.bin_rate, emg_input.binned.starting_time,
                                  meta["touchdown"])
@@ -91,19 +99,14 @@ def test_baseline_estimates_show_gait_physiology(treadmill):
             assert peak[muscle] >= 75 or peak[muscle] <= 3, (estimate.method, muscle, peak)
 
 
-def test_phase_response_on_real_gait(treadmill, tmp_path):
+def test_phase_response_on_real_gait(treadmill, treadmill_baselines, tmp_path):
     """The paper's phase-resolved analysis runs on a real recording, cycles from its touchdowns: the
     fixed low-pass filter has the same bandwidth in every phase, and the report gets its figure."""
     from nwb_lfads_emg.evaluate import evaluate_file
     from nwb_lfads_emg.writeback import SessionResults, write_into_copy
 
     path, meta = treadmill
-    emg_input, handle = read(path, keep_open=True)
-    opened, reader = handle
-    try:
-        estimates = baseline_estimates(reader.to_dataarray(), emg_input.binned, JobConfig())
-    finally:
-        opened.close()
+    estimates, emg_input = treadmill_baselines
     b = emg_input.binned
     results = SessionResults(estimates=estimates, rate=b.bin_rate, starting_time=b.starting_time,
                              muscles=meta["muscles"], source_series_path="acquisition/EMG")
