@@ -196,3 +196,20 @@ def test_one_colour_per_method():
     assert method_color("LowPass_20hz") == method_color("LowPass")
     assert method_color("SomeNewMethod") == method_color("SomeNewMethod")
     assert len({method_color(m) for m in ("AutoLFADS", "LowPass", "BayesianFilter", "truth", "rectified")}) == 5
+
+
+def test_cycles_from_a_rhythmic_series():
+    """--cycles-from: cycles from the Hilbert phase of a behavioural series (a 1.25 Hz oscillation with
+    slow drift and noise): one cycle per period, from one peak of the oscillation to the next."""
+    from nwb_lfads_emg.analyses import cycles_from_series
+
+    rate = 100.0
+    t = np.arange(0, 40, 1 / rate)
+    rng = np.random.default_rng(0)
+    angle = 0.8 * np.sin(2 * np.pi * 1.25 * t) + 0.2 * np.sin(2 * np.pi * 0.05 * t) + 0.05 * rng.normal(size=t.size)
+    cycles = cycles_from_series(angle[:, None], rate, start=3.0)
+    assert 46 <= len(cycles) <= 50
+    np.testing.assert_allclose(np.median(cycles[:, 1] - cycles[:, 0]), 0.8, atol=0.02)
+    # starts at the peaks of sin(2 pi f t): (t - 3 s) a quarter period past a multiple of 0.8 s, within 40 ms
+    offset = ((cycles[:, 0] - 3.0 - 0.2) / 0.8) % 1.0
+    assert np.all(np.minimum(offset, 1 - offset) * 0.8 < 0.04)

@@ -28,13 +28,13 @@ class Section:
 
 
 LOOK_FOR = {
-    "phase_response": "Look for methods whose bandwidth changes with phase (wide at sharp burst onsets, "
-    "narrow where activation changes slowly) versus a fixed filter, whose bandwidth is flat; the truth "
-    "row shows what an ideal estimate would do at each phase.",
-    "oscillations": "Look for a peak (triangle) that an estimate shares with the truth, coherence with "
+    "phase_response": "Methods whose bandwidth changes with phase (wide at sharp burst onsets, narrow "
+    "where activation changes slowly: right panel, onset vs offset bars) adapt their filtering to "
+    "behaviour; a fixed filter is flat; the truth shows what an ideal estimate would do at each phase.",
+    "oscillations": "A peak (triangle) that an estimate shares with the truth, coherence with "
     "force at that frequency, and a drop in force-fluctuation R^2 when the band is notched out: then "
     "the oscillation carries force rather than noise.",
-    "smoothness": "Look at where each method sits against the grey line of low-pass envelopes: a method "
+    "smoothness": "Where each method sits against the grey line of low-pass envelopes: a method "
     "on the line is predicted from cortex only as well as an equally smooth envelope; above it (and "
     "further right in the second panel) it is closer to what cortex drives.",
 }
@@ -43,8 +43,9 @@ LOOK_FOR = {
 def cycles_from_series(values: np.ndarray, rate: float, start: float = 0.0, min_cycle_s: float = 0.2
                        ) -> np.ndarray:
     """Cycles (start, stop times) of a rhythmic behavioural series from its Hilbert phase: first column,
-    mean removed, low-passed at 5 Hz; a cycle runs between successive upward zero-crossings of the phase.
-    Cycles shorter than `min_cycle_s` or outside 0.5-2 x the median length are dropped."""
+    band-passed (zero-phase) at half to twice its dominant frequency; a cycle runs from one peak of
+    the series (phase 0) to the next. Cycles outside 0.5-2 x the median length or shorter than
+    `min_cycle_s` are dropped."""
     import scipy.signal as sps
 
     x = np.asarray(values, dtype=np.float64)
@@ -53,10 +54,13 @@ def cycles_from_series(values: np.ndarray, rate: float, start: float = 0.0, min_
     if ok.sum() < 10:
         return np.zeros((0, 2))
     x = np.where(ok, x, np.nanmean(x)) - np.nanmean(x)
-    if rate > 10.0:
-        x = sps.sosfiltfilt(sps.butter(2, 5.0, fs=rate, output="sos"), x)
+    f, p = sps.welch(x, fs=rate, nperseg=min(len(x), int(round(20 * rate))))
+    keep = f > 0
+    f0 = float(f[keep][np.argmax(p[keep])])
+    band = (f0 / 2, min(2 * f0, 0.45 * rate))
+    x = sps.sosfiltfilt(sps.butter(2, band, btype="bandpass", fs=rate, output="sos"), x)
     phase = np.angle(sps.hilbert(x))
-    up = np.flatnonzero((phase[:-1] < 0) & (phase[1:] >= 0) & (np.abs(np.diff(phase)) < np.pi)) + 1
+    up = np.flatnonzero((phase[:-1] < 0) & (phase[1:] >= 0)) + 1
     edges = start + up / rate
     cycles = np.column_stack([edges[:-1], edges[1:]]) if len(edges) > 1 else np.zeros((0, 2))
     if len(cycles):

@@ -197,6 +197,9 @@ def plot_oscillations(table: pd.DataFrame, spectra: pd.DataFrame, out_path: str)
         if not row.empty and np.isfinite(row["peak_hz"].iloc[0]):
             fr = float(row["peak_hz"].iloc[0])
             axes[0].plot([fr], [float(np.interp(fr, sub["freq_hz"], sub["power"]))], "v", color=c, ms=7)
+    top = float(spectra["power"].max())
+    axes[0].set_ylim(top * 1e-7, top * 3)  # a filtered estimate's tail would squash the rest
+    axes[0].set_xlim(0, min(50.0, float(spectra["freq_hz"].max())))
     axes[0].set_xlabel("frequency (Hz)")
     axes[0].set_ylabel("power within holds (fraction, mean over muscles)")
     axes[0].set_title("spectra within holds (v = detected peak)", fontsize=9)

@@ -254,7 +254,7 @@ def plot_phase_response(summary: pd.DataFrame, gains: pd.DataFrame, out_path: st
         ax1.set_xlabel("frequency (Hz)")
         ax1.set_ylabel("gain |H(f)| / its peak (median over muscles)")
         ax1.set_title("gain vs rectified EMG at a few phases", fontsize=9)
-        ax1.legend(fontsize=6, ncol=2)
+        ax1.legend(fontsize=6, ncol=2, loc="upper right", framealpha=0.85)
     if with_onoff:
         med = onoff.groupby("method", sort=False)[["bandwidth_onset_hz", "bandwidth_offset_hz"]].median()
         x = np.arange(len(med))

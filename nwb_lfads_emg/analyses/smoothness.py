@@ -103,7 +103,11 @@ def plot_smoothness(table: pd.DataFrame, out_path: str) -> str:
             ax.scatter(r[xcol], r["from_spikes"], color=method_color("truth"), marker="*", s=150, zorder=3,
                        label="truth")
         if xcol == "bandwidth_hz":
+            from matplotlib.ticker import NullFormatter, ScalarFormatter
+
             ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(ScalarFormatter())
+            ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(xlabel)
         ax.set_ylabel("R$^2$ from spikes (mean over muscles)")
     axes[0, 0].set_title("predictability from cortex vs smoothness (grey line: low-pass envelopes)", fontsize=9)
