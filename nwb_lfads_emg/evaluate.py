@@ -373,6 +373,8 @@ def evaluate_file(
     path = Path(path)
     if not path.is_file():
         raise EMGDataError(describe(path, None, "no such file"))
+    if not 2 <= int(phase_bins) <= 100:
+        raise EMGDataError(describe(path, None, f"{phase_bins} phase bins: use 2-100 (--phase-bins)"))
     with NWBHDF5IO(str(path), "r", load_namespaces=True) as io:
         nwbfile = io.read()
         from .analyses import read_intervals

@@ -187,6 +187,8 @@ def test_bad_analysis_arguments_are_one_line_errors(gait_report, capsys):
     assert "\n" not in err and "--behavior" in err
     assert main(["evaluate", str(annotated), "--cycles-from", "nope"]) == 2
     assert "--cycles-from" in capsys.readouterr().err
+    assert main(["evaluate", str(annotated), "--cycles", "gait_cycles", "--phase-bins", "1"]) == 2
+    assert "--phase-bins" in capsys.readouterr().err
 
 
 def test_one_colour_per_method():
