@@ -95,11 +95,17 @@ def _cmd_annotate(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .analyses import summary_of
     from .evaluate import evaluate_file, summarize
 
-    table = evaluate_file(args.file, behavior=args.behavior, report_dir=args.report)
+    table = evaluate_file(args.file, behavior=args.behavior, report_dir=args.report, cycles=args.cycles,
+                          cycles_from=args.cycles_from, holds=args.holds, phase_bins=args.phase_bins,
+                          progress=not args.quiet)
     print("mean R^2 per method and analysis:")
     print(summarize(table).round(3).to_string())
+    for name, records in table.attrs.get("analyses", {}).items():
+        print(f"\n{name}:")
+        print(summary_of(name, records).to_string())
     if args.report:
         print(f"report in {args.report}")
     return 0
@@ -218,11 +224,23 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate", help="compare every activation estimate in a file",
         description="Decode behaviour from every MuscleActivation in the file (lagged ridge, blocked CV), "
         "R^2 against ground truth where present, spikes -> estimate; table and figures.",
-        epilog="example: nwb-lfads-emg evaluate session_annotated.nwb --report report/",
+        epilog="examples: nwb-lfads-emg evaluate session_annotated.nwb --report report/ --cycles gait_cycles; "
+        "nwb-lfads-emg evaluate iso_annotated.nwb --behavior force --holds holds --report report/",
     )
     p.add_argument("file", help="an NWB file holding MuscleActivation objects")
     p.add_argument("--behavior", default=None, help="behaviour series to decode (default: all in processing/behavior)")
     p.add_argument("--report", default=None, metavar="DIR", help="write table (CSV/JSON) and figures (PNG, HTML)")
+    cyc = p.add_mutually_exclusive_group()
+    cyc.add_argument("--cycles", default=None, metavar="NAME",
+                     help="TimeIntervals table of behavioural cycles (e.g. gait_cycles, trials): phase-resolved "
+                     "frequency response")
+    cyc.add_argument("--cycles-from", default=None, metavar="SERIES",
+                     help="derive cycles from the Hilbert phase of this behaviour series (e.g. a joint angle)")
+    p.add_argument("--phase-bins", type=int, default=10, help="phase bins per cycle (default 10)")
+    p.add_argument("--holds", default=None, metavar="NAME",
+                   help="TimeIntervals table of isometric holds: oscillations, coherence with the --behavior "
+                   "force and band ablation")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser(

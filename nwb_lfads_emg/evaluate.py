@@ -160,24 +160,34 @@ def _source_path(opened: object, ref: object) -> str | None:
 
 
 def _rectified_reference(opened: object, ref: object, config: PreprocessConfig, muscles: list[str], rate: float,
-                         start: float, n_bins: int) -> np.ndarray | None:
-    """The linked source EMG, high-passed and rectified with the run's recorded preprocessing, on the bins."""
+                         start: float, n_bins: int, alias_free: bool = False
+                         ) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The linked source EMG, high-passed and rectified with the run's recorded preprocessing, on the bins;
+    with `alias_free` also the analyses' reference (low-passed at 0.4 x the bin rate before binning)."""
     from .sources import EMGReader
 
     path = _source_path(opened, ref)
     if path is None:
-        return None
+        return None, None
     try:
         reader = EMGReader(opened, path, on_nonfinite="mask", check_dead=False)
     except EMGDataError as exc:  # e.g. irregular timestamps: the estimates are still scored
         log.warning("no rectified reference: %s", exc)
-        return None
+        return None, None
     if reader.n_samples * len(muscles) > 5e7 or sorted(reader.muscles) != sorted(muscles):
-        return None
+        return None, None
     emg = reader.to_dataarray(muscles=muscles)
     rect = rectify_highpass(np.asarray(emg.values), reader.rate, config)
     rectified = bin_like(rect, reader.rate, rate, n_bins, reader.starting_time, start)
-    return rectified if rectified.shape[0] == n_bins else None
+    if rectified.shape[0] != n_bins:
+        return None, None
+    reference = None
+    if alias_free:  # aliasing would act as input noise in the analyses and bend the gains down
+        from .baselines.lowpass import lowpass_envelope
+
+        reference = bin_like(lowpass_envelope(rect, reader.rate, 0.4 * rate), reader.rate, rate, n_bins,
+                             reader.starting_time, start)
+    return rectified, reference
 
 
 def evaluate_file(
@@ -185,15 +195,23 @@ def evaluate_file(
     behavior: str | Sequence[str] | None = None,
     report_dir: str | Path | None = None,
     include_rectified: bool = True,
+    cycles: str | None = None,
+    cycles_from: str | None = None,
+    holds: str | None = None,
+    phase_bins: int = 10,
+    progress: bool = False,
     **kwargs: object,
 ) -> pd.DataFrame:
     """Score every `MuscleActivation` in an NWB file (all processing modules) by `compare_estimates`.
 
     Behaviour comes from `processing/behavior` (all series, or those named in `behavior`), the truth
     from `processing/ground_truth/true_activation`, spikes from the Units table, the rectified
-    reference from the EMG the estimates link to (preprocessed as the run recorded); all read through
-    `sources`. With `report_dir` the table, figures and report.html are written there. Extra keyword
-    arguments go to `compare_estimates`.
+    reference from the linked EMG preprocessed as the run recorded (all read through `sources`); with `report_dir`
+    the table, figures and report.html are written there. Extra keyword arguments go to
+    `compare_estimates`. The paper's analyses (`analyses/`) run on request: `cycles` (a TimeIntervals
+    table) or `cycles_from` (a behaviour series) -> phase-resolved frequency response in `phase_bins`;
+    `holds` (a TimeIntervals table, force from `behavior`) -> oscillations; spikes -> smoothness
+    control. Their tables are in `table.attrs["analyses"]` (records) and, with `report_dir`, in the report.
     """
     from . import ndx  # registers the extension
     from .sources import open_source, read_series, read_spikes_binned
@@ -203,12 +221,21 @@ def evaluate_file(
     path = Path(path)
     if not path.is_file():
         raise EMGDataError(describe(path, None, "no such file"))
+    if not 2 <= int(phase_bins) <= 100:
+        raise EMGDataError(describe(path, None, f"{phase_bins} phase bins: use 2-100 (--phase-bins)"))
     if report_dir is not None:
         check_output_dir(report_dir, "--report")
     if not h5py.is_hdf5(path):
         raise EMGDataError(describe(path, None, "not an NWB file (not HDF5); give an annotated .nwb file"))
     with open_source(str(path)) as opened:
         nwbfile = opened.nwbfile
+        from .analyses import read_intervals
+
+        cycle_times = read_intervals(nwbfile, cycles, path, "--cycles") if cycles else None
+        hold_times = read_intervals(nwbfile, holds, path, "--holds") if holds else None
+        if holds and (behavior is None or "behavior" not in nwbfile.processing):
+            raise EMGDataError(describe(path, "processing/behavior", "the oscillation analysis (--holds) needs a "
+                                        "force series: name it with --behavior"))
         found: list[tuple[str, object]] = []
         for mod_name, module in nwbfile.processing.items():
             for name, obj in module.data_interfaces.items():
@@ -251,6 +278,18 @@ def evaluate_file(
                 beh, beh_names = np.hstack(cols_b), names_b
         elif behavior is not None:
             raise EMGDataError(describe(path, "processing/behavior", "no behaviour module in the file"))
+        if cycles_from:
+            from .analyses import cycles_from_series
+
+            pool = _behaviour_series(nwbfile.processing["behavior"]) if "behavior" in nwbfile.processing else []
+            chosen = [ts for ts in pool if ts.name == cycles_from]
+            if not chosen:
+                raise EMGDataError(describe(path, "processing/behavior", f"no behaviour series named "
+                                            f"{cycles_from!r} (--cycles-from)"))
+            cycle_times = cycles_from_series(_on_bins(chosen[0], rate, start, n_bins), rate, start)
+            if len(cycle_times) < 2:
+                raise EMGDataError(describe(path, f"processing/behavior/{cycles_from}", "fewer than 2 cycles "
+                                            "found from its phase (--cycles-from)"))
 
         truth = None
         gt = nwbfile.processing.get("ground_truth")
@@ -264,12 +303,14 @@ def evaluate_file(
         if nwbfile.units is not None and len(nwbfile.units) > 0:
             spikes = read_spikes_binned(opened, start + np.arange(n_bins + 1) / rate).astype(np.float64)
 
-        rectified = None
+        rectified = reference = None
         prep = _recorded_preprocessing(ref)
         if include_rectified:
-            rectified = _rectified_reference(opened, ref, prep, list(muscles), rate, start, n_bins)
+            rectified, reference = _rectified_reference(opened, ref, prep, list(muscles), rate, start, n_bins,
+                                                        alias_free=cycle_times is not None or spikes is not None)
 
     # rows where the behaviour is undefined (outside its time range) are dropped
+    first_row = 0
     if beh is not None:
         ok = np.all(np.isfinite(beh), axis=1)
         if ok.sum() < n_bins:
@@ -280,6 +321,8 @@ def evaluate_file(
             truth = None if truth is None else truth[lo:hi]
             spikes = None if spikes is None else spikes[lo:hi]
             rectified = None if rectified is None else rectified[lo:hi]
+            reference = None if reference is None else reference[lo:hi]
+            first_row = lo
     table = compare_estimates(estimates, rate, behavior=beh, behavior_names=beh_names, truth=truth,
                               spikes=spikes, rectified=rectified, muscle_names=muscles,
                               **kwargs)  # type: ignore[arg-type]
@@ -287,9 +330,19 @@ def evaluate_file(
     table.attrs["reference_series"] = ref_path
     if rectified is not None:
         table.attrs["rectified_preprocessing"] = dataclasses.asdict(prep)
+    sections = []
+    if cycle_times is not None or hold_times is not None or (spikes is not None and reference is not None):
+        from .analyses import run_analyses
+
+        sections = run_analyses(rate, start + first_row / rate, estimates, reference, muscles, truth=truth,
+                                spikes=spikes, force=beh, force_names=beh_names, cycles=cycle_times,
+                                holds=hold_times, table=table, phase_bins=phase_bins, out_dir=report_dir,
+                                progress=progress)
+        table.attrs["analyses"] = {k: v.to_dict("records") for sec in sections for k, v in sec.tables.items()
+                                   if not k.endswith(("_gains", "_spectra"))}  # the curves stay in the CSVs
     if report_dir is not None:
         from .report import make_report
 
         make_report(report_dir, table, rate, estimates, rectified=rectified, truth=truth,
-                    muscle_names=muscles, title=f"Activation estimates: {path.name}")
+                    muscle_names=muscles, title=f"Activation estimates: {path.name}", sections=sections)
     return table

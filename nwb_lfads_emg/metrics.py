@@ -22,7 +22,8 @@ except ImportError:  # pragma: no cover
     _threadpool_limits = None
 
 
-def _one_blas_thread() -> object:
+def one_blas_thread() -> object:
+    """Context manager limiting BLAS to one thread: many small solves are fastest so (threads only contend)."""
     return _threadpool_limits(limits=1, user_api="blas") if _threadpool_limits else nullcontext()
 
 
@@ -152,7 +153,7 @@ def decode_r2(
     mu, sd = feats.mean(axis=0), feats.std(axis=0)
     sd[sd == 0] = 1.0
     feats = (feats - mu) / sd
-    with _one_blas_thread():  # type: ignore[attr-defined]
+    with one_blas_thread():  # type: ignore[attr-defined]
         pred = _blocked_ridge_cv(feats, yv, n_folds, alphas)
     ss_res = ((pred - yv) ** 2).sum(axis=0)
     ss_tot = ((yv - yv.mean(axis=0)) ** 2).sum(axis=0)

@@ -149,7 +149,8 @@ def test_02_stream_dandi_asset(tmp_path):
 def test_03_compare_methods(tmp_path):
     out = _run("03_compare_methods", tmp_path)
     _assert_annotated(out / "session_annotated.nwb")
-    for figure in ("decoding_r2.png", "decoded_angle.png", "report/traces.png", "report/r2_bars.png"):
+    for figure in ("decoding_r2.png", "decoded_angle.png", "report/traces.png", "report/r2_bars.png",
+                   "report/phase_response.png", "report/smoothness.png"):
         _assert_png(out / figure)
     assert (out / "report" / "report.html").is_file()
     import pandas as pd
