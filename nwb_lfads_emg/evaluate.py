@@ -281,12 +281,13 @@ def evaluate_file(
         if cycles_from:
             from .analyses import cycles_from_series
 
-            pool = _behaviour_series(nwbfile.processing["behavior"]) if "behavior" in nwbfile.processing else []
-            chosen = [ts for ts in pool if ts.name == cycles_from]
+            chosen = [(p, ts) for p, ts, _ in walk_series(nwbfile)
+                      if p.startswith("processing/behavior/") and ts.name == cycles_from]
             if not chosen:
                 raise EMGDataError(describe(path, "processing/behavior", f"no behaviour series named "
                                             f"{cycles_from!r} (--cycles-from)"))
-            cycle_times = cycles_from_series(_on_bins(chosen[0], rate, start, n_bins), rate, start)
+            phase_source = read_series(chosen[0][1], str(path), chosen[0][0])
+            cycle_times = cycles_from_series(_on_bins(phase_source, rate, start, n_bins), rate, start)
             if len(cycle_times) < 2:
                 raise EMGDataError(describe(path, f"processing/behavior/{cycles_from}", "fewer than 2 cycles "
                                             "found from its phase (--cycles-from)"))

@@ -135,7 +135,7 @@ def test_planted_pickle_in_the_run_dir_is_refused_not_run(job, tmp_path):
     torch.save({"format": "nwb-lfads-emg-weights/1", "x": _Planted(marker)}, model_dir / "model.pt")
     with pytest.raises(ckpt.UnsafeCheckpointError, match="model.pt: refused"):
         ckpt.read_weights(model_dir)
-    pbt = pytest.importorskip("nwb_lfads_emg.training.pbt")
+    pbt = pytest.importorskip("nwb_lfads_emg.training.pbt.trainable")
     state_dir = tmp_path / "trial"
     state_dir.mkdir()
     torch.save({"trainer": _Planted(marker)}, state_dir / pbt._STATE_FILE)
