@@ -10,10 +10,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..search_space import (
-    HyperParam,
-)
+from ..search_space import HyperParam
 from .trainable import METRIC, _fmt, _member_of
+
+POLICY_FILE = "pbt_global.txt"  # Ray's log of exploit/explore steps in the experiment directory
 
 
 # ---------------------------------------------------------------------------- history
@@ -47,16 +47,35 @@ def _clean_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return kept
 
 
-def _read_policy_log(exp_path: Path) -> list[dict[str, Any]]:
-    """Ray's own record of exploit/explore steps (pbt_global.txt)."""
-    path = Path(exp_path) / "pbt_global.txt"
+def _lines(path: Path) -> list[str]:
+    return [line for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def keep_policy_log(exp_path: Path, earlier_file: Path) -> None:
+    """Before a resume, add Ray's policy log (pbt_global.txt) to `earlier_file`.
+
+    Ray restores only an experiment's .json/.pkl files into the new session's staging directory, so
+    the first exploit after a resume starts a new pbt_global.txt there, and its upload replaces the
+    stored one: every step logged before the interruption would be lost from the history.
+    """
+    kept = set(_lines(earlier_file))
+    new = [line for line in _lines(Path(exp_path) / POLICY_FILE) if line not in kept]
+    if new:
+        with open(earlier_file, "a") as fh:
+            fh.write("".join(line + "\n" for line in new))
+
+
+def _read_policy_log(exp_path: Path, earlier_file: Path | None = None) -> list[dict[str, Any]]:
+    """Ray's own record of exploit/explore steps: those kept from before resumes, then pbt_global.txt."""
+    lines = _lines(earlier_file) if earlier_file is not None else []
+    # (a local experiment directory; not read from remote storage)
+    lines += [line for line in _lines(Path(exp_path) / POLICY_FILE) if line not in set(lines)]
     out = []
-    if path.is_file():  # (a local experiment directory; not read from remote storage)
-        for line in path.read_text().splitlines():
-            with contextlib.suppress(json.JSONDecodeError, ValueError):
-                target, source, target_it, source_it, old_cfg, new_cfg = json.loads(line)
-                out.append({"target_tag": target, "source_tag": source, "target_iteration": target_it,
-                            "source_iteration": source_it, "source_config": old_cfg, "new_config": new_cfg})
+    for line in lines:
+        with contextlib.suppress(json.JSONDecodeError, ValueError):
+            target, source, target_it, source_it, old_cfg, new_cfg = json.loads(line)
+            out.append({"target_tag": target, "source_tag": source, "target_iteration": target_it,
+                        "source_iteration": source_it, "source_config": old_cfg, "new_config": new_cfg})
     return out
 
 
@@ -67,7 +86,8 @@ def _r(v: Any) -> Any:
 
 
 def collect_history(results_file: str | Path, results: list[Any], exp_path: Path,
-                    space: Mapping[str, HyperParam], interval: int) -> dict[str, Any]:
+                    space: Mapping[str, HyperParam], interval: int,
+                    earlier_policy_log: Path | None = None) -> dict[str, Any]:
     """JSON-serialisable record: per trial its metric per epoch, hyper-parameter segments and exploits."""
     trials: dict[str, Any] = {}
     exploits: list[dict[str, Any]] = []
@@ -103,7 +123,7 @@ def collect_history(results_file: str | Path, results: list[Any], exp_path: Path
     return {
         "metric": METRIC, "mode": "min", "population": len(results), "perturbation_interval": interval,
         "generations": generations, "search_space": {k: p.to_dict() for k, p in space.items()},
-        "trials": trials, "exploits": exploits, "ray_policy_log": _read_policy_log(exp_path),
+        "trials": trials, "exploits": exploits, "ray_policy_log": _read_policy_log(exp_path, earlier_policy_log),
         "experiment_path": str(exp_path),
     }
 

@@ -33,7 +33,7 @@ from ..search_space import (
     validate_space,
 )
 from ..trainer import FitResult, _data_digest, check_data
-from .history import _lineage, _r, collect_history, plot_history, summary_table
+from .history import _lineage, _r, collect_history, keep_policy_log, plot_history, summary_table
 from .trainable import _STATE_FILE, METRIC, LFADSTrainable, PBTRecorder, PopulationPlateauStopper, _member_of
 
 EXPERIMENT_NAME = "pbt"
@@ -43,6 +43,7 @@ PLOT_FILE = "pbt_progress.png"
 SETTINGS_FILE = "pbt_settings.json"
 RESULTS_FILE = "pbt_results.jsonl"
 DATA_FILE = "pbt_data.npy"
+POLICY_BEFORE_RESUME_FILE = "pbt_policy_before_resume.txt"
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +181,8 @@ def fit_pbt(data: np.ndarray, config: LFADSConfig, run_dir: str | Path, populati
                                 "use another run directory")
     if not resume and not remote and exp_path.exists():
         shutil.rmtree(exp_path)
+    if not resume:
+        (run_dir / POLICY_BEFORE_RESUME_FILE).unlink(missing_ok=True)
     settings_path.write_text(json.dumps(settings, indent=1))
 
     data_path: str | None = None
@@ -219,6 +222,8 @@ def fit_pbt(data: np.ndarray, config: LFADSConfig, run_dir: str | Path, populati
             if not remote:  # Ray's resume unpickles state: only from a folder no one else may write
                 ckpt.refuse_shared_dir(exp_path, "the PBT search")
             log.info("resuming the PBT search in %s", exp_uri)
+            if not remote:
+                keep_policy_log(exp_path, run_dir / POLICY_BEFORE_RESUME_FILE)
             tuner = tune.Tuner.restore(exp_uri, trainable=trainable, resume_unfinished=True,
                                        resume_errored=True)
         else:
@@ -265,7 +270,8 @@ def fit_pbt(data: np.ndarray, config: LFADSConfig, run_dir: str | Path, populati
             raise TrainingError(f"PBT: every trial failed; first error: {one_line(errors[0], 300, last_line=True)}")
         for err in errors:
             log.warning("PBT: a trial failed: %s", one_line(err, 300, last_line=True))
-        history = collect_history(run_dir / RESULTS_FILE, results, exp_path, space, perturbation_interval)
+        history = collect_history(run_dir / RESULTS_FILE, results, exp_path, space, perturbation_interval,
+                                  run_dir / POLICY_BEFORE_RESUME_FILE)
         history["experiment_path"] = exp_uri
         last = [t["iterations"][-1] for t in history["trials"].values() if t["iterations"]]
         history["stop_reason"] = (f"reached {max_iterations} epochs" if last and min(last) >= max_iterations
