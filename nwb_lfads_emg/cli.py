@@ -291,9 +291,18 @@ def _show_warnings() -> None:
         def format(self, record: logging.LogRecord) -> str:
             return f"{record.levelname.lower()}: {' '.join(record.getMessage().split())}"
 
+    class CurrentStderr(logging.StreamHandler):  # whatever sys.stderr is when a warning is emitted
+        @property
+        def stream(self) -> Any:
+            return sys.stderr
+
+        @stream.setter
+        def stream(self, value: Any) -> None:
+            pass
+
     logger = logging.getLogger("nwb_lfads_emg")
     if not any(getattr(h, "_nwb_lfads_emg", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+        handler = CurrentStderr()
         handler.setFormatter(OneLine())
         handler.setLevel(logging.WARNING)
         handler._nwb_lfads_emg = True  # type: ignore[attr-defined]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 from pathlib import Path
 
 import h5py
@@ -24,9 +23,7 @@ def junk(tmp_path) -> Path:
 
 
 def refused(capsys, argv: list[str], *expected: str) -> str:
-    t0 = time.perf_counter()
     assert main([str(a) for a in argv]) == 2
-    assert time.perf_counter() - t0 < 30
     err = capsys.readouterr().err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     for text in expected:
