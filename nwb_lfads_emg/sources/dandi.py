@@ -181,4 +181,17 @@ def _single_nwb(reference: str, dandiset, path: str):
 
 
 def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:300] or type(exc).__name__
+    """A short reason for a failed request: unreachable host, refused connection or time-out, else the message."""
+    text = " ".join(str(exc).split())
+    host = re.search(r"host='([^']+)'", text)
+    port = re.search(r"port=(\d+)", text)
+    where = f" {host.group(1)}" if host else ""
+    if "NameResolutionError" in text or "Failed to resolve" in text or "Name or service not known" in text:
+        return f"cannot resolve{where} (offline, or a wrong DANDI_INSTANCE?)"
+    if "Connection refused" in text or "Errno 111" in text:
+        return f"connection refused by{where}" + (f":{port.group(1)}" if host and port else "")
+    if "timed out" in text.lower() or "Timeout" in type(exc).__name__:
+        return f"no answer from{where} (timed out)"
+    if "Could not retrieve server info" in text:
+        return text.split(",")[0][:200]
+    return text[:300] or type(exc).__name__

@@ -25,6 +25,7 @@ from .discover import (
     group_info,
     multichannel_info,
     series_text,
+    series_timing,
     walk_series,
 )
 
@@ -236,6 +237,22 @@ class EMGReader:
             if len(gaps) > max(10, n // 20):
                 return period, gaps, (gaps[-1], float(d[gaps[-1] - a]))
         return period, gaps, None
+
+    def texts(self) -> list[str]:
+        """What the file says about the chosen series: path, descriptions, comments, containers (for `decide_input`)."""
+        out = [self.series_path]
+        for ts in self._objects[:64]:
+            out += [str(getattr(ts, "description", "") or ""), str(getattr(ts, "comments", "") or "")]
+            parent = getattr(ts, "parent", None)
+            if parent is not None and not hasattr(parent, "acquisition"):
+                out.append(str(getattr(parent, "name", "") or ""))
+                out.append(str(getattr(parent, "description", "") or ""))
+        return [t for t in out if t and t.lower() not in ("no description", "no comments")]
+
+    def head(self, n: int = 5000) -> np.ndarray:
+        """The first ``n`` samples of the chosen muscles (for a look at their signs)."""
+        a, b = self.segments[0]
+        return self._read_scaled(a, min(b, a + n), self._columns, check=False)[0]
 
     @property
     def timestamped(self) -> bool:
@@ -542,15 +559,43 @@ def read_spikes_binned(nwbfile: Any, bin_edges: np.ndarray) -> np.ndarray:
     return out
 
 
+def _input_hint(c: SeriesInfo) -> str:
+    """What `--input auto` would take the candidate for, from its rate, words and the signs of a few values."""
+    from ..preprocess import PreprocessConfig, decide_input
+
+    if not c.rate:
+        return ""
+    texts = [c.path] + [str(getattr(ts, "description", "") or "") for ts in c.objects[:16]]
+    texts += [str(getattr(ts, "comments", "") or "") for ts in c.objects[:16]]
+    try:
+        sample = np.concatenate([np.asarray(ts.data[:2000], dtype=np.float64).reshape(-1) for ts in c.objects[:16]])
+    except Exception:  # noqa: BLE001 - a hint only
+        sample = None
+    d = decide_input(float(c.rate), PreprocessConfig(), texts, sample)
+    return f"{d.kind}, {'; '.join(d.reasons)}; bins {d.bin_ms:g} ms"
+
+
+def _other_line(path: str, ts: Any) -> str:
+    rate, _start, dur, stamped = series_timing(ts)
+    r = f"{rate:g} Hz" if rate else "rate ?"
+    d = f"{dur:.1f} s" if dur is not None else "duration ?"
+    return (f"  {path} [{type(ts).__name__}] shape {_shape(ts)}, {r}, {d}, unit {getattr(ts, 'unit', '?')}"
+            + (", timestamped" if stamped else ""))
+
+
 def inventory(nwbfile: Any, location: str) -> str:
-    """Human-readable inventory of EMG candidates, units and behaviour series."""
+    """Human-readable inventory: EMG candidates first, then Units, behaviour and every other time series."""
     lines = [f"file: {location}"]
     ident = getattr(nwbfile, "identifier", None)
     if ident:
         lines.append(f"identifier: {ident}; session: {nwbfile.session_description}")
     cands = find_emg_candidates(nwbfile)
-    lines.append(f"EMG candidates ({len(cands)}):")
-    lines += [f"  {c.describe()}  (why: {c.why})" for c in cands] or ["  none"]
+    lines.append(f"EMG candidates ({len(cands)}; choose one with --emg):")
+    for c in cands:
+        hint = _input_hint(c)
+        lines.append(f"  {c.describe()}  (why: {c.why}" + (f"; input: {hint}" if hint else "") + ")")
+    if not cands:
+        lines.append("  none (any series below may still be named with --emg)")
     units = nwbfile.units
     if units is not None and len(units):
         ends = np.asarray(units.spike_times_index.data[:])
@@ -559,8 +604,12 @@ def inventory(nwbfile: Any, location: str) -> str:
     else:
         lines.append("Units: none")
     beh = find_behavior_series(nwbfile)
-    lines.append(f"Behaviour / other series ({len(beh)}):")
+    lines.append(f"Behaviour series ({len(beh)}):")
     lines += [f"  {b.describe()}" + ("" if b.behavioral else "  (not obviously behaviour)") for b in beh] or ["  none"]
+    listed = {id(ts) for c in cands for ts in c.objects} | {id(b.obj) for b in beh}
+    other = [(p, ts) for p, ts, _ in walk_series(nwbfile) if id(ts) not in listed]
+    lines.append(f"Other time series ({len(other)}):")
+    lines += [_other_line(p, ts) for p, ts in other] or ["  none"]
     return "\n".join(lines)
 
 
