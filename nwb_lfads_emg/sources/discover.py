@@ -107,9 +107,13 @@ def series_timing(ts: Any) -> tuple[float | None, float, float | None, bool]:
     first = float(stamps[0])
     if len(stamps) < 2:
         return None, first, 0.0, True
+    head = np.diff(np.asarray(stamps[:min(len(stamps), 1001)], dtype=np.float64))
+    period = float(np.median(head)) if head.size else 0.0  # the sampling interval, not diluted by gaps
     last = float(stamps[len(stamps) - 1])
-    rate = (len(stamps) - 1) / (last - first) if last > first else None
-    duration = (last - first) + (1.0 / rate if rate else 0.0)
+    rate = 1.0 / period if period > 0 else None
+    if rate is not None and abs(rate - round(rate)) < 1e-6 * rate:
+        rate = float(round(rate))
+    duration = (last - first) + (period if rate else 0.0)
     return rate, first, duration, True
 
 
@@ -347,10 +351,10 @@ def find_behavior_series(nwbfile: Any) -> list[BehaviorInfo]:
     """Non-EMG TimeSeries (behaviour first) that can serve for evaluation."""
     from pynwb.ecephys import ElectricalSeries
 
-    emg_paths = {c.path for c in find_emg_candidates(nwbfile)}
+    emg_objects = {id(ts) for c in find_emg_candidates(nwbfile) for ts in c.objects}
     out: list[BehaviorInfo] = []
     for path, ts, parent in walk_series(nwbfile):
-        if isinstance(ts, ElectricalSeries) or path in emg_paths or path.rsplit("/", 1)[0] in emg_paths:
+        if isinstance(ts, ElectricalSeries) or id(ts) in emg_objects:
             continue
         if _NOT_INPUT_PATH.search(path) or type(ts).__name__ in _NOT_INPUT_TYPES:
             continue

@@ -206,7 +206,7 @@ class EMGReader:
             self._segment_t0 = [self.starting_time]
             return
         rate = 1.0 / period
-        if abs(rate - round(rate)) < 1e-3 * rate:
+        if abs(rate - round(rate)) < 1e-6 * rate:
             rate = float(round(rate))
         self.rate = rate
         self.starting_time = ref_start
