@@ -72,7 +72,8 @@ class BehaviorInfo:
 
 
 def walk_series(nwbfile: Any) -> Iterator[tuple[str, Any, Any]]:
-    """Yield (path, TimeSeries, parent container or None) for every TimeSeries in acquisition/processing."""
+    """Yield (path, TimeSeries, parent container or None) for every TimeSeries in acquisition, stimulus
+    and processing (also those one container deep: BehavioralTimeSeries, LFP, ...)."""
     from pynwb import TimeSeries
 
     def children(obj: Any) -> list[Any]:
@@ -84,6 +85,7 @@ def walk_series(nwbfile: Any) -> Iterator[tuple[str, Any, Any]]:
         return out
 
     roots: list[tuple[str, Any]] = [(f"acquisition/{k}", v) for k, v in nwbfile.acquisition.items()]
+    roots += [(f"stimulus/{k}", v) for k, v in (getattr(nwbfile, "stimulus", None) or {}).items()]
     for mod_name, module in nwbfile.processing.items():
         roots.extend((f"processing/{mod_name}/{k}", v) for k, v in module.data_interfaces.items())
     for path, obj in roots:
