@@ -53,8 +53,11 @@ def _job(args: argparse.Namespace) -> Any:
         pbt=args.pbt,
         pbt_settings=_pbt_settings(args),
         lowpass_cutoff_hz=args.lowpass_hz,
-        preprocess=PreprocessConfig(bin_ms=args.bin_ms),
+        preprocess=PreprocessConfig(bin_ms=args.bin_ms, input=args.input),
         progress=not args.quiet,
+        irregular=args.irregular,
+        on_nonfinite=args.on_nonfinite,
+        drop_dead=args.drop_dead,
     )
 
 
@@ -79,7 +82,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
     job = _job(args)
     check_job(job, args.run_dir)
-    emg_input, _ = read(args.source, args.emg, args.cache_dir, job.preprocess, job.chunk_s)
+    emg_input, _ = read(args.source, args.emg, args.cache_dir, job.preprocess, job.chunk_s,
+                        irregular=job.irregular, on_nonfinite=job.on_nonfinite, drop_dead=job.drop_dead)
     result = fit(emg_input, args.run_dir, job)
     print(f"trained model in {args.run_dir} (best validation loss {result.best_val_loss:.4f})")
     return 0
@@ -122,7 +126,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _add_source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", help="local NWB path, DANDI reference (dandi://..., DANDI:..., archive URL) or https URL")
     p.add_argument("--emg", default=None, metavar="SERIES",
-                   help="EMG series path or name (see `inspect`); needed when a file holds several")
+                   help="EMG series (see `inspect`): a path or name, a glob ('TimeSeriesEMG*') or a comma-separated "
+                   "list of 1-D per-muscle series; any numeric (time, channels) series may be named; needed when "
+                   "a file holds several candidates")
     p.add_argument("--cache-dir", default=None, help="on-disk cache for streamed bytes")
 
 
@@ -163,7 +169,18 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to train")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-epochs", type=int, default=None, help="override the preset's epoch limit")
-    p.add_argument("--bin-ms", type=float, default=5.0, help="bin width of the model input (ms)")
+    p.add_argument("--bin-ms", type=float, default=None,
+                   help="bin width of the model input (ms; default 5, or the native sample interval of input "
+                   "sampled below 200 Hz)")
+    p.add_argument("--input", default="auto", choices=["auto", "raw", "envelope"],
+                   help="what the series holds: raw EMG (notch, high-pass, rectify, bin) or an envelope already "
+                   "rectified and smoothed (binned as it is); auto decides from the rate, description and signs")
+    p.add_argument("--irregular", default="raise", choices=["raise", "resample"],
+                   help="irregular timestamps (not gaps between trials, which are handled): refuse, or "
+                   "interpolate onto a uniform grid")
+    p.add_argument("--on-nonfinite", default="raise", choices=["raise", "mask"],
+                   help="NaN/Inf samples in the EMG: refuse, or set them to 0")
+    p.add_argument("--drop-dead", action="store_true", help="leave constant (dead) channels out instead of refusing")
     p.add_argument("--lowpass-hz", type=float, default=10.0, help="cutoff of the low-pass baseline (Hz)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -266,6 +283,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.debug = debug
     _show_warnings()
+    from .sources.logs import route_logs
+
+    route_logs(debug)
     try:
         with signals_interrupt():
             return int(args.func(args) or 0)

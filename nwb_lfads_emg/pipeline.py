@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import platform
 from collections.abc import Iterator
@@ -28,7 +29,17 @@ from .files import (
     signals_interrupt,
     target_lock,
 )
-from .preprocess import Binned, PreprocessConfig, bin_to, preprocess_chunks, rectify_highpass
+from .preprocess import (
+    Binned,
+    PreprocessConfig,
+    bin_like,
+    bin_samples_for,
+    decide_input,
+    preprocess_chunks,
+    preprocess_segments,
+    rectify_highpass,
+    resolved_config,
+)
 from .writeback import (
     ActivationEstimate,
     SessionResults,
@@ -37,6 +48,7 @@ from .writeback import (
 )
 
 JOB_FILE = "job.json"
+log = logging.getLogger("nwb_lfads_emg")
 
 
 @dataclass
@@ -109,6 +121,12 @@ class JobConfig:
     bayes: dict[str, Any] = field(default_factory=dict)
     chunk_s: float = 60.0
     progress: bool = True
+    irregular: str = "raise"
+    """Irregular timestamps: "raise" or "resample" onto a uniform grid (`--irregular`)."""
+    on_nonfinite: str = "raise"
+    """NaN/Inf samples: "raise" or "mask" them to 0 (`--on-nonfinite`)."""
+    drop_dead: bool = False
+    """Leave constant (dead) channels out instead of refusing them (`--drop-dead`)."""
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     lfads_overrides: dict[str, Any] = field(default_factory=dict)
 
@@ -139,22 +157,46 @@ class EMGInput:
     location: str
     dandi_url: str | None
     is_remote: bool
+    segments: list[int] | None = None
+    """Indices of the reader's segments (trials) that were used, when the series has gaps."""
+
+
+#: Segments (trials) shorter than this many samples are left out (a filter needs a few samples).
+MIN_SEGMENT_SAMPLES = 32
 
 
 def read(source: str | Path, emg: str | None = None, cache_dir: str | None = None,
-         config: PreprocessConfig | None = None, chunk_s: float = 60.0, keep_open: bool = False
+         config: PreprocessConfig | None = None, chunk_s: float = 60.0, keep_open: bool = False,
+         *, irregular: str = "raise", on_nonfinite: str = "raise", drop_dead: bool = False
          ) -> tuple[EMGInput, Any]:
-    """Open a local file or DANDI asset, pick the EMG series and preprocess it chunk by chunk.
+    """Open a local file or DANDI asset, pick the EMG series, decide what it holds (raw EMG or an
+    envelope, `decide_input`) and preprocess it chunk by chunk, each contiguous segment on its own.
 
-    Returns the preprocessed input and the opened source (closed unless `keep_open`).
+    Returns the preprocessed input and (opened source, reader) when `keep_open`, else None.
     """
     from .sources import EMGReader, open_source
 
     opened = open_source(str(source), cache_dir=cache_dir)
     try:
-        reader = EMGReader(opened, emg)
-        binned = preprocess_chunks(reader.iter_chunks(chunk_s), reader.rate, config or PreprocessConfig(),
-                                   starting_time=reader.starting_time, muscles=reader.muscles)
+        reader = EMGReader(opened, emg, on_nonfinite=on_nonfinite, drop_dead=drop_dead, irregular=irregular)
+        config = config or PreprocessConfig()
+        decision = decide_input(reader.rate, config, reader.texts(), reader.head())
+        cfg = resolved_config(config, decision)
+        used: list[int] | None = None
+        if reader.timestamped:
+            n_bin = bin_samples_for(reader.rate, cfg.bin_ms)
+            used = [k for k, (a, b) in enumerate(reader.segments) if b - a >= max(n_bin, MIN_SEGMENT_SAMPLES)]
+            left_out = len(reader.segments) - len(used)
+            if left_out:
+                log.warning(f"{opened.location}: {reader.series_path}: {left_out} of {len(reader.segments)} "
+                            f"segments are shorter than {max(n_bin, MIN_SEGMENT_SAMPLES)} samples; left out")
+            binned = preprocess_segments([reader.iter_chunks(chunk_s, segment=k) for k in used], reader.rate, cfg,
+                                         starting_times=[reader.segment_times(k)[0] for k in used],
+                                         muscles=reader.muscles)
+        else:
+            binned = preprocess_chunks(reader.iter_chunks(chunk_s), reader.rate, cfg,
+                                       starting_time=reader.starting_time, muscles=reader.muscles)
+        binned.decision = decision
         emg_input = EMGInput(
             binned=binned,
             series_path=reader.series_path,
@@ -164,6 +206,7 @@ def read(source: str | Path, emg: str | None = None, cache_dir: str | None = Non
             location=str(opened.location),
             dandi_url=opened.dandi_url,
             is_remote=opened.is_remote,
+            segments=used,
         )
     except BaseException:
         opened.close()
@@ -183,6 +226,10 @@ def check_job(job: JobConfig, run_dir: str | Path | None = None) -> None:
         raise TrainingError(f"--population {job.population}: population-based training needs at least 2 members")
     if run_dir is not None:
         check_output_dir(run_dir, "--run-dir")
+
+
+def _read_options(job: JobConfig) -> dict[str, Any]:
+    return {"irregular": job.irregular, "on_nonfinite": job.on_nonfinite, "drop_dead": job.drop_dead}
 
 
 def lfads_config(job: JobConfig) -> Any:
@@ -306,26 +353,59 @@ def infer(run_dir: str | Path, emg_input: EMGInput, n_samples: int | None = None
         )
     model, config = load_model(record["model_dir"])
     set_torch_threads(config.num_threads)
-    return infer_model(model, emg_input.binned.data, config, n_samples=n_samples, device=device, seed=seed)
+    data = emg_input.binned.data
+    ranges = emg_input.binned.segment_ranges
+    if len(ranges) == 1:
+        return infer_model(model, data, config, n_samples=n_samples, device=device, seed=seed)
+    parts = []
+    for a, b in ranges:  # each segment (trial) on its own; one shorter than a model window is edge-padded
+        seg = data[a:b]
+        if seg.shape[0] < config.seg_len:
+            seg = np.pad(seg, ((0, config.seg_len - seg.shape[0]), (0, 0)), mode="edge")
+        parts.append((b - a, infer_model(model, seg, config, n_samples=n_samples, device=device, seed=seed)))
+    first = parts[0][1]
+    joined = {key: np.concatenate([getattr(inf, key)[:n] for n, inf in parts])
+              for key in ("rates", "rates_std", "factors", "inferred_inputs")}
+    return type(first)(**joined, n_samples=first.n_samples)
 
 
 def baseline_estimates(emg_da: Any, binned: Binned, job: JobConfig) -> list[ActivationEstimate]:
-    """Low-pass envelope and Bayesian filter of the rectified EMG, on the model's bins and scale."""
+    """Low-pass envelope and Bayesian filter of the rectified EMG (or of the envelope itself), on the
+    model's bins and scale. `emg_da` is the EMG as a DataArray, or a list of them, one per segment."""
     from .baselines.bayes import bayes_filter
     from .baselines.lowpass import lowpass_envelope
 
-    rate = float(1.0 / float(emg_da.coords["time"].values[1] - emg_da.coords["time"].values[0]))
-    start = float(emg_da.coords["time"].values[0])
-    rectified = rectify_highpass(np.asarray(emg_da.values), rate, binned.config)
+    pieces = emg_da if isinstance(emg_da, (list, tuple)) else [emg_da]
+    ranges = binned.segment_ranges
+    if len(pieces) != len(ranges):
+        raise TrainingError(f"baselines: {len(pieces)} EMG segments for {len(ranges)} binned segments")
+    rate = binned.raw_rate or float(1.0 / float(pieces[0].coords["time"].values[1] - pieces[0].coords["time"].values[0]))
+    check_lowpass(job, rate)
+    envelope = binned.decision is not None and binned.decision.kind == "envelope"
+    lows, bayes = [], []
+    for da, (a, b) in zip(pieces, ranges, strict=True):
+        rectified = rectify_highpass(np.asarray(da.values), rate, binned.config)
+        if envelope:
+            rectified = np.maximum(rectified, 0.0)
+        n = b - a
+        lows.append(bin_like(lowpass_envelope(rectified, rate, job.lowpass_cutoff_hz), rate, binned.bin_rate, n))
+        bayes.append(bin_like(bayes_filter(rectified, rate, **job.bayes), rate, binned.bin_rate, n))
     scale = binned.scale[None, :]
-    lowpass = bin_to(lowpass_envelope(rectified, rate, job.lowpass_cutoff_hz), rate, binned, start) / scale
-    bayes = bin_to(bayes_filter(rectified, rate, **job.bayes), rate, binned, start) / scale
+    lowpass = np.concatenate(lows) / scale
+    bayes_est = np.concatenate(bayes) / scale
     return [
         ActivationEstimate("LowPass", lowpass.astype(np.float32),
                            parameters={"cutoff_hz": job.lowpass_cutoff_hz, "order": 4, "zero_phase": True}),
-        ActivationEstimate("BayesianFilter", bayes.astype(np.float32), parameters={"likelihood": "laplace",
-                                                                                   **job.bayes}),
+        ActivationEstimate("BayesianFilter", bayes_est.astype(np.float32), parameters={"likelihood": "laplace",
+                                                                                       **job.bayes}),
     ]
+
+
+def check_lowpass(job: JobConfig, rate: float) -> None:
+    """Refuse a low-pass baseline cutoff at or above the input's Nyquist frequency, naming --lowpass-hz."""
+    if not 0 < job.lowpass_cutoff_hz < rate / 2:
+        raise NwbLfadsEmgError(f"--lowpass-hz {job.lowpass_cutoff_hz:g}: must lie in (0, {rate / 2:g}) Hz for input "
+                               f"sampled at {rate:g} Hz")
 
 
 def software_versions() -> dict[str, str]:
@@ -351,6 +431,9 @@ def build_results(emg_input: EMGInput, record: dict[str, Any], inference: Any,
         "raw_rate": binned.raw_rate,
         "scale": np.asarray(binned.scale).tolist(),
         "clip": None if binned.clip is None else np.asarray(binned.clip).tolist(),
+        "input_decision": None if binned.decision is None else binned.decision.as_dict(),
+        "segments": None if binned.segments is None else [list(r) for r in binned.segments],
+        "time_base": "input timestamps" if binned.timestamps is not None else "rate",
     }
     job = record["job"]
     provenance = {
@@ -386,6 +469,7 @@ def build_results(emg_input: EMGInput, record: dict[str, Any], inference: Any,
         estimates=[autolfads, *baselines],
         rate=binned.bin_rate,
         starting_time=binned.starting_time,
+        timestamps=None if binned.timestamps is None else np.asarray(binned.timestamps),
         muscles=emg_input.muscles,
         source_series_path=emg_input.series_path,
         electrode_indices=emg_input.electrode_indices,
@@ -506,12 +590,17 @@ def _annotate(source: str | Path, run_dir: str | Path, out: str | Path | None, i
               overwrite: bool, cache_dir: str | None, job: JobConfig | None, destination: Destination) -> Path:
     record = load_run(run_dir)
     job = job or JobConfig.from_dict(record["job"])  # a caller's job (and its preprocessing) is used as given
-    emg_input, handle = read(source, emg, cache_dir, job.preprocess, job.chunk_s, keep_open=True)
+    emg_input, handle = read(source, emg, cache_dir, job.preprocess, job.chunk_s, keep_open=True,
+                             **_read_options(job))
     opened, reader = handle
     try:
         _check_destination(source, out, in_place, emg_input)
         inference = infer(run_dir, emg_input, job.n_posterior_samples, job.device, job.seed)
-        baselines = baseline_estimates(reader.to_dataarray(), emg_input.binned, job)
+        if emg_input.segments is None:
+            emg_da: Any = reader.to_dataarray()
+        else:
+            emg_da = [reader.to_dataarray(segment=k) for k in emg_input.segments]
+        baselines = baseline_estimates(emg_da, emg_input.binned, job)
         results = build_results(emg_input, record, inference, baselines)
         if emg_input.is_remote:
             return write(source, emg_input, results, out, in_place, overwrite, opened.nwbfile)
@@ -551,8 +640,9 @@ def run(source: str | Path, run_dir: str | Path, out: str | Path | None = None, 
     with _guarded(destination):
         if in_place and not overwrite:
             _refuse_if_annotated(source)
-        emg_input, _ = read(source, emg, cache_dir, job.preprocess, job.chunk_s)
+        emg_input, _ = read(source, emg, cache_dir, job.preprocess, job.chunk_s, **_read_options(job))
         _check_destination(source, out, in_place, emg_input)
+        check_lowpass(job, emg_input.binned.raw_rate)
         fit(emg_input, run_dir, job)
         return _annotate(source, run_dir, out, in_place, emg, overwrite, cache_dir, job, destination)
 

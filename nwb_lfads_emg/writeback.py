@@ -78,6 +78,7 @@ class SessionResults:
     factors: np.ndarray | None = None
     inferred_inputs: np.ndarray | None = None
     provenance: dict[str, Any] | None = None
+    timestamps: np.ndarray | None = None  # bin start times, when the input's own timestamps are kept (gaps)
 
 
 def _compressed(data: np.ndarray) -> Any:
@@ -148,6 +149,14 @@ def add_results(nwbfile: Any, results: SessionResults, link_source: bool = True)
     use_electrodes = (
         results.electrode_indices is not None and source is not None and nwbfile.electrodes is not None
     )
+    timing_holder: list[Any] = []
+
+    def timing() -> dict[str, Any]:
+        """rate + starting_time, or the input's timestamps (stored once, linked by the other series)."""
+        if results.timestamps is None:
+            return {"rate": float(results.rate), "starting_time": float(results.starting_time)}
+        return {"timestamps": timing_holder[0] if timing_holder else np.asarray(results.timestamps, dtype=np.float64)}
+
     for estimate in results.estimates:
         kwargs: dict[str, Any] = {}
         if use_electrodes:
@@ -164,21 +173,20 @@ def add_results(nwbfile: Any, results: SessionResults, link_source: bool = True)
             kwargs["uncertainty"] = _compressed(estimate.uncertainty)
         if estimate.method == "AutoLFADS" and provenance is not None:
             kwargs["model_provenance"] = provenance
-        module.add(
-            MuscleActivation(
-                name=estimate.method,
-                description=METHOD_DESCRIPTIONS.get(estimate.method, f"Muscle activation estimated by {estimate.method}.")
-                + f" Source: {results.source_series_path}. Columns: {', '.join(results.muscles)}.",
-                data=_compressed(estimate.data),
-                unit="a.u.",
-                rate=float(results.rate),
-                starting_time=float(results.starting_time),
-                method=estimate.method,
-                method_parameters=json.dumps(estimate.parameters, default=str),
-                comments="Units: rectified EMG normalised per muscle by the preprocessing scale (see provenance).",
-                **kwargs,
-            )
+        series = MuscleActivation(
+            name=estimate.method,
+            description=METHOD_DESCRIPTIONS.get(estimate.method, f"Muscle activation estimated by {estimate.method}.")
+            + f" Source: {results.source_series_path}. Columns: {', '.join(results.muscles)}.",
+            data=_compressed(estimate.data),
+            unit="a.u.",
+            **timing(),
+            method=estimate.method,
+            method_parameters=json.dumps(estimate.parameters, default=str),
+            comments="Units: rectified EMG normalised per muscle by the preprocessing scale (see provenance).",
+            **kwargs,
         )
+        module.add(series)
+        timing_holder[:1] = timing_holder[:1] or [series]
     if results.factors is not None:
         kwargs = {}
         if results.inferred_inputs is not None:
@@ -194,8 +202,7 @@ def add_results(nwbfile: Any, results: SessionResults, link_source: bool = True)
                 + (" and its inferred inputs (controller outputs)." if results.inferred_inputs is not None else "."),
                 data=_compressed(results.factors),
                 unit="a.u.",
-                rate=float(results.rate),
-                starting_time=float(results.starting_time),
+                **timing(),
                 **kwargs,
             )
         )

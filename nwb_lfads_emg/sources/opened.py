@@ -11,7 +11,7 @@ from typing import Any
 import h5py
 
 from ..errors import NwbLfadsEmgError, SourceError, describe, one_line
-from .local import hdf5_problem, open_local_hdf5
+from .local import hdf5_problem, looks_like_zarr_url, open_local_hdf5, zarr_refusal
 
 
 class OpenedSource:
@@ -119,9 +119,13 @@ def open_source(
     text = os.fspath(source)
     if looks_like_dandi(text):
         asset = resolve_asset(text, instance=dandi_instance)
+        if looks_like_zarr_url(asset.path) or looks_like_zarr_url(asset.content_url):
+            raise SourceError(describe(text, asset.path, zarr_refusal("a Zarr asset")))
         return _open_url(asset.content_url, cache_dir, timeout, retries, dandi_asset=asset,
                          label=f"{text} ({asset.path})")
     if re.match(r"^https?://", text):
+        if looks_like_zarr_url(text):
+            raise SourceError(describe(text, None, zarr_refusal("a .zarr URL")))
         return _open_url(text, cache_dir, timeout, retries, label=text)
     h5file = open_local_hdf5(text)
     try:
