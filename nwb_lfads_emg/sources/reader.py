@@ -233,6 +233,10 @@ class EMGReader:
         return SourceError(describe(self.location, self.series_path, f"cannot read the data (truncated or damaged file?): {text}"))
 
     def _raw(self, i0: int, i1: int, columns: list[int]) -> np.ndarray:
+        if hasattr(self._opened, "prefetch_rows"):  # streamed: fetch the covering chunks concurrently first
+            es = self.source_kind == "ElectricalSeries"
+            datasets = [self._objects[0].data] if es else [self._objects[c].data for c in columns]
+            self._opened.prefetch_rows(datasets, i0, i1, columns if es else None)
         if self.source_kind == "ElectricalSeries":
             es = self._objects[0]
             ncol = es.data.shape[1]
