@@ -105,8 +105,9 @@ class ServerProcess:
     """tests/dandi_server.py serving one file from a child process, driven over its stdin/stdout."""
 
     def __init__(self, path: Path) -> None:
+        self.log = open(path.with_suffix(".server.log"), "w")  # noqa: SIM115 (the server's tracebacks of clients that hang up)
         self.proc = subprocess.Popen([sys.executable, "-c", _SERVER_CHILD, str(ROOT / "tests"), str(path)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True)
         self.url = json.loads(self.proc.stdout.readline())["url"]
 
     def ask(self, command: str) -> dict:
@@ -117,6 +118,7 @@ class ServerProcess:
     def close(self) -> None:
         self.proc.stdin.close()
         self.proc.wait(timeout=10)
+        self.log.close()
 
 
 def raw_get(url: str, offset: int, n: int) -> float:
