@@ -301,7 +301,11 @@ class EMGReader:
         return SourceError(describe(self.location, self.series_path, f"cannot read the data (truncated or damaged file?): {text}"))
 
     def _raw(self, i0: int, i1: int, columns: list[int]) -> np.ndarray:
-        if self.source_kind in ("ElectricalSeries", "TimeSeries"):
+        single = self.source_kind in ("ElectricalSeries", "TimeSeries")  # one 2-D dataset, else 1-D per muscle
+        if hasattr(self._opened, "prefetch_rows"):  # streamed: fetch the covering chunks concurrently first
+            datasets = [self._objects[0].data] if single else [self._objects[c].data for c in columns]
+            self._opened.prefetch_rows(datasets, i0, i1, columns if single else None)
+        if single:
             es = self._objects[0]
             ncol = es.data.shape[1]
             if len(columns) == ncol and columns == list(range(ncol)):
