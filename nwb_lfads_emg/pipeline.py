@@ -387,10 +387,19 @@ def _check_destination(source: str | Path, out: str | Path | None, in_place: boo
 
 def annotate(source: str | Path, run_dir: str | Path, out: str | Path | None = None, in_place: bool = False,
              emg: str | None = None, overwrite: bool = False, cache_dir: str | None = None,
-             job: JobConfig | None = None) -> Path:
-    """Apply a trained model (and the baselines) to a session and write the results back into NWB."""
+             job: JobConfig | None = None, adapt: bool = False, adapt_epochs: int | None = None) -> Path:
+    """Apply a trained model (and the baselines) to a session and write the results back into NWB.
+
+    A stitched model (trained on several sessions) uses the session's own read-in/read-out; `adapt`
+    first fits one for a session it never saw (`sessions.annotate_session`; `adapt_epochs` caps it).
+    """
     _check_destination(source, out, in_place)
     record = load_run(run_dir)
+    if adapt or record.get("kind") == "multisession":
+        from .sessions import annotate_session
+
+        return annotate_session(source, run_dir, out, in_place, emg, overwrite, cache_dir, job, adapt=adapt,
+                                adapt_epochs=adapt_epochs)
     job = job or JobConfig.from_dict(record["job"])
     job.preprocess = PreprocessConfig(**record["job"]["preprocess"])
     emg_input, handle = read(source, emg, cache_dir, job.preprocess, job.chunk_s, keep_open=True)
