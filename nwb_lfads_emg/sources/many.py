@@ -8,7 +8,15 @@ from pathlib import Path
 from urllib.parse import quote
 
 from ..errors import SourceError, describe
-from .dandi import _one_line, looks_like_dandi, normalize_reference
+from .dandi import (
+    _DANDI_SCHEME,
+    _INSTANCE_COLON,
+    _VERSION,
+    _one_line,
+    configured_instance,
+    looks_like_dandi,
+    normalize_reference,
+)
 
 
 def expand_sources(sources: Sequence[str], match: str | None = None) -> list[str]:
@@ -41,8 +49,9 @@ def dandiset_assets(reference: str, match: str) -> list[str]:
     from dandi.dandiarchive import parse_dandi_url
     from dandi.exceptions import UnknownURLError
 
+    parsed = _dandiset_reference(reference)
     try:
-        parsed = parse_dandi_url(normalize_reference(reference))
+        parsed = parsed or parse_dandi_url(normalize_reference(reference))
     except UnknownURLError:
         raise SourceError(describe(reference, None, "not a DANDI reference dandi can parse")) from None
     except Exception as exc:  # noqa: BLE001 - network trouble while dandi asks the server
@@ -52,7 +61,7 @@ def dandiset_assets(reference: str, match: str) -> list[str]:
     client = DandiAPIClient(dandi_instance=parsed.instance)
     try:
         dandiset = client.get_dandiset(parsed.dandiset_id, parsed.version_id or "draft")
-        prefix = getattr(parsed, "path", None) or ""
+        prefix = (getattr(parsed, "path", None) or "").strip("/")
         paths = sorted(a.path for a in dandiset.get_assets() if a.path.endswith(".nwb") and a.path.startswith(prefix)
                        and fnmatch.fnmatch(a.path, match))
         version = dandiset.version_id
@@ -65,6 +74,32 @@ def dandiset_assets(reference: str, match: str) -> list[str]:
     api = parsed.instance.api.rstrip("/")
     return [f"{api}/dandisets/{parsed.dandiset_id}/versions/{version}/assets/?path={quote(p, safe='/')}"
             for p in paths]
+
+
+def _dandiset_reference(reference: str):  # -> a parsed-URL-like object, or None
+    """`dandi://NAME/ID[@VERSION][/PREFIX]` or `NAME:ID[/VERSION]` without an asset: id, version, instance."""
+    from types import SimpleNamespace
+
+    from dandi.consts import known_instances
+
+    m = _DANDI_SCHEME.match(reference.strip())
+    if m:
+        name, ident, version, path = m.group("name"), m.group("id"), m.group("version"), m.group("path") or ""
+    else:
+        m = _INSTANCE_COLON.match(reference.strip())
+        if not m:
+            return None
+        rest = (m.group("rest") or "").strip("/")
+        name, ident = m.group("name"), m.group("id")
+        version, path = (rest, "") if _VERSION.match(rest or "-") else (None, rest)
+    override = configured_instance()
+    if override is not None and name.lower() in ("dandi", override.name.lower()):
+        instance = override
+    elif name.lower() in known_instances:
+        instance = known_instances[name.lower()]
+    else:
+        raise SourceError(describe(reference, None, f"unknown DANDI instance {name!r}"))
+    return SimpleNamespace(instance=instance, dandiset_id=ident, version_id=version, path=path)
 
 
 __all__ = ["expand_sources", "dandiset_assets"]
