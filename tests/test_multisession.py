@@ -125,7 +125,8 @@ def test_cli_fit_annotate_adapt_on_local_files(files, tmp_path, capsys):
         module = io.read().processing["ecephys"]
         assert METHODS <= set(module.data_interfaces)
         est = module["AutoLFADS"]
-        assert list(est.muscle_names[:]) if est.muscle_names is not None else True
+        table = est.electrodes.table
+        assert [table["location"][i] for i in est.electrodes.data[:]] == record["sessions"][1]["muscles"]
         prov = module["LFADSModelProvenance"]
         config = json.loads(prov.config)["multisession"]
         assert [s["location"] for s in config["training_sessions"]] == [str(files[0]), str(files[1])]
@@ -166,8 +167,9 @@ def test_cli_run_on_dandiset_assets_with_match(dandi_server, files, tmp_path):  
             prov = io.read().processing["ecephys"]["LFADSModelProvenance"]
             sessions = json.loads(prov.config)["multisession"]["training_sessions"]
             assert all("000999" in s["source_url"] for s in sessions) and len(sessions) == 2
-            assert "000999" in prov.source_url and f"ses-{k}" in json.loads(prov.config)["multisession"][
-                "readin_readout"]["training_session"]["location"] + sessions[k]["source_url"] + name
+            used = json.loads(prov.config)["multisession"]["readin_readout"]
+            assert used["session_index"] == k and not used["adapted"]
+            assert prov.source_url == sessions[k]["source_url"] and "000999" in prov.source_url
     assert {p: _sha(p) for p in files} == before
     assert main(["fit", "dandi://DANDI/000999@draft", "--match", "nothing*", "--run-dir", str(tmp_path / "r2")]) == 2
 

@@ -77,7 +77,7 @@ class MultiSessionLFADS(nn.Module):
 
     def add_session(self, muscles: Sequence[str], data: Tensor) -> int:
         """Append a session, its input transform set from `data` (T, C) and its read-in/read-out started
-        from the trained sessions' by muscle name (an unknown muscle starts at zero); returns its index."""
+        from the trained sessions' by muscle name (an unknown muscle keeps its random start); returns its index."""
         check_muscles(muscles, "new session")
         io = SessionIO(self.config, muscles, self.readin_dim)
         n_params = io.likelihood.n_params
