@@ -64,36 +64,33 @@ def _job(args: argparse.Namespace) -> Any:
 def _run_dir(args: argparse.Namespace) -> Path:
     if args.run_dir:
         return Path(args.run_dir)
-    stem = Path(str(args.source).rstrip("/").split("/")[-1]).stem or "run"
+    stem = Path(str(args.source[0]).rstrip("/").split("/")[-1]).stem or "run"
     return Path("runs") / stem
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .pipeline import run
+    from .sessions import run_sources
 
-    out = run(args.source, _run_dir(args), out=args.out, in_place=args.in_place, emg=args.emg,
-              overwrite=args.overwrite, cache_dir=args.cache_dir, job=_job(args))
-    print(f"wrote {out}")
+    for out in run_sources(args.source, _run_dir(args), out=args.out, in_place=args.in_place, emg=args.emg,
+                           overwrite=args.overwrite, cache_dir=args.cache_dir, job=_job(args), match=args.match):
+        print(f"wrote {out}")
     return 0
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
-    from .pipeline import check_job, fit, read
+    from .sessions import fit_sources
 
-    job = _job(args)
-    check_job(job, args.run_dir)
-    emg_input, _ = read(args.source, args.emg, args.cache_dir, job.preprocess, job.chunk_s,
-                        irregular=job.irregular, on_nonfinite=job.on_nonfinite, drop_dead=job.drop_dead)
-    result = fit(emg_input, args.run_dir, job)
+    result = fit_sources(args.source, args.run_dir, args.emg, args.cache_dir, _job(args), match=args.match)
     print(f"trained model in {args.run_dir} (best validation loss {result.best_val_loss:.4f})")
     return 0
 
 
 def _cmd_annotate(args: argparse.Namespace) -> int:
-    from .pipeline import annotate
+    from .sessions import annotate_any
 
-    out = annotate(args.source, args.run_dir, out=args.out, in_place=args.in_place, emg=args.emg,
-                   overwrite=args.overwrite, cache_dir=args.cache_dir)
+    out = annotate_any(args.source, args.run_dir, out=args.out, in_place=args.in_place, emg=args.emg,
+                   overwrite=args.overwrite, cache_dir=args.cache_dir, adapt=args.adapt,
+                   adapt_epochs=args.max_epochs)
     print(f"wrote {out}")
     return 0
 
@@ -123,8 +120,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_source_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("source", help="local NWB path, DANDI reference (dandi://..., DANDI:..., archive URL) or https URL")
+def _add_source_args(p: argparse.ArgumentParser, many: bool = False) -> None:
+    if many:
+        p.add_argument("source", nargs="+", help="local NWB paths, DANDI references or https URLs; several train one "
+                       "stitched model (a read-in/read-out per session)")
+        p.add_argument("--match", default=None, metavar="GLOB",
+                       help="a SOURCE that is a dandiset (or a folder) stands for its .nwb assets whose path matches GLOB")
+    else:
+        p.add_argument("source", help="local NWB path, DANDI reference (dandi://..., DANDI:..., archive URL) or https URL")
     p.add_argument("--emg", default=None, metavar="SERIES",
                    help="EMG series (see `inspect`): a path or name, a glob ('TimeSeriesEMG*') or a comma-separated "
                    "list of 1-D per-muscle series; any numeric (time, channels) series may be named; needed when "
@@ -134,7 +137,8 @@ def _add_source_args(p: argparse.ArgumentParser) -> None:
 
 def _add_output_args(p: argparse.ArgumentParser) -> None:
     where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("--out", default=None, metavar="OUT.nwb", help="write a new annotated file here")
+    where.add_argument("--out", default=None, metavar="OUT.nwb",
+                       help="write a new annotated file here (with several sources: a folder, one file each)")
     where.add_argument("--in-place", action="store_true",
                        help="annotate the local file itself (temp file, validate, atomic replace)")
     p.add_argument("--overwrite", action="store_true", help="replace earlier results / an existing --out file")
@@ -208,21 +212,23 @@ def build_parser() -> argparse.ArgumentParser:
         "run", help="preprocess, train, infer, compute baselines and write everything back",
         description="The whole job on one EMG series: preprocess, train (single model or AutoLFADS/PBT), "
         "infer, compute the low-pass and Bayesian-filter baselines, write MuscleActivation/LatentFactors/"
-        "provenance back into NWB.",
+        "provenance back into NWB. Several sources: one stitched model, every session annotated.",
         epilog="example: nwb-lfads-emg run session.nwb --emg EMG --out session_annotated.nwb --preset demo",
     )
-    _add_source_args(p)
+    _add_source_args(p, many=True)
     _add_output_args(p)
     _add_training_args(p)
     p.add_argument("--run-dir", default=None, help="where checkpoints and the model go (default runs/<name>)")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser(
-        "fit", help="train a model on one session (first half of `run`)",
-        description="Preprocess and train; the model, its settings and metrics go into --run-dir.",
-        epilog="example: nwb-lfads-emg fit session.nwb --emg EMG --run-dir runs/rat1 --preset default --pbt",
+        "fit", help="train a model on one session, or one stitched model on several (first half of `run`)",
+        description="Preprocess and train; the model, its settings and metrics go into --run-dir. Several "
+        "sources (or a dandiset with --match) train one model with a read-in/read-out per session.",
+        epilog="example: nwb-lfads-emg fit dandi://DANDI/000999@draft --match 'sub-rat1/*.nwb' --emg EMG "
+        "--run-dir runs/rat1",
     )
-    _add_source_args(p)
+    _add_source_args(p, many=True)
     _add_training_args(p)
     p.add_argument("--run-dir", required=True, help="where checkpoints and the model go")
     p.set_defaults(func=_cmd_fit)
@@ -235,6 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_source_args(p)
     _add_output_args(p)
     p.add_argument("--run-dir", required=True, help="run directory of a trained model")
+    p.add_argument("--adapt", action="store_true",
+                   help="a session a stitched model never saw: fit its read-in/read-out first (shared dynamics frozen)")
+    p.add_argument("--max-epochs", type=int, default=None, help="with --adapt: epoch limit of the adaptation")
     p.set_defaults(func=_cmd_annotate)
 
     p = sub.add_parser(
