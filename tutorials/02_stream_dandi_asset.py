@@ -131,9 +131,13 @@ with NWBHDF5IO(str(DERIVED), "r") as io:
     estimates = {}
     for method in ("AutoLFADS", "LowPass", "BayesianFilter"):
         est = results[method]
-        rate, start = float(est.rate), float(est.starting_time)
-        j0, j1 = int(round((T0 - start) * rate)), int(round((T0 + 3.0 - start) * rate))
-        estimates[method] = (start + np.arange(j0, j1) / rate, est.data[j0:j1, :])
+        # a timestamped source (FALCON) gives estimates on its own timestamps; a sampled one, rate + start
+        if est.timestamps is not None:
+            t_est = np.asarray(est.timestamps[:])
+        else:
+            t_est = float(est.starting_time) + np.arange(est.data.shape[0]) / float(est.rate)
+        j0, j1 = np.searchsorted(t_est, [T0, T0 + 3.0])
+        estimates[method] = (t_est[j0:j1], est.data[j0:j1, :])
     muscles = list(results["AutoLFADS"].muscle_names[:])
 print(f"size of {DERIVED.name}: {DERIVED.stat().st_size / 1e6:.1f} MB")
 
