@@ -70,11 +70,11 @@ def test_priors_match_torch():
     m, v = torch.randn(5, 3), torch.rand(5, 3) + 0.05
     ref = D.kl_divergence(D.Normal(m, v.sqrt()), D.Normal(prior.mean, math.sqrt(0.1))).sum(-1).mean()
     torch.testing.assert_close(prior.kl(m, v), ref)
-    ar = AR1Prior(2, tau=10.0, var=0.1)
+    ar = AR1Prior(2, tau=10.0, nvar=0.1)  # innovation variance 0.1, stationary 0.1 / (1 - a^2)
     u = torch.randn(4, 7, 2)
     a = math.exp(-1 / 10.0)
-    lp = D.Normal(0, math.sqrt(0.1)).log_prob(u[:, 0]).sum(-1)
-    lp = lp + D.Normal(a * u[:, :-1], math.sqrt(0.1 * (1 - a * a))).log_prob(u[:, 1:]).sum((1, 2))
+    lp = D.Normal(0, math.sqrt(0.1 / (1 - a * a))).log_prob(u[:, 0]).sum(-1)
+    lp = lp + D.Normal(a * u[:, :-1], math.sqrt(0.1)).log_prob(u[:, 1:]).sum((1, 2))
     torch.testing.assert_close(ar.log_prob(u), lp, rtol=1e-4, atol=1e-4)
 
 

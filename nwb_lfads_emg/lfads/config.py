@@ -1,9 +1,16 @@
 """LFADS configuration: sizes, regularisation, optimisation and segmenting, with named presets.
 
-Loss convention (as in lfads-torch, so published KL/L2 scales keep their meaning): the
-reconstruction term is the mean negative log-likelihood per counted entry, the KL terms are sums
-over a segment's time steps and dimensions averaged over the batch, and the L2 term is
-0.5 * ||W_hh||^2 / n_weights per recurrent weight matrix.
+Loss conventions are lfads-torch's (commit 007a555), so its published KL/L2 search ranges mean the
+same here (tests/test_loss_conventions.py recomputes its terms from its formulas): the
+reconstruction term is the NLL averaged over ALL entries (held-in entries weighted 1 / (1 - sv_rate),
+gradients only from the coordinated-dropout entries); the KL terms are sums over a segment's time
+steps and dimensions averaged over the batch; the L2 term is sum_i scale_i * 0.5 * ||W_i||^2 over the
+penalised recurrent matrices divided once by their total number of weights; the AR(1) prior's
+`co_prior_var` is the innovation (process) variance.
+
+Preset scales were converted from the earlier convention (recon averaged over the dropped entries
+only, L2 divided per matrix) so that the presets train as before: KL scales times cd_rate, L2 scales
+times cd_rate * (n_gen + n_con) / n_own.
 """
 
 from __future__ import annotations
@@ -44,7 +51,7 @@ class LFADSConfig:
     ic_post_var_min: float = 1e-4
     ic_prior_var: float = 0.1
     co_prior_tau: float = 10.0
-    co_prior_var: float = 0.1
+    co_prior_var: float = 0.1  # innovation variance of the AR(1) prior (lfads-torch's nvar)
     cell_clip: float = 5.0
     # --- likelihood and input transform
     likelihood: str = "gamma"
@@ -54,10 +61,10 @@ class LFADSConfig:
     cd_rate: float = 0.3
     temporal_shift: int = 0
     sv_rate: float = 0.1
-    kl_ic_scale: float = 1e-4
-    kl_co_scale: float = 1e-4
-    l2_gen_scale: float = 1e-2
-    l2_con_scale: float = 1e-2
+    kl_ic_scale: float = 3e-5
+    kl_co_scale: float = 3e-5
+    l2_gen_scale: float = 3.75e-3
+    l2_con_scale: float = 1.5e-2
     kl_start_epoch: int = 0
     kl_increase_epoch: int = 80
     l2_start_epoch: int = 0
@@ -136,10 +143,10 @@ def preset(name: str) -> LFADSConfig:
             dropout=0.05,
             cd_rate=0.3,
             sv_rate=0.05,
-            kl_ic_scale=1e-4,
-            kl_co_scale=1e-4,
-            l2_gen_scale=1e-3,
-            l2_con_scale=1e-3,
+            kl_ic_scale=3e-5,
+            kl_co_scale=3e-5,
+            l2_gen_scale=3.75e-4,
+            l2_con_scale=1.5e-3,
             kl_increase_epoch=10,
             l2_increase_epoch=10,
             lr=1e-2,
@@ -171,6 +178,10 @@ def preset(name: str) -> LFADSConfig:
             ic_dim=100,
             gen_dim=100,
             fac_dim=20,
+            kl_ic_scale=3e-5,
+            kl_co_scale=3e-5,
+            l2_gen_scale=7.9e-3,
+            l2_con_scale=4.8e-3,
             batch_size=256,
             max_epochs=1000,
             seg_len=200,

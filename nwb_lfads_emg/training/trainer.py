@@ -190,7 +190,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ one epoch
     def _batch_masks(self, x: torch.Tensor, sv: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """(encoder input, target, keep mask, loss mask) for one batch, with the augmentations applied."""
+        """(encoder input, target, keep mask, gradient mask, held-in mask) for one batch, augmentations applied."""
         c = self.config
         b, _, ch = x.shape
         x_in, x_tgt, sv_in, sv_tgt = x, x, sv, sv
@@ -201,8 +201,8 @@ class Trainer:
             x_tgt, sv_tgt = temporal_shift(x, s_tgt), temporal_shift(sv, s_tgt)
         cd = coordinated_dropout(tuple(x.shape), c.cd_rate, self.generator, device=x.device)
         keep = ~cd & ~sv_in
-        loss_mask = (cd & ~sv_tgt) if c.cd_rate > 0 else ~sv_tgt
-        return x_in, x_tgt, keep, loss_mask
+        grad_mask = cd if c.cd_rate > 0 else None
+        return x_in, x_tgt, keep, grad_mask, ~sv_tgt
 
     def train_epoch(self) -> dict[str, Any]:
         """Train one epoch, evaluate held-out data, update smoothing and early stopping; returns the metrics."""
@@ -233,10 +233,10 @@ class Trainer:
         for i in range(0, self.n_train_segments, c.batch_size):
             idx = order[i : i + c.batch_size].to(self.device)
             x, sv = self.x_train[idx], self.sv_train[idx]
-            x_in, x_tgt, keep, loss_mask = self._batch_masks(x, sv)
+            x_in, x_tgt, keep, grad_mask, heldin = self._batch_masks(x, sv)
             with _autocast(self.device, self.amp_dtype):
                 out = self.model(x_in, keep=keep)
-            losses = self.model.loss(out, x_tgt, loss_mask, kl_ramp=kl_ramp, l2_ramp=l2_ramp)
+            losses = self.model.loss(out, x_tgt, grad_mask, heldin, kl_ramp=kl_ramp, l2_ramp=l2_ramp)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(losses["loss"]).backward()
             self.scaler.unscale_(self.optimizer)
