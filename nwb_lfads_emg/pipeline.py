@@ -116,6 +116,7 @@ def fit(emg_input: EMGInput, run_dir: str | Path, job: JobConfig | None = None) 
     job = job or JobConfig()
     run_dir = Path(run_dir)
     config = lfads_config(job)
+    config.bin_ms = 1000.0 / float(emg_input.binned.bin_rate)  # ms settings (temporal shift) -> bins
     data = emg_input.binned.data
     if job.pbt:
         from .training.pbt import fit_pbt

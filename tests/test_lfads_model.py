@@ -121,12 +121,18 @@ def test_augmentations():
     y = temporal_shift(x, torch.tensor([[2, -1]]))
     assert y[0, :, 0].tolist() == [2, 3, 4, 5, 6, 7, 8, 9, 9, 9]
     assert y[0, :, 1].tolist() == [0, 0, 1, 2, 3, 4, 5, 6, 7, 8]
-    s = random_shifts(50, 4, 2, g)
-    assert s.min() >= -2 and s.max() <= 2
+    s = random_shifts(2000, 4, 1.0, g)  # rounded Gaussian, SD 1 bin, clipped at 2
+    assert s.min() == -2 and s.max() == 2 and abs(s.float().std().item() - 1.0) < 0.1
+    assert (s == 0).float().mean().item() > 0.3  # P(|N(0,1)| < 0.5) = 0.38
     a, b = shift_pair(torch.randn(8, 10, 4), 2, g)
     assert a.shape == b.shape == (8, 10, 4) and not torch.equal(a, b)
     m = coordinated_dropout((200, 50), 0.3, g)
     assert abs(m.float().mean().item() - 0.3) < 0.02
+
+
+def test_every_preset_shifts_in_time():
+    for name in ("demo", "default", "paper"):
+        assert preset(name).temporal_shift_ms > 0
 
 
 def test_ramp_and_presets():

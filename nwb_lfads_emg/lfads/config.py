@@ -30,7 +30,7 @@ MUTABLE_HYPERPARAMETERS = (
     "kl_co_scale",
     "l2_gen_scale",
     "l2_con_scale",
-    "temporal_shift",
+    "temporal_shift_ms",
 )
 
 
@@ -59,7 +59,9 @@ class LFADSConfig:
     # --- regularisation and augmentation
     dropout: float = 0.3
     cd_rate: float = 0.3
-    temporal_shift: int = 0
+    # temporal-shift augmentation (Wimalasena et al. 2022): SD in ms of the rounded-Gaussian shifts drawn
+    # independently per channel for the encoder input and for the target; 0 turns it off
+    temporal_shift_ms: float = 5.0
     sv_rate: float = 0.1
     kl_ic_scale: float = 3e-5
     kl_co_scale: float = 3e-5
@@ -81,7 +83,8 @@ class LFADSConfig:
     max_epochs: int = 500
     patience: int = 50
     val_smoothing: float = 0.9
-    # --- data segments
+    # --- data segments (bin_ms: the data's bin width, set by the pipeline; converts the ms settings to bins)
+    bin_ms: float = 5.0
     seg_len: int = 100
     seg_overlap: int = 50
     val_fraction: float = 0.2
@@ -123,8 +126,10 @@ class LFADSConfig:
         for name in ("ic_enc_dim", "ci_enc_dim", "con_dim", "ic_dim", "gen_dim", "fac_dim", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
-        if self.co_dim < 0 or self.temporal_shift < 0:
-            raise ValueError("co_dim and temporal_shift must be >= 0")
+        if self.co_dim < 0 or self.temporal_shift_ms < 0:
+            raise ValueError("co_dim and temporal_shift_ms must be >= 0")
+        if self.bin_ms <= 0:
+            raise ValueError(f"bin_ms must be > 0, not {self.bin_ms}")
 
 
 def preset(name: str) -> LFADSConfig:

@@ -19,7 +19,13 @@ import torch
 from torch import nn
 
 from ..errors import TrainingError
-from ..lfads.augment import coordinated_dropout, random_shifts, sample_validation_mask, temporal_shift
+from ..lfads.augment import (
+    coordinated_dropout,
+    random_shifts,
+    sample_validation_mask,
+    shift_std_bins,
+    temporal_shift,
+)
 from ..lfads.config import MUTABLE_HYPERPARAMETERS, LFADSConfig
 from ..lfads.likelihoods import make_likelihood
 from ..lfads.model import LFADS, lr_factor, ramp
@@ -171,8 +177,6 @@ class Trainer:
         for name, value in values.items():
             if name not in MUTABLE_HYPERPARAMETERS:
                 raise TrainingError(f"hyper-parameter {name!r} cannot be changed during training")
-            if name == "temporal_shift":
-                value = int(round(value))
             setattr(self.config, name, type(getattr(self.config, name))(value))
         try:
             self.config.validate()
@@ -194,9 +198,10 @@ class Trainer:
         c = self.config
         b, _, ch = x.shape
         x_in, x_tgt, sv_in, sv_tgt = x, x, sv, sv
-        if c.temporal_shift > 0:
-            s_in = random_shifts(b, ch, c.temporal_shift, self.generator)
-            s_tgt = random_shifts(b, ch, c.temporal_shift, self.generator)
+        std = shift_std_bins(c.temporal_shift_ms, c.bin_ms)
+        if std > 0:
+            s_in = random_shifts(b, ch, std, self.generator)
+            s_tgt = random_shifts(b, ch, std, self.generator)
             x_in, sv_in = temporal_shift(x, s_in), temporal_shift(sv, s_in)
             x_tgt, sv_tgt = temporal_shift(x, s_tgt), temporal_shift(sv, s_tgt)
         cd = coordinated_dropout(tuple(x.shape), c.cd_rate, self.generator, device=x.device)
@@ -246,7 +251,7 @@ class Trainer:
             with torch.no_grad():
                 for k in sums:
                     sums[k] += losses[k].detach().float()
-                sv_t = sv if c.temporal_shift == 0 else sv & ~keep  # held-out entries not seen by the encoders
+                sv_t = sv if c.temporal_shift_ms == 0 else sv & ~keep  # held-out entries not seen by the encoders
                 sv_sum += (self.model.recon_nll(out, x) * sv_t).sum()
                 sv_count += sv_t.sum()
             n_batches += 1
