@@ -117,7 +117,8 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-epochs", type=int, default=None, help="override the preset's epoch limit")
     p.add_argument("--bin-ms", type=float, default=5.0, help="bin width of the model input (ms)")
-    p.add_argument("--lowpass-hz", type=float, default=10.0, help="cutoff of the low-pass baseline (Hz)")
+    p.add_argument("--lowpass-hz", type=float, default=None,
+                   help="fixed cutoff of the low-pass baseline (Hz); default: chosen per session from the EMG")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 

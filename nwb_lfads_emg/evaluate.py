@@ -343,19 +343,38 @@ def _behaviour_series(module: object) -> list[object]:
     return found
 
 
+def _oracle_lowpass(rect: np.ndarray, raw_rate: float, rate: float, n_bins: int, raw_start: float, start: float,
+                    truth: np.ndarray | None, beh: np.ndarray | None) -> dict[str, np.ndarray]:
+    """{"LowPassOracle": envelope on the bins} with the cutoff picked by the truth or the behaviour."""
+    from .baselines.lowpass import lowpass_envelope
+    from .baselines.tuning import oracle_cutoff
+    from .preprocess import bin_like
+
+    def to_bins(env: np.ndarray) -> np.ndarray:
+        return bin_like(env, raw_rate, rate, n_bins, raw_start, start)
+
+    rows = np.arange(n_bins) if beh is None else np.flatnonzero(np.all(np.isfinite(beh), axis=1))
+    picked = oracle_cutoff(rect, raw_rate, lambda env: to_bins(env)[rows],
+                           truth=None if truth is None else truth[rows],
+                           behavior=None if beh is None else beh[rows], bin_rate=rate)
+    return {} if picked is None else {"LowPassOracle": to_bins(lowpass_envelope(rect, raw_rate, picked[0]))}
+
+
 def evaluate_file(
     path: str | Path,
     behavior: str | Sequence[str] | None = None,
     report_dir: str | Path | None = None,
     include_rectified: bool = True,
+    oracle: bool = True,
     **kwargs: object,
 ) -> pd.DataFrame:
     """Score every `MuscleActivation` in an NWB file (all processing modules) by `compare_estimates`.
 
     Behaviour comes from `processing/behavior` (all series, or those named in `behavior`), the truth
     from `processing/ground_truth/true_activation`, spikes from the Units table; with `report_dir`
-    the table, figures and report.html are written there. Extra keyword arguments go to
-    `compare_estimates`.
+    the table, figures and report.html are written there. With `oracle`, the low-pass whose cutoff was
+    picked with the truth (else the behaviour) is scored as `LowPassOracle`: an upper reference, not a
+    method a user could run. Extra keyword arguments go to `compare_estimates`.
     """
     from pynwb import NWBHDF5IO
 
@@ -432,6 +451,9 @@ def evaluate_file(
                                      float(source.starting_time or 0.0), start)
                 if rectified.shape[0] != n_bins:
                     rectified = None
+                elif oracle and (truth is not None or beh is not None):
+                    estimates.update(_oracle_lowpass(rect, float(source.rate), rate, n_bins,
+                                                     float(source.starting_time or 0.0), start, truth, beh))
 
     # rows where the behaviour is undefined (outside its time range) are dropped
     if beh is not None:

@@ -41,8 +41,8 @@ class JobConfig:
     gpus_per_trial: float | None = None
     pbt_interval: int | None = None
     n_posterior_samples: int = 20
-    lowpass_cutoff_hz: float = 10.0
-    bayes: dict[str, Any] = field(default_factory=dict)
+    lowpass_cutoff_hz: float | None = None  # None: chosen per session by held-out prediction (baselines.tuning)
+    bayes: dict[str, Any] = field(default_factory=dict)  # diffusion/jump not given: maximum marginal likelihood
     chunk_s: float = 60.0
     progress: bool = True
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
@@ -216,18 +216,27 @@ def baseline_estimates(emg_da: Any, binned: Binned, job: JobConfig) -> list[Acti
     """Low-pass envelope and Bayesian filter of the rectified EMG, on the model's bins and scale."""
     from .baselines.bayes import bayes_filter
     from .baselines.lowpass import lowpass_envelope
+    from .baselines.tuning import select_cutoff_cv, tune_bayes
 
     rate = float(1.0 / float(emg_da.coords["time"].values[1] - emg_da.coords["time"].values[0]))
     start = float(emg_da.coords["time"].values[0])
     rectified = rectify_highpass(np.asarray(emg_da.values), rate, binned.config)
     scale = binned.scale[None, :]
-    lowpass = bin_to(lowpass_envelope(rectified, rate, job.lowpass_cutoff_hz), rate, binned, start) / scale
-    bayes = bin_to(bayes_filter(rectified, rate, **job.bayes), rate, binned, start) / scale
+    tuned = job.lowpass_cutoff_hz is None
+    cutoff = select_cutoff_cv(rectified, rate) if tuned else float(job.lowpass_cutoff_hz)  # type: ignore[arg-type]
+    lowpass = bin_to(lowpass_envelope(rectified, rate, cutoff), rate, binned, start) / scale
+    bayes_params = dict(job.bayes)
+    if "diffusion" not in bayes_params and "jump" not in bayes_params:
+        bayes_params.update(tune_bayes(rectified, rate) | {"chosen_by": "maximum marginal likelihood"})
+    chosen = bayes_params.pop("chosen_by", "given")
+    bayes = bin_to(bayes_filter(rectified, rate, **bayes_params), rate, binned, start) / scale
     return [
         ActivationEstimate("LowPass", lowpass.astype(np.float32),
-                           parameters={"cutoff_hz": job.lowpass_cutoff_hz, "order": 4, "zero_phase": True}),
-        ActivationEstimate("BayesianFilter", bayes.astype(np.float32), parameters={"likelihood": "laplace",
-                                                                                   **job.bayes}),
+                           parameters={"cutoff_hz": cutoff, "order": 4, "zero_phase": True,
+                                       "cutoff_chosen_by": "held-out prediction of rectified EMG" if tuned
+                                       else "given (--lowpass-hz)"}),
+        ActivationEstimate("BayesianFilter", bayes.astype(np.float32),
+                           parameters={"likelihood": "laplace", **bayes_params, "parameters_chosen_by": chosen}),
     ]
 
 
