@@ -32,7 +32,9 @@ def _job(args: argparse.Namespace) -> Any:
         ray_address=args.ray_address,
         gpus_per_trial=args.gpus_per_trial,
         lowpass_cutoff_hz=args.lowpass_hz,
-        preprocess=PreprocessConfig(bin_ms=args.bin_ms),
+        bin_ms=args.bin_ms,
+        segment_ms=args.segment_ms,
+        preprocess=PreprocessConfig(),
         progress=not args.quiet,
     )
 
@@ -54,9 +56,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
-    from .pipeline import fit, read
+    from .pipeline import choose_job_time_scales, fit, read
 
     job = _job(args)
+    choose_job_time_scales(args.source, args.emg, args.cache_dir, job)
     emg_input, _ = read(args.source, args.emg, args.cache_dir, job.preprocess, job.chunk_s)
     result = fit(emg_input, args.run_dir, job)
     print(f"trained model in {args.run_dir} (best validation loss {result.best_val_loss:.4f})")
@@ -107,7 +110,8 @@ def _add_output_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_training_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default="demo", choices=["demo", "default", "paper"], help="model size preset")
+    p.add_argument("--preset", default="auto", choices=["auto", "demo", "default", "paper"],
+                   help="model preset; auto (default): sizes, bins, segments and epochs from the data and device")
     p.add_argument("--pbt", action="store_true", help="AutoLFADS: population-based training on Ray Tune")
     p.add_argument("--population", type=int, default=4, help="PBT population size")
     p.add_argument("--ray-address", default=None, help="attach to this Ray cluster (default: $RAY_ADDRESS or local)")
@@ -116,7 +120,10 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to train")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-epochs", type=int, default=None, help="override the preset's epoch limit")
-    p.add_argument("--bin-ms", type=float, default=5.0, help="bin width of the model input (ms)")
+    p.add_argument("--bin-ms", type=float, default=None,
+                   help="bin width of the model input (ms); default: from the data (auto preset), else 5")
+    p.add_argument("--segment-ms", type=float, default=None,
+                   help="length of the training segments (ms); default: from the data (auto preset), else the preset's")
     p.add_argument("--lowpass-hz", type=float, default=None,
                    help="fixed cutoff of the low-pass baseline (Hz); default: chosen per session from the EMG")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

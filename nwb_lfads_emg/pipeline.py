@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import platform
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ JOB_FILE = "job.json"
 class JobConfig:
     """One run's settings beyond the model's own (serialised whole into the provenance record)."""
 
-    preset: str = "demo"
+    preset: str = "auto"  # "auto": sizes, bins, segments and epochs from the data (lfads.auto, timescales)
     seed: int = 0
     device: str = "auto"
     max_epochs: int | None = None
@@ -47,6 +47,9 @@ class JobConfig:
     progress: bool = True
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     lfads_overrides: dict[str, Any] = field(default_factory=dict)
+    bin_ms: float | None = None  # the user's bin width (None: auto preset from the data, others 5 ms)
+    segment_ms: float | None = None  # the user's segment length (None: auto preset from the data, others the preset's)
+    time_scales: dict[str, Any] = field(default_factory=dict)  # what `choose_job_time_scales` chose and why
 
 
 @dataclass
@@ -96,11 +99,51 @@ def read(source: str | Path, emg: str | None = None, cache_dir: str | None = Non
     return emg_input, (opened, reader)
 
 
-def lfads_config(job: JobConfig) -> Any:
-    """The LFADS configuration of a job: its preset with the job's overrides applied."""
+def choose_job_time_scales(source: str | Path, emg: str | None, cache_dir: str | None, job: JobConfig) -> None:
+    """Settle the job's bin width and segment length (into `job.preprocess`, `job.segment_ms`, `job.time_scales`).
+
+    Values the user gave (`job.bin_ms`, `job.segment_ms`) are kept. With the auto preset the others
+    come from the recording: it is read once at fine (2 ms) bins to find its envelope's bandwidth
+    (`timescales.choose_time_scales`). Other presets keep their own segments and 5 ms bins.
+    """
+    if job.bin_ms is not None:
+        job.preprocess = replace(job.preprocess, bin_ms=float(job.bin_ms))
+    if job.preset != "auto" or (job.bin_ms is not None and job.segment_ms is not None):
+        job.time_scales = {"bin_ms": job.preprocess.bin_ms, "segment_ms": job.segment_ms, "chosen_by": "given"}
+        return
+    from .timescales import choose_time_scales
+
+    probe, _ = read(source, emg, cache_dir, replace(job.preprocess, bin_ms=2.0, clip_percentile=None),
+                    job.chunk_s)
+    b = probe.binned
+    rect = np.asarray(b.data, dtype=np.float64) * np.asarray(b.scale)[None, :]
+    chosen = choose_time_scales(rect, b.bin_rate).to_dict() | {"chosen_by": "data", "raw_rate": b.raw_rate,
+                                                              "probe_bin_ms": 2.0}
+    if job.bin_ms is not None:
+        chosen["bin_ms"], chosen["bin_ms_given"] = float(job.bin_ms), True
+    if job.segment_ms is not None:
+        chosen["segment_ms"], chosen["segment_ms_given"] = float(job.segment_ms), True
+    job.preprocess = replace(job.preprocess, bin_ms=float(chosen["bin_ms"]))
+    job.segment_ms = float(chosen["segment_ms"])
+    job.time_scales = chosen
+
+
+def lfads_config(job: JobConfig, n_bins: int | None = None, n_channels: int | None = None,
+                 bin_ms: float | None = None) -> Any:
+    """The LFADS configuration of a job: its preset (auto: sized from the data) with the job's overrides."""
     from .lfads.config import preset
 
-    config = preset(job.preset)
+    if job.preset == "auto":
+        from .lfads.auto import auto_config
+
+        if n_bins is None or n_channels is None or bin_ms is None:
+            raise TrainingError("the auto preset needs the data's size and bin width")
+        config = auto_config(n_bins, n_channels, bin_ms, job.segment_ms or 100 * bin_ms, _device_name(job))
+    else:
+        config = preset(job.preset)
+        if job.segment_ms is not None and bin_ms is not None:
+            config.seg_len = max(10, int(round(job.segment_ms / bin_ms)))
+            config.seg_overlap = config.seg_len // 2
     overrides = dict(job.lfads_overrides)
     if job.max_epochs is not None:
         overrides["max_epochs"] = job.max_epochs
@@ -115,8 +158,9 @@ def fit(emg_input: EMGInput, run_dir: str | Path, job: JobConfig | None = None) 
     """Train one LFADS model (or an AutoLFADS population with `job.pbt`) on the preprocessed EMG."""
     job = job or JobConfig()
     run_dir = Path(run_dir)
-    config = lfads_config(job)
-    config.bin_ms = 1000.0 / float(emg_input.binned.bin_rate)  # ms settings (temporal shift) -> bins
+    bin_ms = 1000.0 / float(emg_input.binned.bin_rate)
+    config = lfads_config(job, *emg_input.binned.data.shape, bin_ms=bin_ms)
+    config.bin_ms = bin_ms  # ms settings (temporal shift) -> bins
     data = emg_input.binned.data
     if job.pbt:
         from .training.pbt import fit_pbt
@@ -147,6 +191,15 @@ def fit(emg_input: EMGInput, run_dir: str | Path, job: JobConfig | None = None) 
     }
     (run_dir / JOB_FILE).write_text(json.dumps(record, indent=1, default=str))
     return result
+
+
+def _device_name(job: JobConfig) -> str:
+    """"cuda" or "cpu": where training will run."""
+    if job.device != "auto":
+        return job.device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def pbt_schedule(job: JobConfig, max_epochs: int) -> tuple[int, int]:
@@ -364,6 +417,7 @@ def run(source: str | Path, run_dir: str | Path, out: str | Path | None = None, 
         refuse_existing_output(out, overwrite)
     if in_place and not overwrite:
         _refuse_if_annotated(source)
+    choose_job_time_scales(source, emg, cache_dir, job)
     emg_input, _ = read(source, emg, cache_dir, job.preprocess, job.chunk_s)
     _check_destination(source, out, in_place, emg_input)
     fit(emg_input, run_dir, job)
@@ -393,6 +447,6 @@ def _refuse_if_annotated(source: str | Path) -> None:
 
 
 __all__ = [
-    "JobConfig", "EMGInput", "read", "fit", "infer", "annotate", "run", "write", "baseline_estimates", "build_results",
+    "JobConfig", "EMGInput", "read", "choose_job_time_scales", "fit", "infer", "annotate", "run", "write", "baseline_estimates", "build_results",
     "load_run", "lfads_config", "NwbLfadsEmgError",
 ]

@@ -65,8 +65,8 @@ def cutoff_cv_scores(rectified: np.ndarray, rate: float, cutoffs: Sequence[float
         err = 0.0
         for f in range(n_folds):
             m = (fold != f).astype(np.float64)[:, None]
-            num = sps.sosfiltfilt(sos, y * m, axis=0)
-            den = sps.sosfiltfilt(sos, np.broadcast_to(m, y.shape), axis=0)
+            num = sps.sosfiltfilt(sos, y * m, axis=0, padtype="even")
+            den = sps.sosfiltfilt(sos, np.broadcast_to(m, y.shape), axis=0, padtype="even")
             held = (fold == f) & scored
             pred = num[held] / np.maximum(den[held], 1e-3)
             err += float(np.mean(np.mean((pred - y[held]) ** 2, axis=0) / var))
