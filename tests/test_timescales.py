@@ -48,8 +48,9 @@ def test_auto_config_from_size_and_device():
 
 
 def test_cli_run_on_real_recording_records_the_time_scales(shared_data_dir, tmp_path):
-    from nwb_lfads_emg.evaluate import evaluate_file, summarize
     from real_nwb import uci_to_nwb
+
+    from nwb_lfads_emg.evaluate import evaluate_file, summarize
 
     src = uci_to_nwb(shared_data_dir / "uci-lower-limb" / "3Apie.npz", tmp_path / "3Apie.nwb")
     before = src.read_bytes()
