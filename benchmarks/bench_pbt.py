@@ -42,13 +42,14 @@ def main() -> None:
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args()
 
-    from nwb_lfads_emg.evaluate import r2_affine
     from nwb_lfads_emg.lfads.config import preset
+    from nwb_lfads_emg.metrics import r2_affine
     from nwb_lfads_emg.preprocess import PreprocessConfig, preprocess
     from nwb_lfads_emg.simulate import SimulationConfig, simulate_session, true_activation_binned
+    from nwb_lfads_emg.training.inference import infer
     from nwb_lfads_emg.training.pbt import fit_pbt
     from nwb_lfads_emg.training.search_space import autolfads_search_space
-    from nwb_lfads_emg.training.trainer import fit, infer
+    from nwb_lfads_emg.training.trainer import fit
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     torch.set_num_threads(1)

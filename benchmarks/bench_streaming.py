@@ -1,26 +1,37 @@
-"""Benchmark: streaming EMG over loopback HTTP vs local h5py, bytes moved, and bounded-memory iteration.
+"""Benchmark: streaming a window over loopback HTTP (concurrent prefetch vs request by request) vs
+a local h5py read vs one raw HTTP GET of the same bytes; bytes moved; bounded-memory iteration.
 
-    python benchmarks/bench_streaming.py [--workdir DIR] [--hours 1.0]
+    python benchmarks/bench_streaming.py [--workdir DIR] [--repeats 7] [--latency-ms 20] [--hours 1.0]
 
-1. a 60 s window of a 32-channel 2 kHz float32 recording: MB/s streamed (remfile through the
-   local DANDI stand-in in tests/dandi_server.py, no cache) vs MB/s with plain h5py on the local
-   file, and their ratio, in one run;
-2. bytes the server sent for that window vs bytes of the HDF5 chunks covering it;
-3. peak RSS of a process iterating a 1-hour 32-channel 2 kHz series end to end (10 s chunks),
-   locally and streamed, against the 0.92 GB of raw float32.
+1. a 60 s window of a 32-channel 2 kHz float32 recording (1 s x 32 ch chunks) served by the local
+   DANDI stand-in (tests/dandi_server.py, range requests, in a separate process so that it does not
+   share the client's interpreter lock), read in one run, interleaved, median of ``--repeats``:
+   - plain h5py on the local file (warm page cache) and the same through EMGReader.window;
+   - one raw HTTP GET (http.client) of as many bytes as the covering chunks: the link's speed;
+   - streamed with the prefetch (covering chunks fetched by concurrent range requests first),
+     as the h5py read EMGReader does (prefetch + dataset slice) and as the whole EMGReader.window;
+   - streamed the old way (prefetch off: h5py asks remfile chunk by chunk);
+   - both streamed paths again with ``--latency-ms`` added by the server to every request (a far
+     server's round trip), where concurrency is what counts;
+2. bytes the server sent for the window (chunk look-ups included) vs bytes of the covering chunks;
+3. peak RSS of a process iterating a ``--hours`` 32-channel 2 kHz series end to end (10 s chunks),
+   locally and streamed, against its raw float32 size (``--hours 0`` skips it).
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -28,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 RATE, N_CH = 2000.0, 32
+SERIES = "acquisition/EMG/data"
 
 
 def write_emg(path: Path, duration_s: float, seed: int = 0) -> Path:
@@ -60,50 +72,162 @@ def write_emg(path: Path, duration_s: float, seed: int = 0) -> Path:
     return path
 
 
-def chunk_bytes(path: Path, i0: int, i1: int) -> int:
-    """Stored bytes of the HDF5 chunks of acquisition/EMG/data that overlap rows [i0, i1)."""
+def covering_chunks(path: Path, i0: int, i1: int) -> tuple[int, int]:
+    """(file offset of the first, total stored bytes) of the HDF5 chunks of the series overlapping rows [i0, i1)."""
     import h5py
 
     with h5py.File(path, "r") as f:
-        d = f["acquisition/EMG/data"]
+        d = f[SERIES]
         rows = d.chunks[0]
-        return sum(d.id.get_chunk_info_by_coord((r, 0)).size for r in range(i0 - i0 % rows, i1, rows))
+        infos = [d.id.get_chunk_info_by_coord((r, 0)) for r in range(i0 - i0 % rows, i1, rows)]
+        return min(i.byte_offset for i in infos), sum(i.size for i in infos)
 
 
-def window_bench(path: Path) -> dict:
+_SERVER_CHILD = r"""
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from dandi_server import DandiServer
+srv = DandiServer({"000941": {"sub-bench/sub-bench_ecephys.nwb": sys.argv[2]}}).start()
+print(json.dumps({"url": srv.blob_url("000941", "sub-bench/sub-bench_ecephys.nwb")}), flush=True)
+for line in sys.stdin:
+    cmd = line.split()
+    if cmd[0] == "reset":
+        srv.reset_counts()
+    elif cmd[0] == "latency":
+        srv.latency = float(cmd[1])
+    print(json.dumps({"bytes": srv.bytes_served, "requests": len(srv.range_requests),
+                      "max_in_flight": srv.max_in_flight}), flush=True)
+srv.stop()
+"""
+
+
+class ServerProcess:
+    """tests/dandi_server.py serving one file from a child process, driven over its stdin/stdout."""
+
+    def __init__(self, path: Path) -> None:
+        self.log = open(path.with_suffix(".server.log"), "w")  # noqa: SIM115 (the server's tracebacks of clients that hang up)
+        self.proc = subprocess.Popen([sys.executable, "-c", _SERVER_CHILD, str(ROOT / "tests"), str(path)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True)
+        self.url = json.loads(self.proc.stdout.readline())["url"]
+
+    def ask(self, command: str) -> dict:
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=10)
+        self.log.close()
+
+
+def raw_get(url: str, offset: int, n: int) -> float:
+    """Seconds for one plain HTTP GET of bytes [offset, offset + n) (http.client, fresh connection)."""
+    u = urlsplit(url)
+    t = time.perf_counter()
+    conn = http.client.HTTPConnection(u.hostname, u.port)
+    conn.request("GET", u.path, headers={"Range": f"bytes={offset}-{offset + n - 1}"})
+    body = conn.getresponse().read()
+    dt = time.perf_counter() - t
+    conn.close()
+    assert len(body) == n, (len(body), n)
+    return dt
+
+
+def streamed(url: str, srv: ServerProcess, workers: int, i0: int, i1: int, t0s: float, t1s: float,
+             reference: np.ndarray) -> dict:
+    """One fresh open of ``url``: the window read at h5py level (prefetch + slice) and through EMGReader."""
+    from nwb_lfads_emg.sources import EMGReader, open_source
+
+    out = {}
+    with open_source(url, cache_dir=False, prefetch_workers=workers) as opened:
+        d = opened.h5file[SERIES]
+        srv.ask("reset")
+        t = time.perf_counter()
+        opened.prefetch_rows([d], i0, i1)
+        values = d[i0:i1, :]
+        out["h5py_s"] = time.perf_counter() - t
+        out.update(srv.ask("stats"))
+        assert np.array_equal(values, reference), "streamed values differ from the local read"
+    with open_source(url, cache_dir=False, prefetch_workers=workers) as opened:
+        reader = EMGReader(opened, check_dead=False)
+        t = time.perf_counter()
+        window = reader.window(t0s, t1s)
+        out["reader_s"] = time.perf_counter() - t
+        assert np.array_equal(window.values, reference)
+    return out
+
+
+def window_bench(path: Path, repeats: int, latency_ms: float, workers: int) -> dict:
     import h5py
-    from dandi_server import DandiServer
 
     from nwb_lfads_emg.sources import EMGReader, open_source
 
     t0s, t1s = 60.0, 120.0
     i0, i1 = int(t0s * RATE), int(t1s * RATE)
     raw_mb = (i1 - i0) * N_CH * 4 / 1e6
-    # local, plain h5py (warm page cache: read once first)
+    first, covering = covering_chunks(path, i0, i1)
     with h5py.File(path, "r") as f:
-        f["acquisition/EMG/data"][i0:i1, :]
-        t = time.perf_counter()
-        local = f["acquisition/EMG/data"][i0:i1, :]
-        local_s = time.perf_counter() - t
-    with DandiServer({"000941": {"sub-bench/sub-bench_ecephys.nwb": path}}) as srv:
-        url = srv.blob_url("000941", "sub-bench/sub-bench_ecephys.nwb")
-        with open_source(url, cache_dir=False) as opened:
-            reader = EMGReader(opened, check_dead=False)
-            srv.reset_counts()
-            t = time.perf_counter()
-            streamed = reader.window(t0s, t1s)
-            stream_s = time.perf_counter() - t
-            sent = srv.bytes_served
-            n_requests = len(srv.range_requests)
-    assert np.array_equal(streamed.values, local), "streamed values differ from the local read"
-    covering = chunk_bytes(path, i0, i1)
-    return {
-        "window_s": t1s - t0s, "window_raw_MB": raw_mb,
-        "local_h5py_MBps": raw_mb / local_s, "streamed_MBps": raw_mb / stream_s,
-        "ratio_streamed_over_local": (raw_mb / stream_s) / (raw_mb / local_s),
-        "bytes_sent": sent, "bytes_of_covering_chunks": covering, "sent_over_chunks": sent / covering,
-        "range_requests": n_requests, "file_bytes": path.stat().st_size,
-    }
+        reference = f[SERIES][i0:i1, :]  # also warms the page cache
+    runs: dict[str, list] = {}
+    srv = ServerProcess(path)
+    try:
+        for _ in range(repeats):
+            with h5py.File(path, "r") as f:
+                t = time.perf_counter()
+                f[SERIES][i0:i1, :]
+                runs.setdefault("local h5py", []).append({"h5py_s": time.perf_counter() - t})
+            with open_source(path) as opened:
+                reader = EMGReader(opened, check_dead=False)
+                t = time.perf_counter()
+                reader.window(t0s, t1s)
+                runs["local h5py"][-1]["reader_s"] = time.perf_counter() - t
+            runs.setdefault("raw HTTP GET", []).append({"h5py_s": raw_get(srv.url, first, covering)})
+            for label, w in ((f"prefetch ({workers} workers)", workers), ("old (request by request)", 0)):
+                runs.setdefault(label, []).append(streamed(srv.url, srv, w, i0, i1, t0s, t1s, reference))
+        if latency_ms > 0:
+            srv.ask(f"latency {latency_ms / 1000}")
+            for _ in range(max(1, repeats // 2)):
+                runs.setdefault(f"raw HTTP GET +{latency_ms:g} ms", []).append(
+                    {"h5py_s": raw_get(srv.url, first, covering)})
+                for label, w in ((f"prefetch +{latency_ms:g} ms", workers), (f"old +{latency_ms:g} ms", 0)):
+                    runs.setdefault(label, []).append(streamed(srv.url, srv, w, i0, i1, t0s, t1s, reference))
+            srv.ask("latency 0")
+    finally:
+        srv.close()
+
+    def med(label: str, key: str) -> float | None:
+        vals = [r[key] for r in runs[label] if key in r]
+        return statistics.median(vals) if vals else None
+
+    local_s, get_s = med("local h5py", "h5py_s"), med("raw HTTP GET", "h5py_s")
+    rows = {}
+    for label in runs:
+        h5_s, rd_s = med(label, "h5py_s"), med(label, "reader_s")
+        get_ref = med(f"raw HTTP GET +{latency_ms:g} ms", "h5py_s") if "+" in label else get_s
+        row = {"MBps": raw_mb / h5_s, "x_local": local_s / h5_s, "x_raw_get": get_ref / h5_s,
+               "reader_MBps": raw_mb / rd_s if rd_s else None}
+        last = runs[label][-1]
+        if "bytes" in last:
+            row.update(bytes_sent=last["bytes"], sent_over_chunks=last["bytes"] / covering,
+                       requests=last["requests"], max_in_flight=last["max_in_flight"])
+        rows[label] = row
+    return {"window_s": t1s - t0s, "window_raw_MB": raw_mb, "bytes_of_covering_chunks": covering,
+            "repeats": repeats, "rows": rows}
+
+
+def print_table(win: dict) -> None:
+    """The window results as a markdown table."""
+    print(f"\n60 s window, 32 ch x 2 kHz float32 ({win['window_raw_MB']:.2f} MB; covering chunks "
+          f"{win['bytes_of_covering_chunks'] / 1e6:.2f} MB), median of {win['repeats']}:\n")
+    print("| path | h5py-level MB/s | x local h5py | x raw GET | EMGReader.window MB/s | requests | "
+          "max in flight | bytes sent / covering chunks |")
+    print("|---|---|---|---|---|---|---|---|")
+    for label, r in win["rows"].items():
+        extra = (f"{r['requests']} | {r['max_in_flight']} | {r['sent_over_chunks']:.3f}" if "requests" in r
+                 else "1 | 1 | " + ("1.000" if "GET" in label else "-"))
+        reader = f"{r['reader_MBps']:.0f}" if r["reader_MBps"] else "-"
+        print(f"| {label} | {r['MBps']:.0f} | {r['x_local']:.2f} | {r['x_raw_get']:.2f} | {reader} | {extra} |")
 
 
 _ITER_CHILD = r"""
@@ -143,23 +267,30 @@ def iterate_bench(path: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--latency-ms", type=float, default=20.0)
+    ap.add_argument("--workers", type=int, default=None, help="prefetch workers (default: the library's)")
     ap.add_argument("--hours", type=float, default=1.0)
     args = ap.parse_args()
+    from nwb_lfads_emg.sources.prefetch import DEFAULT_WORKERS
+
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-stream-"))
     work.mkdir(parents=True, exist_ok=True)
     short = work / "emg_180s.nwb"
     if not short.exists():
         write_emg(short, 180.0)
-    result = {"window": window_bench(short)}
-    long = work / f"emg_{args.hours:g}h.nwb"
-    if not long.exists():
-        t = time.perf_counter()
-        write_emg(long, args.hours * 3600.0, seed=1)
-        result["write_long_s"] = time.perf_counter() - t
-    result["iterate"] = iterate_bench(long)
-    result["iterate"]["raw_float32_MB"] = args.hours * 3600 * RATE * N_CH * 4 / 1e6
+    result = {"window": window_bench(short, args.repeats, args.latency_ms, args.workers or DEFAULT_WORKERS)}
+    if args.hours > 0:
+        long = work / f"emg_{args.hours:g}h.nwb"
+        if not long.exists():
+            t = time.perf_counter()
+            write_emg(long, args.hours * 3600.0, seed=1)
+            result["write_long_s"] = time.perf_counter() - t
+        result["iterate"] = iterate_bench(long)
+        result["iterate"]["raw_float32_MB"] = args.hours * 3600 * RATE * N_CH * 4 / 1e6
     result["bench_peak_rss_MB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(result, indent=2))
+    print_table(result["window"])
 
 
 if __name__ == "__main__":

@@ -33,3 +33,17 @@ def describe(location: object, obj: str | None, problem: str) -> str:
         parts.append(str(obj))
     parts.append(problem)
     return ": ".join(parts)
+
+
+def one_line(exc: BaseException | str, limit: int = 200, last_line: bool = False) -> str:
+    """An exception's message as one line: whitespace collapsed and cut at `limit` characters (the
+    exception's type name when empty). `last_line` keeps only the last non-empty line (the raised
+    error at the end of a traceback text, as Ray reports a trial's failure)."""
+    text = str(exc)
+    if last_line:
+        lines = [line for line in text.strip().splitlines() if line.strip()]
+        text = lines[-1] if lines else ""
+    text = " ".join(text.split())[:limit]
+    if not text and isinstance(exc, BaseException):
+        return type(exc).__name__
+    return text

@@ -6,25 +6,104 @@ preprocess, baselines, training, writeback) and can be used alone. The CLI is a 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import os
 import platform
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .errors import NwbLfadsEmgError, TrainingError, WriteBackError
-from .preprocess import Binned, PreprocessConfig, bin_to, preprocess_chunks, rectify_highpass
+from .files import (
+    FileStamp,
+    check_free_space,
+    check_output_dir,
+    check_output_file,
+    check_writable_file,
+    remove_stale_partials,
+    signals_interrupt,
+    target_lock,
+)
+from .preprocess import (
+    Binned,
+    PreprocessConfig,
+    bin_like,
+    bin_samples_for,
+    decide_input,
+    preprocess_chunks,
+    preprocess_segments,
+    rectify_highpass,
+    resolved_config,
+)
 from .writeback import (
     ActivationEstimate,
     SessionResults,
-    refuse_existing_output,
     write_into_copy,
     write_new_file,
 )
 
 JOB_FILE = "job.json"
+log = logging.getLogger("nwb_lfads_emg")
+
+
+@dataclass
+class PBTSettings:
+    """AutoLFADS (population-based training) settings of a job; `fit_pbt`'s arguments beyond the data.
+
+    `interval` (epochs between selections) defaults to max_epochs // 4 (at most 25); the number of
+    generations follows from the job's epoch limit. `search_space` maps a hyper-parameter to
+    [low, high] (or null to drop it) over AutoLFADS' default space.
+    """
+
+    population: int = 4
+    ray_address: str | None = None
+    gpus_per_trial: float | None = None
+    cpus_per_trial: float = 1.0
+    interval: int | None = None
+    burn_in: int | None = None
+    patience_generations: int = 4
+    min_improvement: float = 5e-4
+    quantile_fraction: float = 0.25
+    storage_path: str | None = None
+    shared_data_path: str | None = None
+    resume: bool = True
+    start_from_config: bool = True
+    search_space: dict[str, list[float] | None] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], what: str = "PBT settings") -> PBTSettings:
+        """Settings from a plain dict (a config file or a recorded job); unknown keys are an error."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise TrainingError(f"{what}: unknown setting(s) {', '.join(unknown)} "
+                                f"(known: {', '.join(sorted(names))})")
+        return cls(**values)
+
+
+# PBT settings that were top-level JobConfig fields in earlier records (job.json)
+_LEGACY_PBT_KEYS = {"population": "population", "ray_address": "ray_address",
+                    "gpus_per_trial": "gpus_per_trial", "pbt_interval": "interval"}
+
+
+def read_pbt_settings(path: str | Path | None, overrides: dict[str, Any] | None = None) -> PBTSettings:
+    """PBT settings from a JSON file (or the defaults when `path` is None), then `overrides` applied."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            values = json.loads(Path(path).read_text())
+        except OSError as exc:
+            raise TrainingError(f"{path}: cannot read the PBT settings (--pbt-config): {exc.strerror}") from None
+        except json.JSONDecodeError as exc:
+            raise TrainingError(f"{path}: not valid JSON (--pbt-config): {exc.msg} at line {exc.lineno}") from None
+        if not isinstance(values, dict):
+            raise TrainingError(f"{path}: expected a JSON object of PBT settings (--pbt-config)")
+    return PBTSettings.from_dict({**values, **(overrides or {})}, what=f"{path or 'PBT settings'} (--pbt-config)")
 
 
 @dataclass
@@ -36,20 +115,37 @@ class JobConfig:
     device: str = "auto"
     max_epochs: int | None = None
     pbt: bool = False
-    population: int = 4
-    ray_address: str | None = None
-    gpus_per_trial: float | None = None
-    pbt_interval: int | None = None
-    n_posterior_samples: int = 20
+    pbt_settings: PBTSettings = field(default_factory=PBTSettings)
+    n_posterior_samples: int | None = None  # None: training.inference.POSTERIOR_SAMPLES
     lowpass_cutoff_hz: float | None = None  # None: chosen per session by held-out prediction (baselines.tuning)
     bayes: dict[str, Any] = field(default_factory=dict)  # diffusion/jump not given: maximum marginal likelihood
     chunk_s: float = 60.0
     progress: bool = True
+    irregular: str = "raise"
+    """Irregular timestamps: "raise" or "resample" onto a uniform grid (`--irregular`)."""
+    on_nonfinite: str = "raise"
+    """NaN/Inf samples: "raise" or "mask" them to 0 (`--on-nonfinite`)."""
+    drop_dead: bool = False
+    """Leave constant (dead) channels out instead of refusing them (`--drop-dead`)."""
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     lfads_overrides: dict[str, Any] = field(default_factory=dict)
     bin_ms: float | None = None  # the user's bin width (None: auto preset from the data, others 5 ms)
     segment_ms: float | None = None  # the user's segment length (None: auto preset from the data, others the preset's)
     time_scales: dict[str, Any] = field(default_factory=dict)  # what `choose_job_time_scales` chose and why
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> JobConfig:
+        """A job from its recorded form (`job.json`), nested settings included."""
+        values = dict(values)
+        pbt = dict(values.pop("pbt_settings", None) or {})
+        for old, new in _LEGACY_PBT_KEYS.items():
+            if old in values:
+                pbt.setdefault(new, values.pop(old))
+        prep = values.pop("preprocess", None)
+        job = cls(**values, pbt_settings=PBTSettings.from_dict(pbt))
+        if prep is not None:
+            job.preprocess = PreprocessConfig(**prep)
+        return job
 
 
 @dataclass
@@ -64,22 +160,46 @@ class EMGInput:
     location: str
     dandi_url: str | None
     is_remote: bool
+    segments: list[int] | None = None
+    """Indices of the reader's segments (trials) that were used, when the series has gaps."""
+
+
+#: Segments (trials) shorter than this many samples are left out (a filter needs a few samples).
+MIN_SEGMENT_SAMPLES = 32
 
 
 def read(source: str | Path, emg: str | None = None, cache_dir: str | None = None,
-         config: PreprocessConfig | None = None, chunk_s: float = 60.0, keep_open: bool = False
+         config: PreprocessConfig | None = None, chunk_s: float = 60.0, keep_open: bool = False,
+         *, irregular: str = "raise", on_nonfinite: str = "raise", drop_dead: bool = False
          ) -> tuple[EMGInput, Any]:
-    """Open a local file or DANDI asset, pick the EMG series and preprocess it chunk by chunk.
+    """Open a local file or DANDI asset, pick the EMG series, decide what it holds (raw EMG or an
+    envelope, `decide_input`) and preprocess it chunk by chunk, each contiguous segment on its own.
 
-    Returns the preprocessed input and the opened source (closed unless `keep_open`).
+    Returns the preprocessed input and (opened source, reader) when `keep_open`, else None.
     """
     from .sources import EMGReader, open_source
 
     opened = open_source(str(source), cache_dir=cache_dir)
     try:
-        reader = EMGReader(opened, emg)
-        binned = preprocess_chunks(reader.iter_chunks(chunk_s), reader.rate, config or PreprocessConfig(),
-                                   starting_time=reader.starting_time, muscles=reader.muscles)
+        reader = EMGReader(opened, emg, on_nonfinite=on_nonfinite, drop_dead=drop_dead, irregular=irregular)
+        config = config or PreprocessConfig()
+        decision = decide_input(reader.rate, config, reader.texts(), reader.head())
+        cfg = resolved_config(config, decision)
+        used: list[int] | None = None
+        if reader.timestamped:
+            n_bin = bin_samples_for(reader.rate, cfg.bin_ms)
+            used = [k for k, (a, b) in enumerate(reader.segments) if b - a >= max(n_bin, MIN_SEGMENT_SAMPLES)]
+            left_out = len(reader.segments) - len(used)
+            if left_out:
+                log.warning(f"{opened.location}: {reader.series_path}: {left_out} of {len(reader.segments)} "
+                            f"segments are shorter than {max(n_bin, MIN_SEGMENT_SAMPLES)} samples; left out")
+            binned = preprocess_segments([reader.iter_chunks(chunk_s, segment=k) for k in used], reader.rate, cfg,
+                                         starting_times=[reader.segment_times(k)[0] for k in used],
+                                         muscles=reader.muscles)
+        else:
+            binned = preprocess_chunks(reader.iter_chunks(chunk_s), reader.rate, cfg,
+                                       starting_time=reader.starting_time, muscles=reader.muscles)
+        binned.decision = decision
         emg_input = EMGInput(
             binned=binned,
             series_path=reader.series_path,
@@ -89,6 +209,7 @@ def read(source: str | Path, emg: str | None = None, cache_dir: str | None = Non
             location=str(opened.location),
             dandi_url=opened.dandi_url,
             is_remote=opened.is_remote,
+            segments=used,
         )
     except BaseException:
         opened.close()
@@ -108,17 +229,21 @@ def choose_job_time_scales(source: str | Path, emg: str | None, cache_dir: str |
     """
     if job.bin_ms is not None:
         job.preprocess = replace(job.preprocess, bin_ms=float(job.bin_ms))
+    elif job.preset != "auto":
+        job.preprocess = replace(job.preprocess, bin_ms=None)  # 5 ms, or the native interval of an envelope
     if job.preset != "auto" or (job.bin_ms is not None and job.segment_ms is not None):
         job.time_scales = {"bin_ms": job.preprocess.bin_ms, "segment_ms": job.segment_ms, "chosen_by": "given"}
         return
     from .timescales import choose_time_scales
 
-    probe, _ = read(source, emg, cache_dir, replace(job.preprocess, bin_ms=2.0, clip_percentile=None),
-                    job.chunk_s)
+    probe_ms = _probe_bin_ms(source, emg, cache_dir, job)
+    probe, _ = read(source, emg, cache_dir, replace(job.preprocess, bin_ms=probe_ms, clip_percentile=None),
+                    job.chunk_s, **_read_options(job))
     b = probe.binned
     rect = np.asarray(b.data, dtype=np.float64) * np.asarray(b.scale)[None, :]
     chosen = choose_time_scales(rect, b.bin_rate).to_dict() | {"chosen_by": "data", "raw_rate": b.raw_rate,
-                                                              "probe_bin_ms": 2.0}
+                                                              "probe_bin_ms": probe_ms}
+    chosen["bin_ms"] = max(float(chosen["bin_ms"]), probe_ms)  # never finer than the input's own samples
     if job.bin_ms is not None:
         chosen["bin_ms"], chosen["bin_ms_given"] = float(job.bin_ms), True
     if job.segment_ms is not None:
@@ -128,11 +253,36 @@ def choose_job_time_scales(source: str | Path, emg: str | None, cache_dir: str |
     job.time_scales = chosen
 
 
+def _probe_bin_ms(source: str | Path, emg: str | None, cache_dir: str | None, job: JobConfig) -> float:
+    """The bin of the time-scale probe: 2 ms, or the input's own sample interval when that is coarser."""
+    from .sources import EMGReader, open_source
+
+    with open_source(str(source), cache_dir=cache_dir) as opened:
+        rate = EMGReader(opened, emg, **_read_options(job)).rate
+    return max(2.0, 1000.0 / float(rate))
+
+
+def check_job(job: JobConfig, run_dir: str | Path | None = None) -> None:
+    """Refuse, before any data is read, settings that cannot give a trained model (one line naming the flag)."""
+    if job.max_epochs is not None and int(job.max_epochs) < 1:
+        raise TrainingError(f"--max-epochs {job.max_epochs}: must be at least 1 (with no training the results "
+                            "would be an untrained model labelled AutoLFADS)")
+    if job.pbt and int(job.population) < 2:
+        raise TrainingError(f"--population {job.population}: population-based training needs at least 2 members")
+    if run_dir is not None:
+        check_output_dir(run_dir, "--run-dir")
+
+
+def _read_options(job: JobConfig) -> dict[str, Any]:
+    return {"irregular": job.irregular, "on_nonfinite": job.on_nonfinite, "drop_dead": job.drop_dead}
+
+
 def lfads_config(job: JobConfig, n_bins: int | None = None, n_channels: int | None = None,
                  bin_ms: float | None = None) -> Any:
     """The LFADS configuration of a job: its preset (auto: sized from the data) with the job's overrides."""
     from .lfads.config import preset
 
+    check_job(job)
     if job.preset == "auto":
         from .lfads.auto import auto_config
 
@@ -164,16 +314,25 @@ def fit(emg_input: EMGInput, run_dir: str | Path, job: JobConfig | None = None) 
     data = emg_input.binned.data
     if job.pbt:
         from .training.pbt import fit_pbt
+        from .training.search_space import autolfads_search_space
 
+        p = job.pbt_settings
         interval, generations = pbt_schedule(job, config.max_epochs)
-        result = fit_pbt(data, config, run_dir, population=job.population, ray_address=job.ray_address,
-                         gpus_per_trial=_gpus_per_trial(job), max_generations=generations,
-                         perturbation_interval=interval, seed=job.seed, progress=job.progress)
+        try:
+            space = autolfads_search_space({k: None if v is None else tuple(v) for k, v in p.search_space.items()})
+        except (TypeError, ValueError) as exc:
+            raise TrainingError(f"PBT search space {p.search_space}: {exc}") from None
+        result = fit_pbt(data, config, run_dir, population=p.population, ray_address=p.ray_address,
+                         gpus_per_trial=_gpus_per_trial(job), cpus_per_trial=p.cpus_per_trial,
+                         max_generations=generations, perturbation_interval=interval, burn_in=p.burn_in,
+                         seed=job.seed, progress=job.progress, shared_data_path=p.shared_data_path,
+                         search_space=space, patience_generations=p.patience_generations,
+                         min_improvement=p.min_improvement, quantile_fraction=p.quantile_fraction,
+                         storage_path=p.storage_path, resume=p.resume, start_from_config=p.start_from_config)
     else:
         from .training.trainer import fit as fit_single
 
-        result = fit_single(data, config, run_dir, device=job.device, seed=job.seed, progress=job.progress,
-                            max_epochs=job.max_epochs)
+        result = fit_single(data, config, run_dir, device=job.device, seed=job.seed, progress=job.progress)
     record = {
         "job": _job_dict(job),
         "muscles": emg_input.muscles,
@@ -204,14 +363,14 @@ def _device_name(job: JobConfig) -> str:
 
 def pbt_schedule(job: JobConfig, max_epochs: int) -> tuple[int, int]:
     """(epochs between PBT selections, number of generations) so a search trains at most `max_epochs`."""
-    interval = job.pbt_interval or max(1, min(25, max_epochs // 4))
+    interval = job.pbt_settings.interval or max(1, min(25, max_epochs // 4))
     return interval, max(1, max_epochs // interval)
 
 
 def _gpus_per_trial(job: JobConfig) -> float:
     """GPU share of each PBT trial: as given, else none on CPU and 1/population (at most 4 per GPU) on CUDA."""
-    if job.gpus_per_trial is not None:
-        return float(job.gpus_per_trial)
+    if job.pbt_settings.gpus_per_trial is not None:
+        return float(job.pbt_settings.gpus_per_trial)
     if job.device == "cpu":
         return 0.0
     import torch
@@ -220,7 +379,7 @@ def _gpus_per_trial(job: JobConfig) -> float:
         if job.device == "cuda":
             raise TrainingError("--device cuda: no CUDA device is visible to torch on this machine")
         return 0.0
-    return 1.0 / min(4, max(1, job.population))
+    return 1.0 / min(4, max(1, job.pbt_settings.population))
 
 
 def _model_dir(result: Any, run_dir: Path) -> Path:
@@ -240,11 +399,13 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def infer(run_dir: str | Path, emg_input: EMGInput, n_samples: int = 20, device: str = "auto",
+def infer(run_dir: str | Path, emg_input: EMGInput, n_samples: int | None = None, device: str = "auto",
           seed: int = 0) -> Any:
-    """Posterior means, spreads, factors and inferred inputs of a trained model on preprocessed EMG."""
-    from .training.trainer import infer as infer_model
-    from .training.trainer import load_model
+    """Posterior means, spreads, factors and inferred inputs of a trained model on preprocessed EMG
+    (`n_samples` posterior samples; None: `training.inference.POSTERIOR_SAMPLES`)."""
+    from .training.inference import infer as infer_model
+    from .training.inference import load_model
+    from .training.trainer import set_torch_threads
 
     record = load_run(run_dir)
     if list(record["muscles"]) != list(emg_input.muscles):
@@ -258,39 +419,74 @@ def infer(run_dir: str | Path, emg_input: EMGInput, n_samples: int = 20, device:
             f"{record['bin_rate']} Hz"
         )
     model, config = load_model(record["model_dir"])
-    if config.num_threads:
-        import torch
-
-        torch.set_num_threads(int(config.num_threads))
-    return infer_model(model, emg_input.binned.data, config, n_samples=n_samples, device=device, seed=seed)
+    set_torch_threads(config.num_threads)
+    data = emg_input.binned.data
+    ranges = emg_input.binned.segment_ranges
+    if len(ranges) == 1:
+        return infer_model(model, data, config, n_samples=n_samples, device=device, seed=seed)
+    parts = []
+    for a, b in ranges:  # each segment (trial) on its own; one shorter than a model window is edge-padded
+        seg = data[a:b]
+        if seg.shape[0] < config.seg_len:
+            seg = np.pad(seg, ((0, config.seg_len - seg.shape[0]), (0, 0)), mode="edge")
+        parts.append((b - a, infer_model(model, seg, config, n_samples=n_samples, device=device, seed=seed)))
+    first = parts[0][1]
+    joined = {key: np.concatenate([getattr(inf, key)[:n] for n, inf in parts])
+              for key in ("rates", "rates_std", "factors", "inferred_inputs")}
+    return type(first)(**joined, n_samples=first.n_samples)
 
 
 def baseline_estimates(emg_da: Any, binned: Binned, job: JobConfig) -> list[ActivationEstimate]:
-    """Low-pass envelope and Bayesian filter of the rectified EMG, on the model's bins and scale."""
+    """Low-pass envelope and Bayesian filter of the rectified EMG (or of the envelope itself), on the
+    model's bins and scale. `emg_da` is the EMG as a DataArray, or a list of them, one per segment."""
     from .baselines.bayes import bayes_filter
     from .baselines.lowpass import lowpass_envelope
     from .baselines.tuning import select_cutoff_cv, tune_bayes
 
-    rate = float(1.0 / float(emg_da.coords["time"].values[1] - emg_da.coords["time"].values[0]))
-    start = float(emg_da.coords["time"].values[0])
-    rectified = rectify_highpass(np.asarray(emg_da.values), rate, binned.config)
+    pieces = emg_da if isinstance(emg_da, (list, tuple)) else [emg_da]
+    ranges = binned.segment_ranges
+    if len(pieces) != len(ranges):
+        raise TrainingError(f"baselines: {len(pieces)} EMG segments for {len(ranges)} binned segments")
+    rate = binned.raw_rate or float(1.0 / float(pieces[0].coords["time"].values[1] - pieces[0].coords["time"].values[0]))
+    check_lowpass(job, rate)
+    envelope = binned.decision is not None and binned.decision.kind == "envelope"
+    rectified_pieces = []
+    for da in pieces:
+        rectified = rectify_highpass(np.asarray(da.values), rate, binned.config)
+        rectified_pieces.append(np.maximum(rectified, 0.0) if envelope else rectified)
     scale = binned.scale[None, :]
+    scale = binned.scale[None, :]
+    pooled = np.concatenate(rectified_pieces) if len(rectified_pieces) > 1 else rectified_pieces[0]
     tuned = job.lowpass_cutoff_hz is None
-    cutoff = select_cutoff_cv(rectified, rate) if tuned else float(job.lowpass_cutoff_hz)  # type: ignore[arg-type]
-    lowpass = bin_to(lowpass_envelope(rectified, rate, cutoff), rate, binned, start) / scale
+    cutoff = select_cutoff_cv(pooled, rate) if tuned else float(job.lowpass_cutoff_hz)  # type: ignore[arg-type]
     bayes_params = dict(job.bayes)
     if "diffusion" not in bayes_params and "jump" not in bayes_params:
-        bayes_params.update(tune_bayes(rectified, rate) | {"chosen_by": "maximum marginal likelihood"})
+        bayes_params.update(tune_bayes(pooled, rate) | {"chosen_by": "maximum marginal likelihood"})
     chosen = bayes_params.pop("chosen_by", "given")
-    bayes = bin_to(bayes_filter(rectified, rate, **bayes_params), rate, binned, start) / scale
+    lows, bayes = [], []
+    for rectified, (a, b) in zip(rectified_pieces, ranges, strict=True):
+        n = b - a
+        lows.append(bin_like(lowpass_envelope(rectified, rate, cutoff), rate, binned.bin_rate, n))
+        bayes.append(bin_like(bayes_filter(rectified, rate, **bayes_params), rate, binned.bin_rate, n))
+    lowpass = np.concatenate(lows) / scale
+    bayes_est = np.concatenate(bayes) / scale
     return [
         ActivationEstimate("LowPass", lowpass.astype(np.float32),
                            parameters={"cutoff_hz": cutoff, "order": 4, "zero_phase": True,
                                        "cutoff_chosen_by": "held-out prediction of rectified EMG" if tuned
                                        else "given (--lowpass-hz)"}),
-        ActivationEstimate("BayesianFilter", bayes.astype(np.float32),
+        ActivationEstimate("BayesianFilter", bayes_est.astype(np.float32),
                            parameters={"likelihood": "laplace", **bayes_params, "parameters_chosen_by": chosen}),
     ]
+
+
+def check_lowpass(job: JobConfig, rate: float) -> None:
+    """Refuse a low-pass baseline cutoff at or above the input's Nyquist frequency, naming --lowpass-hz."""
+    if job.lowpass_cutoff_hz is None:  # chosen per session below the Nyquist frequency
+        return
+    if not 0 < job.lowpass_cutoff_hz < rate / 2:
+        raise NwbLfadsEmgError(f"--lowpass-hz {job.lowpass_cutoff_hz:g}: must lie in (0, {rate / 2:g}) Hz for input "
+                               f"sampled at {rate:g} Hz")
 
 
 def software_versions() -> dict[str, str]:
@@ -316,6 +512,9 @@ def build_results(emg_input: EMGInput, record: dict[str, Any], inference: Any,
         "raw_rate": binned.raw_rate,
         "scale": np.asarray(binned.scale).tolist(),
         "clip": None if binned.clip is None else np.asarray(binned.clip).tolist(),
+        "input_decision": None if binned.decision is None else binned.decision.as_dict(),
+        "segments": None if binned.segments is None else [list(r) for r in binned.segments],
+        "time_base": "input timestamps" if binned.timestamps is not None else "rate",
     }
     job = record["job"]
     provenance = {
@@ -334,17 +533,24 @@ def build_results(emg_input: EMGInput, record: dict[str, Any], inference: Any,
     if record.get("pbt_history"):
         provenance["pbt_history"] = record["pbt_history"]
     input_source = {"input_file_identifier": emg_input.file_identifier, "input_series_path": emg_input.series_path,
-                    "input_location": emg_input.location, "input_url": emg_input.dandi_url}
+                    "input_location": shareable_location(emg_input.location), "input_url": emg_input.dandi_url}
+    trained_on = {"trained_on": record.get("source_url") or shareable_location(record.get("source_location") or ""),
+                  "trained_on_file_identifier": record["source_file_identifier"],
+                  "trained_on_series_path": record["source_series_path"]}
     autolfads = ActivationEstimate("AutoLFADS", inference.rates.astype(np.float32),
                                    uncertainty=inference.rates_std.astype(np.float32),
-                                   parameters={"n_posterior_samples": int(inference.n_samples),
-                                               "trained_on": record["source_location"], **input_source})
+                                   parameters={"n_posterior_samples": int(inference.n_samples), **trained_on,
+                                               **input_source})
     for estimate in baselines:
         estimate.parameters.update(input_source)
+    provenance = shareable(provenance)
+    for estimate in (autolfads, *baselines):
+        estimate.parameters = shareable(estimate.parameters)
     return SessionResults(
         estimates=[autolfads, *baselines],
         rate=binned.bin_rate,
         starting_time=binned.starting_time,
+        timestamps=None if binned.timestamps is None else np.asarray(binned.timestamps),
         muscles=emg_input.muscles,
         source_series_path=emg_input.series_path,
         electrode_indices=emg_input.electrode_indices,
@@ -354,13 +560,47 @@ def build_results(emg_input: EMGInput, record: dict[str, Any], inference: Any,
     )
 
 
+def shareable_location(location: str) -> str:
+    """How a source is named in files meant for sharing: a URL without its query, a local file by name only."""
+    if "://" in location or location.startswith("DANDI:"):
+        return location.split("?", 1)[0].split("#", 1)[0]
+    return Path(location).name
+
+
+def shareable(value: Any) -> Any:
+    """A copy of JSON-like data in which no string holds an absolute local path (each becomes its name)."""
+    if isinstance(value, dict):
+        return {k: shareable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [shareable(v) for v in value]
+    if isinstance(value, str):
+        if value.startswith("file://"):
+            return Path(value[len("file://"):]).name
+        if os.path.isabs(value) or value.startswith("~"):
+            return Path(value).name
+        for private in _private_dirs():
+            value = value.replace(private + os.sep, "")
+    return value
+
+
+def _private_dirs() -> list[str]:
+    """Local folders whose names must not appear inside shared text (home, working and temp folders)."""
+    import tempfile
+
+    dirs = {str(Path.home()), os.getcwd(), tempfile.gettempdir()}
+    return sorted((d for d in dirs if len(d) > 1), key=len, reverse=True)
+
+
 def _lfads_config_dict(record: dict[str, Any]) -> dict[str, Any]:
+    """The trained model's LFADS configuration (read errors are one-line TrainingErrors, never dropped)."""
     from .training import checkpoint
 
-    try:
-        return dict(checkpoint.read_weights(record["model_dir"])["config"])
-    except Exception:  # noqa: BLE001 - provenance still records the job and preset
-        return {}
+    return dict(checkpoint.read_weights(record["model_dir"])["config"])
+
+
+def _is_remote(source: str | Path) -> bool:
+    text = str(source)
+    return "://" in text or text.startswith("DANDI:")
 
 
 def _check_destination(source: str | Path, out: str | Path | None, in_place: bool,
@@ -368,35 +608,95 @@ def _check_destination(source: str | Path, out: str | Path | None, in_place: boo
     """Refuse an ambiguous destination, and in-place writes into a read-only (remote) source."""
     if (out is None) == (not in_place):
         raise WriteBackError(f"{source}: give exactly one of --out OUT.nwb or --in-place")
-    if in_place and emg_input is not None and emg_input.is_remote:
-        raise WriteBackError(f"{emg_input.location}: a remote (DANDI/URL) source is read-only; use --out OUT.nwb")
+    remote = emg_input.is_remote if emg_input is not None else _is_remote(source)
+    if in_place and remote:
+        location = emg_input.location if emg_input is not None else source
+        raise WriteBackError(f"{location}: a remote (DANDI/URL) source is read-only; use --out OUT.nwb")
+
+
+@dataclass
+class Destination:
+    """Where a job writes (a link resolved to its target) and the local source's stamp when first seen."""
+
+    target: Path | None
+    stamp: FileStamp | None
+
+
+def check_destination(source: str | Path, out: str | Path | None = None, in_place: bool = False,
+                      overwrite: bool = False) -> Destination:
+    """Check the destination before any data is read: right kind, writable, not read-only, enough space.
+
+    Raises a one-line WriteBackError naming the flag (--out/--in-place/--overwrite) otherwise.
+    """
+    _check_destination(source, out, in_place)
+    local = None if _is_remote(source) else Path(source)
+    if local is not None and not local.is_file():
+        local = None  # the reader reports a missing or odd source in its own words
+    size = local.stat().st_size if local is not None else 0
+    if in_place:
+        if local is None:
+            return Destination(None, None)
+        target = Path(os.path.realpath(local))
+        check_writable_file(target, "--in-place")
+        check_free_space(target.parent, size + size // 2, "--in-place", "the annotated temporary copy")
+    else:
+        check_output_file(out, "--out", overwrite)
+        target = Path(os.path.realpath(out))
+        check_free_space(target.parent, size + size // 2 if local is not None else 1 << 20, "--out",
+                         "the annotated file")
+    return Destination(target, FileStamp.of(local) if local is not None else None)
+
+
+@contextlib.contextmanager
+def _guarded(destination: Destination) -> Iterator[None]:
+    """Hold the destination's lock for the whole job, turn SIGTERM/SIGHUP into clean interrupts, and
+    remove temporary copies a killed run left beside it."""
+    with signals_interrupt(), (target_lock(destination.target) if destination.target is not None
+                               else contextlib.nullcontext()):
+        if destination.target is not None:
+            remove_stale_partials(destination.target)
+        yield
 
 
 def annotate(source: str | Path, run_dir: str | Path, out: str | Path | None = None, in_place: bool = False,
              emg: str | None = None, overwrite: bool = False, cache_dir: str | None = None,
              job: JobConfig | None = None) -> Path:
     """Apply a trained model (and the baselines) to a session and write the results back into NWB."""
-    _check_destination(source, out, in_place)
+    destination = check_destination(source, out, in_place, overwrite)
+    with _guarded(destination):
+        return _annotate(source, run_dir, out, in_place, emg, overwrite, cache_dir, job, destination)
+
+
+def _annotate(source: str | Path, run_dir: str | Path, out: str | Path | None, in_place: bool, emg: str | None,
+              overwrite: bool, cache_dir: str | None, job: JobConfig | None, destination: Destination) -> Path:
     record = load_run(run_dir)
-    job = job or JobConfig(**{k: v for k, v in record["job"].items() if k not in ("preprocess",)})
-    job.preprocess = PreprocessConfig(**record["job"]["preprocess"])
-    emg_input, handle = read(source, emg, cache_dir, job.preprocess, job.chunk_s, keep_open=True)
+    job = job or JobConfig.from_dict(record["job"])  # a caller's job (and its preprocessing) is used as given
+    emg_input, handle = read(source, emg, cache_dir, job.preprocess, job.chunk_s, keep_open=True,
+                             **_read_options(job))
     opened, reader = handle
     try:
         _check_destination(source, out, in_place, emg_input)
         inference = infer(run_dir, emg_input, job.n_posterior_samples, job.device, job.seed)
-        baselines = baseline_estimates(reader.to_dataarray(), emg_input.binned, job)
+        if emg_input.segments is None:
+            emg_da: Any = reader.to_dataarray()
+        else:
+            emg_da = [reader.to_dataarray(segment=k) for k in emg_input.segments]
+        baselines = baseline_estimates(emg_da, emg_input.binned, job)
         results = build_results(emg_input, record, inference, baselines)
         if emg_input.is_remote:
             return write(source, emg_input, results, out, in_place, overwrite, opened.nwbfile)
     finally:
         opened.close()
-    return write(source, emg_input, results, out, in_place, overwrite)
+    return write(source, emg_input, results, out, in_place, overwrite, stamp=destination.stamp)
 
 
 def write(source: str | Path, emg_input: EMGInput, results: SessionResults, out: str | Path | None = None,
-          in_place: bool = False, overwrite: bool = False, opened_nwbfile: Any = None) -> Path:
-    """Write results for `emg_input` back: into a copy of a local file (or in place), or a new file."""
+          in_place: bool = False, overwrite: bool = False, opened_nwbfile: Any = None,
+          stamp: FileStamp | None = None) -> Path:
+    """Write results for `emg_input` back: into a copy of a local file (or in place), or a new file.
+
+    `stamp` is the local source's FileStamp when it was read: a file changed since is not replaced.
+    """
     _check_destination(source, out, in_place, emg_input)
     if emg_input.is_remote:
         if opened_nwbfile is None:
@@ -404,25 +704,29 @@ def write(source: str | Path, emg_input: EMGInput, results: SessionResults, out:
         return write_new_file(opened_nwbfile, emg_input.dandi_url or emg_input.location, results, Path(out),
                               overwrite=overwrite)
     destination = Path(out) if out is not None else Path(emg_input.location)
-    return write_into_copy(Path(emg_input.location), results, destination, overwrite=overwrite)
+    return write_into_copy(Path(emg_input.location), results, destination, overwrite=overwrite, expect=stamp)
 
 
 def run(source: str | Path, run_dir: str | Path, out: str | Path | None = None, in_place: bool = False,
         emg: str | None = None, overwrite: bool = False, cache_dir: str | None = None,
         job: JobConfig | None = None) -> Path:
-    """The whole job: preprocess, train (single model or PBT), infer, baselines, write back."""
+    """The whole job: preprocess, train (single model or PBT), infer, baselines, write back.
+
+    Settings and the destination are checked before any data is read; the destination stays locked
+    until the results are written.
+    """
     job = job or JobConfig()
-    _check_destination(source, out, in_place)
-    if out is not None:
-        refuse_existing_output(out, overwrite)
-    if in_place and not overwrite:
-        _refuse_if_annotated(source)
-    choose_job_time_scales(source, emg, cache_dir, job)
-    emg_input, _ = read(source, emg, cache_dir, job.preprocess, job.chunk_s)
-    _check_destination(source, out, in_place, emg_input)
-    fit(emg_input, run_dir, job)
-    return annotate(source, run_dir, out=out, in_place=in_place, emg=emg, overwrite=overwrite,
-                    cache_dir=cache_dir, job=job)
+    check_job(job, run_dir)
+    destination = check_destination(source, out, in_place, overwrite)
+    with _guarded(destination):
+        if in_place and not overwrite:
+            _refuse_if_annotated(source)
+        choose_job_time_scales(source, emg, cache_dir, job)
+        emg_input, _ = read(source, emg, cache_dir, job.preprocess, job.chunk_s, **_read_options(job))
+        _check_destination(source, out, in_place, emg_input)
+        check_lowpass(job, emg_input.binned.raw_rate)
+        fit(emg_input, run_dir, job)
+        return _annotate(source, run_dir, out, in_place, emg, overwrite, cache_dir, job, destination)
 
 
 def _refuse_if_annotated(source: str | Path) -> None:
@@ -447,6 +751,7 @@ def _refuse_if_annotated(source: str | Path) -> None:
 
 
 __all__ = [
-    "JobConfig", "EMGInput", "read", "choose_job_time_scales", "fit", "infer", "annotate", "run", "write", "baseline_estimates", "build_results",
-    "load_run", "lfads_config", "NwbLfadsEmgError",
+    "JobConfig", "PBTSettings", "EMGInput", "read", "choose_job_time_scales", "fit", "infer", "annotate", "run",
+    "write", "baseline_estimates", "build_results", "load_run", "lfads_config", "check_job", "check_destination",
+    "Destination", "NwbLfadsEmgError",
 ]

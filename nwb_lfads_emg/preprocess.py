@@ -9,8 +9,9 @@ Both paths (`preprocess` and `preprocess_chunks`) run the same code, so they giv
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import scipy.signal as sps
@@ -37,8 +38,14 @@ class PreprocessConfig:
     """Cutoff of the causal Butterworth high-pass that removes motion artefact, or None."""
     highpass_order: int = 4
     """Order of the high-pass filter."""
-    bin_ms: float = 5.0
-    """Bin width in ms; rounded to a whole number of raw samples (the actual rate is `Binned.bin_rate`)."""
+    bin_ms: float | None = None
+    """Bin width in ms (`--bin-ms`), rounded to a whole number of raw samples (the actual rate is
+    `Binned.bin_rate`). None: 5 ms, or the native sample interval when the input is sampled below 200 Hz."""
+    input: str = "auto"
+    """What the series holds (`--input`): "raw" EMG, an "envelope" (already rectified and smoothed: no notch,
+    high-pass or rectification), or "auto" (decided by `decide_input` from the rate, the words and the signs)."""
+    rectify: bool = True
+    """Full-wave rectify after the high-pass (False for envelope input; set by `resolved_config`)."""
     antialias_hz: float | None = None
     """Optional causal Butterworth low-pass of the rectified signal before the bin mean. None: the bin
     mean (a boxcar, first zero at the bin rate) is the only anti-alias filter."""
@@ -76,6 +83,12 @@ class Binned:
     bin_samples: int = 1
     raw_rate: float = 0.0
     stats_from: str = field(default="data")
+    timestamps: np.ndarray | None = None
+    """Start time of every bin when the input's time base is kept (timestamps, trials with gaps)."""
+    segments: list[tuple[int, int]] | None = None
+    """Bin ranges [start, stop) of the contiguous segments (trials), when there are gaps."""
+    decision: InputDecision | None = None
+    """How the input was read (raw or envelope, bin width), when decided by `decide_input`."""
 
     @property
     def n_bins(self) -> int:
@@ -85,7 +98,14 @@ class Binned:
     @property
     def bin_times(self) -> np.ndarray:
         """Start time (s) of every bin."""
+        if self.timestamps is not None:
+            return np.asarray(self.timestamps, dtype=np.float64)
         return self.starting_time + np.arange(self.n_bins) / self.bin_rate
+
+    @property
+    def segment_ranges(self) -> list[tuple[int, int]]:
+        """Bin ranges of the contiguous segments (one range when there are no gaps)."""
+        return list(self.segments) if self.segments else [(0, self.n_bins)]
 
     def raw_units(self, values: np.ndarray | None = None) -> np.ndarray:
         """Map normalised values (default: `data`) back to raw units of rectified EMG."""
@@ -110,8 +130,8 @@ def design_sos(rate: float, config: PreprocessConfig) -> np.ndarray | None:
     if config.highpass_hz:
         if not 0 < config.highpass_hz < nyq:
             raise EMGDataError(
-                f"PreprocessConfig.highpass_hz: {config.highpass_hz} Hz is outside (0, {nyq}) Hz "
-                f"for EMG sampled at {rate} Hz"
+                f"high-pass at {config.highpass_hz:g} Hz is outside (0, {nyq:g}) Hz for EMG sampled at {rate:g} Hz; "
+                "if the series is already an envelope (rectified, smoothed), pass --input envelope"
             )
         sections.append(
             sps.butter(config.highpass_order, config.highpass_hz, btype="highpass", fs=rate, output="sos")
@@ -126,7 +146,7 @@ def _antialias_sos(rate: float, config: PreprocessConfig) -> np.ndarray | None:
         return None
     if not 0 < config.antialias_hz < rate / 2:
         raise EMGDataError(
-            f"PreprocessConfig.antialias_hz: {config.antialias_hz} Hz is outside (0, {rate / 2}) Hz"
+            f"anti-alias low-pass at {config.antialias_hz:g} Hz is outside (0, {rate / 2:g}) Hz (PreprocessConfig.antialias_hz)"
         )
     return sps.butter(config.antialias_order, config.antialias_hz, btype="lowpass", fs=rate, output="sos")
 
@@ -153,9 +173,12 @@ class _Stage1:
     def __init__(self, rate: float, config: PreprocessConfig) -> None:
         self.hp = _CausalFilter(design_sos(rate, config))
         self.aa = _CausalFilter(_antialias_sos(rate, config))
+        self.rectify = config.rectify
 
     def __call__(self, x: np.ndarray, antialias: bool = False) -> np.ndarray:
-        y = np.abs(self.hp(x))
+        y = self.hp(x)
+        if self.rectify:
+            y = np.abs(y)
         return self.aa(y) if antialias else y
 
 
@@ -165,23 +188,127 @@ class _Binner:
     def __init__(self, n: int) -> None:
         self.n = int(n)
         self.rest: np.ndarray | None = None
+        self.rest_t: np.ndarray | None = None
+        self.starts: list[np.ndarray] = []
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def __call__(self, x: np.ndarray, t: np.ndarray | None = None) -> np.ndarray:
         if self.rest is not None and self.rest.shape[0]:
             x = np.concatenate([self.rest, x], axis=0)
+            if t is not None and self.rest_t is not None:
+                t = np.concatenate([self.rest_t, t])
         n_full = (x.shape[0] // self.n) * self.n
         self.rest = x[n_full:].copy()
+        self.rest_t = None if t is None else t[n_full:].copy()
+        if t is not None:
+            self.starts.append(t[:n_full:self.n])
         if n_full == 0:
             return np.empty((0, x.shape[1]), dtype=np.float64)
         return x[:n_full].reshape(n_full // self.n, self.n, x.shape[1]).mean(axis=1)
 
 
-def bin_samples_for(rate: float, bin_ms: float) -> int:
-    """Whole number of raw samples per bin for a bin width in ms (at least 1)."""
+def bin_samples_for(rate: float, bin_ms: float | None) -> int:
+    """Whole number of raw samples per bin for a bin width in ms (at least 1; None: the default rule)."""
+    if bin_ms is None:
+        bin_ms = default_bin_ms(rate)
     n = int(round(bin_ms * 1e-3 * rate))
     if n < 1:
-        raise EMGDataError(f"PreprocessConfig.bin_ms: {bin_ms} ms is shorter than one sample at {rate} Hz")
+        interval = 1000.0 / rate
+        raise EMGDataError(f"--bin-ms {bin_ms:g}: shorter than one sample of the input ({interval:g} ms at "
+                           f"{rate:g} Hz); use --bin-ms {interval:g} or a multiple of it")
     return n
+
+
+# ----------------------------------------------------------------------------- what the input is
+
+DEFAULT_BIN_MS = 5.0
+#: Below this rate a series cannot be raw EMG (whose power lies at 20-500 Hz); bins default to its samples.
+ENVELOPE_MAX_RATE = 1000.0 / DEFAULT_BIN_MS
+ENVELOPE_WORDS = re.compile(r"rectif|envelope|preprocess|low[- ]?pass|smooth|filtered|integrated|\brms\b",
+                            re.IGNORECASE)
+RAW_WORDS = re.compile(r"\braw\b|unfiltered|unrectified|un-rectified", re.IGNORECASE)
+INPUT_KINDS = ("auto", "raw", "envelope")
+
+
+def default_bin_ms(rate: float) -> float:
+    """5 ms, or the native sample interval when the input is sampled below 200 Hz (an envelope)."""
+    return 1000.0 / rate if rate < ENVELOPE_MAX_RATE else DEFAULT_BIN_MS
+
+
+@dataclass
+class InputDecision:
+    """What the preprocessing was asked and what it decided (recorded in the provenance).
+
+    `kind` "raw" runs notch, high-pass and rectification; "envelope" skips them and bins the values
+    as they are. `bin_ms` is the bin width used and `bin_rule` where it came from.
+    """
+
+    requested: str
+    kind: str
+    reasons: list[str]
+    native_rate: float
+    bin_ms: float
+    bin_rule: str
+
+    def as_dict(self) -> dict[str, object]:
+        """JSON-ready record."""
+        return asdict(self)
+
+
+def decide_input(rate: float, config: PreprocessConfig, texts: Iterable[str] = (),
+                 sample: np.ndarray | None = None) -> InputDecision:
+    """Raw EMG or an envelope? From `--input`, else the rate (< 200 Hz), the words of the file
+    (rectified, filtered, preprocessed, envelope vs raw) and the signs of a sample of values."""
+    requested = config.input
+    if requested not in INPUT_KINDS:
+        raise EMGDataError(f"--input {requested}: must be one of {', '.join(INPUT_KINDS)}")
+    text = " ".join(t for t in texts if t)
+    reasons: list[str] = []
+    if requested != "auto":
+        kind = requested
+        reasons.append(f"--input {requested}")
+    elif rate < ENVELOPE_MAX_RATE:
+        kind = "envelope"
+        reasons.append(f"sampled at {rate:g} Hz, below {ENVELOPE_MAX_RATE:g} Hz (too slow for raw EMG)")
+    else:
+        env = ENVELOPE_WORDS.search(text)
+        raw = RAW_WORDS.search(text)
+        negative = None
+        if sample is not None and np.size(sample):
+            finite = np.asarray(sample, dtype=np.float64)
+            finite = finite[np.isfinite(finite)]
+            if finite.size and np.any(finite != 0):
+                negative = float(np.mean(finite < 0))
+        if env and not raw:
+            kind = "envelope"
+            reasons.append(f"described as {env.group(0).lower()!r}")
+        elif raw:
+            kind = "raw"
+            reasons.append(f"described as {raw.group(0).lower()!r}")
+        elif negative is not None and negative < 0.01:
+            kind = "envelope"
+            reasons.append(f"non-negative values ({100 * negative:.2g} % below 0)")
+        else:
+            kind = "raw"
+            reasons.append("signed values" if negative is not None else "no sign of an envelope")
+            if negative is not None:
+                reasons[-1] += f" ({100 * negative:.0f} % below 0)"
+    if config.bin_ms is not None:
+        bin_samples_for(rate, config.bin_ms)  # refuses a bin shorter than a sample, naming --bin-ms
+        bin_ms, rule = float(config.bin_ms), "--bin-ms"
+    elif rate < ENVELOPE_MAX_RATE:
+        bin_ms, rule = 1000.0 / rate, f"native sample interval (input sampled below {ENVELOPE_MAX_RATE:g} Hz)"
+    else:
+        bin_ms, rule = DEFAULT_BIN_MS, "default"
+    return InputDecision(requested=requested, kind=kind, reasons=reasons, native_rate=float(rate),
+                         bin_ms=bin_ms, bin_rule=rule)
+
+
+def resolved_config(config: PreprocessConfig, decision: InputDecision) -> PreprocessConfig:
+    """The configuration the decision implies: envelope input gets no notch, high-pass or rectification."""
+    if decision.kind == "envelope":
+        return replace(config, notch_hz=None, highpass_hz=None, rectify=False, antialias_hz=None,
+                       bin_ms=decision.bin_ms)
+    return replace(config, bin_ms=decision.bin_ms)
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -223,7 +350,8 @@ def _as_array(
         raise EMGDataError(f"EMG array: {len(muscles)} muscle names for {data.shape[1]} channels")
     if not np.all(np.isfinite(data)):
         bad = int(np.argmax(~np.all(np.isfinite(data), axis=1)))
-        raise EMGDataError(f"EMG array: non-finite values (first at sample {bad}); fill or cut the gap first")
+        raise EMGDataError(f"EMG array: non-finite values (first at sample {bad}); fill or cut the gap first "
+                           "(from a file: --on-nonfinite mask)")
     return data, float(rate), float(starting_time or 0.0), muscles
 
 
@@ -257,7 +385,7 @@ def compute_stats(binned_raw: np.ndarray, config: PreprocessConfig, muscles: Seq
         flat = [names[i] for i in np.flatnonzero(bad)]
         raise EMGDataError(
             f"EMG channels {flat}: flat signal (the {config.normalize_percentile}th percentile of the "
-            f"rectified, binned EMG is 0); drop these channels"
+            f"rectified, binned EMG is 0); leave them out with --drop-dead, or choose the series with --emg"
         )
     return ChannelStats(clip=clip, scale=scale)
 
@@ -319,6 +447,7 @@ def preprocess(
     """
     config = _checked(config)
     data, rate, t0, names = _as_array(emg, rate, starting_time, muscles)
+    config = _with_bins(config, rate)
     n_bin = bin_samples_for(rate, config.bin_ms)
     stage1 = _Stage1(rate, config)
     binned = _Binner(n_bin)(stage1(data, antialias=True))
@@ -327,16 +456,15 @@ def preprocess(
     return _finish(binned, rate, n_bin, t0, names, config, stats)
 
 
-def preprocess_chunks(
+def _bin_chunks(
     chunks: Iterable[object],
-    rate: float | None = None,
-    config: PreprocessConfig | None = None,
-    starting_time: float | None = None,
-    muscles: Sequence[str] | None = None,
-    stats: ChannelStats | None = None,
-) -> Binned:
-    """Same as `preprocess` on the concatenation of consecutive chunks, holding only the bins in memory."""
-    config = _checked(config)
+    rate: float | None,
+    config: PreprocessConfig,
+    starting_time: float | None,
+    muscles: Sequence[str] | None,
+) -> tuple[np.ndarray, np.ndarray | None, float, int, float, list[str]] | None:
+    """Stage 1 and binning of consecutive chunks: (bins, bin start times or None, rate, samples per
+    bin, start time, muscles), or None when the chunks hold no data."""
     stage1: _Stage1 | None = None
     binner: _Binner | None = None
     pieces: list[np.ndarray] = []
@@ -345,6 +473,7 @@ def preprocess_chunks(
     n_bin = 0
     expected_t: float | None = None
     pending: object | None = None
+    timed = True
     i = -1
     for chunk in chunks:
         if stage1 is None and rate is None and xr is not None and isinstance(chunk, xr.DataArray):
@@ -358,7 +487,8 @@ def preprocess_chunks(
         i += 1
         data, r, t_start, nm = _as_array(chunk, rate, None if i else starting_time, muscles)
         if stage1 is None:
-            rate, names, n_bin = r, nm, bin_samples_for(r, config.bin_ms)
+            rate, names = r, nm
+            n_bin = bin_samples_for(r, config.bin_ms)
             if t0 is None:
                 t0 = t_start
             stage1, binner = _Stage1(rate, config), _Binner(n_bin)
@@ -370,18 +500,84 @@ def preprocess_chunks(
                 gap = float(chunk.coords["time"].values[0]) - expected_t
                 if abs(gap) > 0.5 / rate:
                     raise EMGDataError(f"EMG chunk {i}: starts {gap:+.6f} s off the end of the previous chunk")
+        t = None
         if xr is not None and isinstance(chunk, xr.DataArray) and "time" in chunk.coords and data.shape[0]:
-            expected_t = float(chunk.coords["time"].values[-1]) + 1.0 / rate
+            t = np.asarray(chunk.coords["time"].values, dtype=np.float64)
+            expected_t = float(t[-1]) + 1.0 / rate
+        timed = timed and t is not None
         assert binner is not None
-        out = binner(stage1(data, antialias=True))
+        out = binner(stage1(data, antialias=True), t if timed else None)
         if out.shape[0]:
             pieces.append(out)
     if pending is not None and stage1 is None:
-        return preprocess(pending, rate, config, starting_time, muscles, stats)
-    if stage1 is None or not pieces:
-        raise EMGDataError("EMG chunks: no data, or less than one bin in all")
+        _as_array(pending, rate, starting_time, muscles)  # refuses the missing rate
+    if stage1 is None or not pieces or binner is None:
+        return None
     binned = np.concatenate(pieces, axis=0)
-    return _finish(binned, float(rate), n_bin, float(t0 or 0.0), list(names or []), config, stats)
+    starts = np.concatenate(binner.starts) if timed and binner.starts else None
+    return binned, starts, float(rate), n_bin, float(t0 or 0.0), list(names or [])
+
+
+def _with_bins(config: PreprocessConfig, rate: float | None) -> PreprocessConfig:
+    """The configuration with its bin width filled in (None -> the default rule for this rate)."""
+    if config.bin_ms is None and rate:
+        return replace(config, bin_ms=default_bin_ms(float(rate)))
+    return config
+
+
+def preprocess_chunks(
+    chunks: Iterable[object],
+    rate: float | None = None,
+    config: PreprocessConfig | None = None,
+    starting_time: float | None = None,
+    muscles: Sequence[str] | None = None,
+    stats: ChannelStats | None = None,
+) -> Binned:
+    """Same as `preprocess` on the concatenation of consecutive chunks, holding only the bins in memory."""
+    config = _with_bins(_checked(config), rate)
+    got = _bin_chunks(chunks, rate, config, starting_time, muscles)
+    if got is None:
+        raise EMGDataError("EMG chunks: no data, or less than one bin in all")
+    binned, _, r, n_bin, t0, names = got
+    return _finish(binned, r, n_bin, t0, names, _with_bins(config, r), stats)
+
+
+def preprocess_segments(
+    segments: Sequence[Iterable[object]],
+    rate: float,
+    config: PreprocessConfig | None = None,
+    starting_times: Sequence[float] | None = None,
+    muscles: Sequence[str] | None = None,
+    stats: ChannelStats | None = None,
+) -> Binned:
+    """Preprocess contiguous segments (trials separated by gaps) each on its own (filters restart,
+    bins never straddle a gap) with one clip level and scale for all; `Binned.segments` gives each
+    segment's bin range and `Binned.timestamps` every bin's start time. Segments shorter than one bin are left out."""
+    config = _with_bins(_checked(config), rate)
+    pieces: list[np.ndarray] = []
+    stamps: list[np.ndarray] = []
+    ranges: list[tuple[int, int]] = []
+    names: list[str] | None = None
+    n_bin = bin_samples_for(rate, config.bin_ms)
+    offset = 0
+    for k, chunks in enumerate(segments):
+        t_k = None if starting_times is None else float(starting_times[k])
+        got = _bin_chunks(chunks, rate, config, t_k, muscles)
+        if got is None:
+            continue
+        binned, starts, _, n_bin, t0, names = got
+        if starts is None:
+            starts = t0 + np.arange(binned.shape[0]) * n_bin / rate
+        pieces.append(binned)
+        stamps.append(starts)
+        ranges.append((offset, offset + binned.shape[0]))
+        offset += binned.shape[0]
+    if not pieces:
+        raise EMGDataError(f"EMG: every segment is shorter than one bin ({n_bin} samples); use a smaller --bin-ms")
+    out = _finish(np.concatenate(pieces, axis=0), rate, n_bin, float(stamps[0][0]), list(names or []), config, stats)
+    out.timestamps = np.concatenate(stamps)
+    out.segments = ranges
+    return out
 
 
 def bin_like(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -14,7 +15,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import scipy.signal as sps  # noqa: E402
 
-from .evaluate import save_table, summarize  # noqa: E402
+from .analyses import summary_of  # noqa: E402
+from .colors import method_color  # noqa: E402
+from .metrics import save_table, summarize  # noqa: E402
 
 
 def _unit_range(x: np.ndarray) -> np.ndarray:
@@ -51,9 +54,10 @@ def plot_traces(
     for ax, c in zip(axes[:, 0], chans, strict=False):
         if rectified is not None:
             r = np.atleast_2d(np.asarray(rectified).T).T[sl, c]
-            ax.plot(t, _unit_range(r), color="0.8", lw=0.6, label="rectified")
+            ax.plot(t, _unit_range(r), color=method_color("rectified"), lw=0.6, label="rectified")
         for name, e in estimates.items():
-            ax.plot(t, _unit_range(np.atleast_2d(np.asarray(e).T).T[sl, c]), lw=1.0, label=name)
+            ax.plot(t, _unit_range(np.atleast_2d(np.asarray(e).T).T[sl, c]), lw=1.0, label=name,
+                    color=method_color(str(name)))
         if truth is not None:
             ax.plot(t, _unit_range(np.atleast_2d(np.asarray(truth).T).T[sl, c]), "k--", lw=1.0, label="truth")
         ax.set_ylabel(names[c] if c < len(names) else f"ch{c}")
@@ -75,7 +79,7 @@ def plot_r2_bars(table: pd.DataFrame, out_path: str | Path) -> Path:
         sub = table[table["analysis"] == an]
         piv = sub.pivot_table(index="target", columns="method", values="r2", sort=False)
         piv.loc["mean"] = piv.mean(axis=0)
-        piv.plot.bar(ax=ax, width=0.8, legend=False)
+        piv.plot.bar(ax=ax, width=0.8, legend=False, color=[method_color(str(m)) for m in piv.columns])
         ax.set_title(an, fontsize=9)
         ax.set_ylabel("R$^2$")
         lo = float(np.nanmin(piv.values)) if piv.size else 0.0
@@ -112,8 +116,8 @@ def plot_spectra(
         sd[sd == 0] = 1.0
         z = (x - x.mean(axis=0)) / sd
         f, p = sps.welch(z, fs=rate, nperseg=min(z.shape[0], int(4 * rate)), axis=0)
-        style = "k--" if name == "truth" else "-"
-        ax.loglog(f[1:], p[1:].mean(axis=1), style, lw=1.0, label=name)
+        style = "--" if name == "truth" else "-"
+        ax.loglog(f[1:], p[1:].mean(axis=1), style, color=method_color(str(name)), lw=1.0, label=name)
     ax.set_xlabel("frequency (Hz)")
     ax.set_ylabel("power (z-scored units$^2$/Hz)")
     ax.legend(fontsize=7)
@@ -124,9 +128,10 @@ def plot_spectra(
     return out
 
 
-def write_html(out_dir: str | Path, table: pd.DataFrame, figures: Sequence[Path], title: str = "Evaluation"
-               ) -> Path:
-    """A single HTML page: the summary and full tables and the PNGs (by relative path)."""
+def write_html(out_dir: str | Path, table: pd.DataFrame, figures: Sequence[Path], title: str = "Evaluation",
+               sections: Sequence[Any] = ()) -> Path:
+    """A single HTML page: the summary and full tables, the PNGs (by relative path) and one section per
+    analysis (title, what to look for, figure, summary table, links to its CSVs)."""
     out = Path(out_dir)
     summary = summarize(table)
     parts = [
@@ -141,6 +146,17 @@ def write_html(out_dir: str | Path, table: pd.DataFrame, figures: Sequence[Path]
     for fig in figures:
         parts.append(f"<h2>{html.escape(Path(fig).stem.replace('_', ' '))}</h2>")
         parts.append(f"<img src='{html.escape(Path(fig).name)}' style='max-width:100%'>")
+    for sec in sections:
+        parts.append(f"<h2>{html.escape(sec.title)}</h2>")
+        parts.append(f"<p><b>What to look for:</b> {html.escape(sec.look_for)}</p>")
+        if sec.figure is not None:
+            parts.append(f"<img src='{html.escape(Path(sec.figure).name)}' style='max-width:100%'>")
+        small = summary_of(sec.name, sec.tables[sec.name])
+        if sec.name == "phase_response":
+            parts.append("<p>Median effective bandwidth (Hz, -3 dB) over muscles, per phase of the cycle:</p>")
+        parts.append(small.to_html(index=sec.name == "phase_response"))
+        links = ", ".join(f"<a href='{html.escape(k)}.csv'>{html.escape(k)}.csv</a>" for k in sec.tables)
+        parts.append(f"<p>Full tables: {links}</p>")
     parts.append("<h2>All results</h2>")
     parts.append(table.to_html(index=False, float_format=lambda v: f"{v:.4f}"))
     parts.append("</body></html>")
@@ -158,8 +174,10 @@ def make_report(
     truth: np.ndarray | None = None,
     muscle_names: Sequence[str] | None = None,
     title: str = "Activation estimates: evaluation",
+    sections: Sequence[Any] = (),
 ) -> dict[str, Path]:
-    """Write table (CSV, JSON), figures (traces, R^2 bars, spectra) and report.html into `out_dir`."""
+    """Write table (CSV, JSON), figures (traces, R^2 bars, spectra) and report.html into `out_dir`;
+    `sections` (from `analyses.run_analyses`) add one section each."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     csv, js = save_table(table, out)
@@ -167,7 +185,8 @@ def make_report(
     if not table.empty:
         figs.append(plot_r2_bars(table, out / "r2_bars.png"))
     figs.append(plot_spectra(out / "spectra.png", rate, estimates, rectified, truth))
-    page = write_html(out, table, figs, title)
+    page = write_html(out, table, figs, title, sections)
     paths = {"csv": csv, "json": js, "html": page}
     paths.update({p.stem: p for p in figs})
+    paths.update({sec.name: sec.figure for sec in sections if sec.figure is not None})
     return paths

@@ -45,6 +45,9 @@ class SimulationConfig:
     hold_s: tuple[float, float] = (1.0, 2.0)
     tremor_hz: float = 10.0
     tremor_amplitude: float = 0.05
+    """Physiological tremor added to the activation during holds (0 gives none)."""
+    # locomotion: fraction of each cycle (from touchdown, phase 0) spent in stance
+    stance_fraction: float = 0.6
     # EMG generation: "carrier" (activation-modulated band-limited noise, carrier_band_hz) or "motor_units"
     # (pools of `motor_units_per_muscle` motor units, nwb_lfads_emg.motor_units); truth is the activation
     emg_model: str = "carrier"
@@ -79,6 +82,8 @@ class SimulatedSession:
     spike_times: list[np.ndarray]
     config: SimulationConfig
     latent: np.ndarray = field(repr=False, default_factory=lambda: np.zeros((0, 0)))
+    intervals: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
+    """(start, stop) times (s): the gait cycles (locomotion) or the holds (isometric)."""
 
     @property
     def duration_s(self) -> float:
@@ -104,8 +109,10 @@ def _wrap(angle: np.ndarray) -> np.ndarray:
     return (angle + np.pi) % (2 * np.pi) - np.pi
 
 
-def _locomotion(cfg: SimulationConfig, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Activation of a gait cycle with drifting speed; returns (activation, latent [cos, sin, speed])."""
+def _locomotion(cfg: SimulationConfig, rng: np.random.Generator, n: int
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Activation of a gait cycle with drifting speed; returns (activation, latent [cos, sin, speed],
+    complete cycles as (start, stop) times: phase 0 is touchdown)."""
     rate = cfg.emg_rate
     speed = cfg.stride_hz * np.exp(cfg.stride_drift * _smooth_noise(rng, n, rate, 0.05))
     phase = 2 * np.pi * np.cumsum(speed) / rate
@@ -128,13 +135,17 @@ def _locomotion(cfg: SimulationConfig, rng: np.random.Generator, n: int) -> tupl
             burst = burst + 0.5 * np.exp(-0.5 * (delta2 / width2) ** 2)
         activation[:, j] = 0.03 + 0.9 * gains[cycle_index, j] * burst
     latent = np.column_stack([np.cos(phase), np.sin(phase), speed])
-    return activation, latent
+    edges = (np.flatnonzero(np.diff(cycle_index)) + 1) / rate
+    return activation, latent, np.column_stack([edges[:-1], edges[1:]])
 
 
-def _isometric(cfg: SimulationConfig, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Activation in ramp-and-hold isometric force trials; returns (activation, latent force target)."""
+def _isometric(cfg: SimulationConfig, rng: np.random.Generator, n: int
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Activation in ramp-and-hold isometric force trials; returns (activation, latent force target,
+    holds as (start, stop) times)."""
     rate = cfg.emg_rate
     target = np.zeros((n, 2))
+    holds: list[tuple[float, float]] = []
     t = 0
     while t < n:
         rest, ramp = int(rng.uniform(0.4, 0.8) * rate), int(rng.uniform(0.2, 0.4) * rate)
@@ -148,6 +159,8 @@ def _isometric(cfg: SimulationConfig, rng: np.random.Generator, n: int) -> tuple
         segment = np.vstack([up, np.repeat(goal[None], hold, 0), up[::-1]])
         stop = min(n, t + len(segment))
         target[t:stop] = segment[: stop - t]
+        if t + ramp + hold <= n:
+            holds.append(((t + ramp) / rate, (t + ramp + hold) / rate))
         t += len(segment)
     m = cfg.n_muscles
     directions = np.arange(m) / m * 2 * np.pi + rng.uniform(-0.2, 0.2, m)
@@ -159,7 +172,7 @@ def _isometric(cfg: SimulationConfig, rng: np.random.Generator, n: int) -> tuple
     tremor = cfg.tremor_amplitude * holding * (1 + np.sin(tremor_phase))
     slow = 0.1 * _smooth_noise(rng, n, rate, 0.5, (m,))
     activation = 0.04 + 0.85 * drive * (1 + slow) + 0.1 * magnitude + tremor
-    return activation, target
+    return activation, target, np.asarray(holds, dtype=np.float64).reshape(-1, 2)
 
 
 def _twitch(x: np.ndarray, rate: float, tau_s: float) -> np.ndarray:
@@ -188,7 +201,7 @@ def simulate_session(config: SimulationConfig | None = None) -> SimulatedSession
     m = cfg.n_muscles
 
     make = _locomotion if cfg.task == "locomotion" else _isometric
-    activation, latent = make(cfg, rng_act, n)
+    activation, latent, intervals = make(cfg, rng_act, n)
     activation = np.clip(activation, 0.0, 1.0)
 
     if cfg.emg_model == "motor_units":
@@ -255,6 +268,7 @@ def simulate_session(config: SimulationConfig | None = None) -> SimulatedSession
         spike_times=spike_times,
         config=cfg,
         latent=latent.astype(np.float32),
+        intervals=intervals,
     )
 
 
@@ -264,6 +278,29 @@ def true_activation_binned(session: SimulatedSession, bin_rate: float) -> np.nda
     if abs(factor - round(factor)) > 1e-9:
         raise ValueError(f"bin rate {bin_rate} Hz does not divide the EMG rate {session.emg_rate} Hz")
     return _block_mean(session.activation, int(round(factor)))
+
+
+def _add_intervals(nwbfile: object, session: SimulatedSession) -> None:
+    """The task's events as TimeIntervals: `gait_cycles` (touchdown to touchdown, with the lift-off
+    that ends stance) for locomotion, `holds` (constant force target) for the isometric task."""
+    from pynwb.epoch import TimeIntervals
+
+    cfg = session.config
+    if session.intervals.shape[0] == 0:
+        return
+    if cfg.task == "locomotion":
+        table = TimeIntervals(name="gait_cycles", description="Simulated gait cycles, touchdown to next "
+                              f"touchdown; stance is the first {cfg.stance_fraction:.0%} of each cycle.")
+        table.add_column("liftoff_time", "Time of lift-off (end of stance, start of swing), s.")
+        for start, stop in session.intervals:
+            table.add_interval(start_time=float(start), stop_time=float(stop),
+                               liftoff_time=float(start + cfg.stance_fraction * (stop - start)))
+    else:
+        table = TimeIntervals(name="holds", description="Isometric holds: the force target is constant "
+                              f"(tremor at {cfg.tremor_hz} Hz, amplitude {cfg.tremor_amplitude}).")
+        for start, stop in session.intervals:
+            table.add_interval(start_time=float(start), stop_time=float(stop))
+    nwbfile.add_time_intervals(table)  # type: ignore[attr-defined]
 
 
 def write_session_nwb(
@@ -379,6 +416,8 @@ def write_session_nwb(
             starting_time=0.0,
         )
     )
+
+    _add_intervals(nwbfile, session)
 
     units = Units(name="units", description="Simulated motor-cortex units.", resolution=1e-3)
     for times in session.spike_times:

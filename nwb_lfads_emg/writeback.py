@@ -7,10 +7,13 @@ with `os.replace`. A failure or a kill at any moment leaves the original file as
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import logging
 import os
 import shutil
-import tempfile
+import signal
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,7 +24,25 @@ import h5py
 import numpy as np
 
 from . import ndx  # noqa: F401 - registers the extension before any NWBHDF5IO is created
-from .errors import WriteBackError
+from .errors import NwbLfadsEmgError, WriteBackError
+from .files import (
+    PARTIAL_SUFFIX,
+    PARTIAL_TAG,
+    FileStamp,
+    check_free_space,
+    check_output_file,
+    check_writable_file,
+    copy_permissions,
+    fsync_dir,
+    is_no_space,
+    refuse_if_changed,
+    remove_stale_partials,
+    signals_interrupt,
+    target_lock,
+    temp_beside,
+)
+
+log = logging.getLogger("nwb_lfads_emg")
 
 RESULTS_MODULE = "ecephys"
 FACTORS_NAME = "LatentFactors"
@@ -57,6 +78,7 @@ class SessionResults:
     factors: np.ndarray | None = None
     inferred_inputs: np.ndarray | None = None
     provenance: dict[str, Any] | None = None
+    timestamps: np.ndarray | None = None  # bin start times, when the input's own timestamps are kept (gaps)
 
 
 def _compressed(data: np.ndarray) -> Any:
@@ -127,6 +149,14 @@ def add_results(nwbfile: Any, results: SessionResults, link_source: bool = True)
     use_electrodes = (
         results.electrode_indices is not None and source is not None and nwbfile.electrodes is not None
     )
+    timing_holder: list[Any] = []
+
+    def timing() -> dict[str, Any]:
+        """rate + starting_time, or the input's timestamps (stored once, linked by the other series)."""
+        if results.timestamps is None:
+            return {"rate": float(results.rate), "starting_time": float(results.starting_time)}
+        return {"timestamps": timing_holder[0] if timing_holder else np.asarray(results.timestamps, dtype=np.float64)}
+
     for estimate in results.estimates:
         kwargs: dict[str, Any] = {}
         if use_electrodes:
@@ -143,21 +173,20 @@ def add_results(nwbfile: Any, results: SessionResults, link_source: bool = True)
             kwargs["uncertainty"] = _compressed(estimate.uncertainty)
         if estimate.method == "AutoLFADS" and provenance is not None:
             kwargs["model_provenance"] = provenance
-        module.add(
-            MuscleActivation(
-                name=estimate.method,
-                description=METHOD_DESCRIPTIONS.get(estimate.method, f"Muscle activation estimated by {estimate.method}.")
-                + f" Source: {results.source_series_path}. Columns: {', '.join(results.muscles)}.",
-                data=_compressed(estimate.data),
-                unit="a.u.",
-                rate=float(results.rate),
-                starting_time=float(results.starting_time),
-                method=estimate.method,
-                method_parameters=json.dumps(estimate.parameters, default=str),
-                comments="Units: rectified EMG normalised per muscle by the preprocessing scale (see provenance).",
-                **kwargs,
-            )
+        series = MuscleActivation(
+            name=estimate.method,
+            description=METHOD_DESCRIPTIONS.get(estimate.method, f"Muscle activation estimated by {estimate.method}.")
+            + f" Source: {results.source_series_path}. Columns: {', '.join(results.muscles)}.",
+            data=_compressed(estimate.data),
+            unit="a.u.",
+            **timing(),
+            method=estimate.method,
+            method_parameters=json.dumps(estimate.parameters, default=str),
+            comments="Units: rectified EMG normalised per muscle by the preprocessing scale (see provenance).",
+            **kwargs,
         )
+        module.add(series)
+        timing_holder[:1] = timing_holder[:1] or [series]
     if results.factors is not None:
         kwargs = {}
         if results.inferred_inputs is not None:
@@ -173,41 +202,72 @@ def add_results(nwbfile: Any, results: SessionResults, link_source: bool = True)
                 + (" and its inferred inputs (controller outputs)." if results.inferred_inputs is not None else "."),
                 data=_compressed(results.factors),
                 unit="a.u.",
-                rate=float(results.rate),
-                starting_time=float(results.starting_time),
+                **timing(),
                 **kwargs,
             )
         )
 
 
-def validate_file(path: Path) -> None:
-    """Raise WriteBackError unless pynwb (cached namespaces) and nwbinspector (CRITICAL+) accept the file."""
+def _is_ours(message: Any, names: list[str]) -> bool:
+    """True when an nwbinspector message is about one of the objects this package wrote."""
+    location = str(getattr(message, "location", "") or "").rstrip("/")
+    module = f"/processing/{RESULTS_MODULE}"
+    if any(location == f"{module}/{n}" or location.startswith(f"{module}/{n}/") for n in names):
+        return True
+    return location in ("", module) and str(getattr(message, "object_name", "")) in names
+
+
+def validate_file(path: Path, ours: list[str] | None = None, display: str | Path | None = None,
+                  input_path: Path | None = None) -> list[str]:
+    """Raise WriteBackError unless pynwb (cached namespaces) and nwbinspector (CRITICAL+) accept the file.
+
+    With `ours` (names of the objects just written) only issues in those objects, or schema errors the
+    input did not already have, are errors; the input's own issues are returned as warnings.
+    """
     import pynwb
     from nwbinspector import Importance, inspect_nwbfile, load_config
 
+    shown = display or path
+    warnings: list[str] = []
     errors = pynwb.validate(path=str(path), use_cached_namespaces=True)
     if isinstance(errors, tuple):  # older pynwb returned (errors, status)
         errors = errors[0]
+    if errors and input_path is not None:
+        before = pynwb.validate(path=str(input_path), use_cached_namespaces=True)
+        before = {str(e) for e in (before[0] if isinstance(before, tuple) else before)}
+        warnings += [f"NWB schema: {e}" for e in errors if str(e) in before]
+        errors = [e for e in errors if str(e) not in before]
     if errors:
-        raise WriteBackError(f"{path}: written file fails NWB validation: {errors[0]}")
+        raise WriteBackError(f"{shown}: written file fails NWB validation: {errors[0]}")
     for message in inspect_nwbfile(str(path), config=load_config("dandi")):
-        if message.importance.value >= Importance.CRITICAL.value:
-            raise WriteBackError(
-                f"{path}: {message.location or message.object_name}: nwbinspector {message.importance.name}: "
-                f"{message.message}"
-            )
+        if message.importance.value < Importance.CRITICAL.value:
+            continue
+        where = message.location or message.object_name
+        if ours is None or _is_ours(message, ours):
+            raise WriteBackError(f"{shown}: {where}: nwbinspector {message.importance.name}: {message.message}")
+        warnings.append(f"{where}: {message.check_function_name}: {message.message}")
+    return warnings
+
+
+def _warn_input_issues(display: Path, issues: list[str]) -> None:
+    """Tell the user (one line) about the input's own issues that would block a DANDI upload."""
+    if issues:
+        shown = "; ".join(issues[:3]) + (f"; and {len(issues) - 3} more" if len(issues) > 3 else "")
+        log.warning(f"{display}: the input file already had {len(issues)} issue(s) that would block a DANDI "
+                    f"upload (nwbinspector CRITICAL; left as they were, the results were added): {shown}")
 
 
 def refuse_existing_output(destination: str | Path, overwrite: bool) -> None:
     """Raise WriteBackError when an output file exists and replacing it was not asked for."""
-    if Path(destination).exists() and not overwrite:
+    if os.path.lexists(destination) and not overwrite:
         raise WriteBackError(f"{destination}: output file exists; pass --overwrite (overwrite=True) to replace it")
 
 
-def _temp_beside(destination: Path) -> Path:
-    fd, name = tempfile.mkstemp(prefix=f".{destination.stem}.tmp-", suffix=".nwb", dir=destination.parent)
+def _partial_beside(target: Path) -> Path:
+    """A new, private, clearly named temporary file beside the target (removed by the next run if left)."""
+    fd, path = temp_beside(target, PARTIAL_TAG, PARTIAL_SUFFIX)
     os.close(fd)
-    return Path(name)
+    return path
 
 
 def _delete_groups(path: Path, names: list[str]) -> None:
@@ -229,16 +289,105 @@ def _check_overwrite(location: Any, names: list[str], existing: list[str], overw
     return clash
 
 
-def _commit(temp: Path, destination: Path, validate: bool) -> Path:
-    """Validate the temporary file and atomically move it onto the destination; remove it on failure."""
+def results_nbytes(results: SessionResults) -> int:
+    """Uncompressed size of the arrays in `results` (an upper bound of what the write-back adds)."""
+    arrays = [results.factors, results.inferred_inputs]
+    for e in results.estimates:
+        arrays += [e.data, e.uncertainty]
+    return sum(int(np.asarray(a).size) * 4 for a in arrays if a is not None)
+
+
+def _scrub(text: str, temp: Path, target: Path) -> str:
+    """An error message that names the user's file, never the temporary copy."""
+    return str(text).replace(str(temp), str(target)).replace(temp.name, target.name)
+
+
+def _failed(exc: BaseException, temp: Path, target: Path, what: str) -> BaseException:
+    """The one-line error for a failure while the temporary copy was being written or committed."""
+    if isinstance(exc, NwbLfadsEmgError):
+        return type(exc)(_scrub(str(exc), temp, target))
+    space = is_no_space(exc)
+    if space:
+        return WriteBackError(f"{target}: {space} in {target.parent} while writing the results; {what}, and the "
+                              "temporary copy was removed; free some space or write elsewhere with --out")
+    return WriteBackError(f"{target}: writing results failed, {what}: {_scrub(str(exc), temp, target)}")
+
+
+def _die_with_parent() -> None:
+    """Linux: have the kernel kill this (child) process when its parent dies."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _write_isolated(work: Callable[[], None], temp: Path, target: Path, what: str) -> None:
+    """Run the HDF5 write `work` in a forked child, so that a file HDF5 cannot write (a full disk, a
+    size limit) ends in one error line here instead of HDF5's error cascade and a crash at exit."""
+    if not hasattr(os, "fork"):
+        work()
+        return
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: write, report one line on failure, never unwind through HDF5's close
+        code = 0
+        try:
+            os.close(read_end)
+            for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                signal.signal(signum, signal.SIG_DFL)
+            _die_with_parent()
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 1)
+            os.dup2(devnull, 2)
+            work()
+        except BaseException as exc:  # noqa: BLE001 - everything is reported to the parent
+            code = 1
+            with contextlib.suppress(BaseException):
+                os.write(write_end, str(_failed(exc, temp, target, what)).encode()[:60000])
+        os._exit(code)
+    os.close(write_end)
+    chunks = []
     try:
-        if validate:
-            validate_file(temp)
-        os.replace(temp, destination)
-    except BaseException:
-        temp.unlink(missing_ok=True)
+        while chunk := os.read(read_end, 65536):
+            chunks.append(chunk)
+        _, status = os.waitpid(pid, 0)
+    except BaseException:  # interrupted (Ctrl-C, SIGTERM): stop the writer before cleaning up
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
         raise
-    return destination
+    finally:
+        os.close(read_end)
+    if os.waitstatus_to_exitcode(status) != 0:
+        message = b"".join(chunks).decode(errors="replace").strip()
+        if not message:
+            code = os.waitstatus_to_exitcode(status)
+            reason = f"signal {signal.Signals(-code).name}" if code < 0 else f"status {code}"
+            space = is_no_space(OSError(errno.ENOSPC, "")) if _nearly_full(target.parent) else None
+            message = f"{target}: writing results failed, {what}: " + (space or f"the writer ended with {reason}")
+        raise WriteBackError(message)
+
+
+def _nearly_full(directory: Path) -> bool:
+    try:
+        return shutil.disk_usage(directory).free < (1 << 20)
+    except OSError:
+        return False
+
+
+def _commit(temp: Path, target: Path, like: Path | None, stamp: FileStamp | None, source: Path | None) -> Path:
+    """Give the temporary file its permissions, flush it, and atomically rename it onto the target."""
+    copy_permissions(temp, like)
+    fd = os.open(temp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if source is not None:
+        refuse_if_changed(source, stamp)
+    os.replace(temp, target)
+    fsync_dir(target.parent)
+    return target
 
 
 def write_into_copy(
@@ -248,48 +397,66 @@ def write_into_copy(
     overwrite: bool = False,
     validate: bool = True,
     before_commit: Callable[[Path], None] | None = None,
+    expect: FileStamp | None = None,
 ) -> Path:
     """Copy a local NWB file, add the results, validate, and atomically replace `destination`.
 
-    `destination` may be `source` itself (in-place annotation). `before_commit` is a hook called
-    with the temporary path just before validation (used by tests to interrupt the writer).
+    `destination` may be `source` itself (in-place annotation; a link is followed and kept). The
+    target is locked for the call, a file changed since `expect` (its stamp when it was read) is never
+    replaced, and the permissions of the replaced file are kept. `before_commit` is a hook called with
+    the temporary path just before validation (used by tests to interrupt the writer).
     """
     from pynwb import NWBHDF5IO
 
     source, destination = Path(source), Path(destination)
-    if destination != source:
-        refuse_existing_output(destination, overwrite)
+    real_source = Path(os.path.realpath(source))
+    in_place = Path(os.path.realpath(destination)) == real_source
+    target = Path(os.path.realpath(destination))
+    if in_place:
+        check_writable_file(target, "--in-place")
+    else:
+        check_output_file(destination, "--out", overwrite)
     names = _names_to_write(results)
-    try:
-        with NWBHDF5IO(str(source), "r") as io:
-            existing = existing_results(io.read())
-    except WriteBackError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - h5py/pynwb errors become one line
-        raise WriteBackError(f"{source}: cannot open for annotation: {exc}") from None
-    clash = _check_overwrite(source, names, existing, overwrite)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with target_lock(target), signals_interrupt():
+        remove_stale_partials(target)
+        stamp = expect or FileStamp.of(real_source)
+        refuse_if_changed(real_source, stamp)
+        try:
+            with NWBHDF5IO(str(real_source), "r") as io:
+                existing = existing_results(io.read())
+        except Exception as exc:  # noqa: BLE001 - h5py/pynwb errors become one line
+            raise WriteBackError(f"{source}: cannot open for annotation: {exc}") from None
+        clash = _check_overwrite(source, names, existing, overwrite)
+        flag = "--in-place" if in_place else "--out"
+        check_free_space(target.parent, stamp.size + results_nbytes(results), flag, "the annotated copy")
+        like = real_source if in_place else (target if target.exists() else None)
+        temp = _partial_beside(target)
+        try:
+            shutil.copyfile(real_source, temp)
+            refuse_if_changed(real_source, stamp)
 
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    temp = _temp_beside(destination)
-    try:
-        shutil.copyfile(source, temp)
-        if clash:
-            _delete_groups(temp, clash)
-        with NWBHDF5IO(str(temp), "a") as io:
-            nwbfile = io.read()
-            add_results(nwbfile, results)
-            io.write(nwbfile)
-        if before_commit is not None:
-            before_commit(temp)
-    except WriteBackError:
-        temp.unlink(missing_ok=True)
-        raise
-    except BaseException as exc:
-        temp.unlink(missing_ok=True)
-        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-            raise
-        raise WriteBackError(f"{destination}: writing results failed, original untouched: {exc}") from None
-    return _commit(temp, destination, validate)
+            def append() -> None:  # no `with`: a failed write must not be flushed again on the way out
+                if clash:
+                    _delete_groups(temp, clash)
+                io = NWBHDF5IO(str(temp), "a")
+                nwbfile = io.read()
+                add_results(nwbfile, results)
+                io.write(nwbfile)
+                io.close()
+
+            _write_isolated(append, temp, target, "original untouched")
+            if before_commit is not None:
+                before_commit(temp)
+            issues = validate_file(temp, ours=names, display=target, input_path=real_source) if validate else []
+            _commit(temp, target, like, stamp, real_source if in_place else None)
+        except BaseException as exc:
+            temp.unlink(missing_ok=True)
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            raise _failed(exc, temp, target, "original untouched") from None
+    _warn_input_issues(target, issues)
+    return target
 
 
 def _copy_session(src: Any, source_location: str) -> Any:
@@ -364,17 +531,31 @@ def write_new_file(
     from pynwb import NWBHDF5IO
 
     destination = Path(destination)
-    refuse_existing_output(destination, overwrite)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    temp = _temp_beside(destination)
-    try:
-        nwbfile = _copy_session(src_nwbfile, source_location)
-        add_results(nwbfile, results, link_source=False)
-        with NWBHDF5IO(str(temp), "w") as io:
-            io.write(nwbfile)
-    except BaseException as exc:
-        temp.unlink(missing_ok=True)
-        if isinstance(exc, (KeyboardInterrupt, SystemExit, WriteBackError)):
-            raise
-        raise WriteBackError(f"{destination}: writing results failed: {exc}") from None
-    return _commit(temp, destination, validate)
+    check_output_file(destination, "--out", overwrite)
+    target = Path(os.path.realpath(destination))
+    names = _names_to_write(results)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with target_lock(target), signals_interrupt():
+        remove_stale_partials(target)
+        check_free_space(target.parent, results_nbytes(results), "--out", "the new file")
+        like = target if target.exists() else None
+        temp = _partial_beside(target)
+        try:
+            nwbfile = _copy_session(src_nwbfile, source_location)
+            add_results(nwbfile, results, link_source=False)
+
+            def create() -> None:
+                io = NWBHDF5IO(str(temp), "w")
+                io.write(nwbfile)
+                io.close()
+
+            _write_isolated(create, temp, target, "nothing was written")
+            issues = validate_file(temp, ours=names, display=target) if validate else []
+            _commit(temp, target, like, None, None)
+        except BaseException as exc:
+            temp.unlink(missing_ok=True)
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            raise _failed(exc, temp, target, "nothing was written") from None
+    _warn_input_issues(target, issues)
+    return target

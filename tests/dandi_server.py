@@ -145,6 +145,19 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _blob(self, key: str, by_name: bool = False) -> None:
         srv = self.server.owner
+        with srv.lock:
+            srv.in_flight += 1
+            srv.max_in_flight = max(srv.max_in_flight, srv.in_flight)
+        try:
+            if srv.latency:
+                time.sleep(srv.latency)
+            self._blob_body(key, by_name)
+        finally:
+            with srv.lock:
+                srv.in_flight -= 1
+
+    def _blob_body(self, key: str, by_name: bool) -> None:
+        srv = self.server.owner
         local = srv.files_by_name.get(key) if by_name else (srv.by_id.get(key) or (None, None, None))[2]
         fail = srv.take_failure(key)
         if fail is not None:
@@ -212,7 +225,8 @@ class _Server(ThreadingHTTPServer):
 class DandiServer:
     """Serves {dandiset id: {asset path: local file}} on 127.0.0.1 like the DANDI Archive.
 
-    ``bytes_served`` counts blob body bytes actually sent; ``fail(asset_path, ...)`` injects
+    ``bytes_served`` counts blob body bytes actually sent, ``max_in_flight`` the most blob requests
+    served at once, ``latency`` delays every blob request; ``fail(asset_path, ...)`` injects
     failures for the next blob requests; ``support_range=False`` makes the blob store ignore Range.
     """
 
@@ -231,6 +245,9 @@ class DandiServer:
         self.bytes_served = 0
         self.requests: list[tuple[str, str, str | None]] = []
         self.support_range = True
+        self.latency = 0.0  # seconds each blob request waits before answering (a long link's round trip)
+        self.in_flight = 0
+        self.max_in_flight = 0
         self._failures: dict[str, list[tuple[str, object]]] = {}
         self._httpd = _Server(("127.0.0.1", 0), _Handler)
         self._httpd.owner = self
@@ -281,9 +298,10 @@ class DandiServer:
             self.bytes_served += n
 
     def reset_counts(self) -> None:
-        """Zero the byte counter and the request log."""
+        """Zero the byte counter, the request log and the in-flight high-water mark."""
         with self.lock:
             self.bytes_served = 0
+            self.max_in_flight = self.in_flight
             self.requests.clear()
 
     def asset_id(self, dandiset_id: str, path: str) -> str:

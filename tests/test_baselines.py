@@ -9,7 +9,7 @@ from nwb_lfads_emg.baselines import bayes_filter, lowpass_envelope, select_cutof
 from nwb_lfads_emg.baselines.bayes import transition_matrix
 from nwb_lfads_emg.baselines.lowpass import cutoff_scores
 from nwb_lfads_emg.errors import EMGDataError
-from nwb_lfads_emg.evaluate import r2_affine
+from nwb_lfads_emg.metrics import r2_affine
 from nwb_lfads_emg.preprocess import PreprocessConfig, bin_to, preprocess, rectify_highpass
 
 

@@ -16,7 +16,7 @@ from dandi_server import dandi_server  # noqa: F401  (pytest fixture)
 from pynwb import NWBHDF5IO, validate
 
 from nwb_lfads_emg.cli import main
-from nwb_lfads_emg.evaluate import r2_affine
+from nwb_lfads_emg.metrics import r2_affine
 from nwb_lfads_emg.simulate import (
     true_activation_binned,
 )
@@ -129,3 +129,17 @@ def test_cli_bad_input_is_one_line(tmp_path, capsys):
     assert err.startswith("error: ") and str(junk) in err and len(err.splitlines()) == 1
     assert main(["annotate", str(junk), "--run-dir", str(tmp_path / "none"), "--out", str(tmp_path / "o.nwb")]) == 2
     assert "no trained model" in capsys.readouterr().err
+
+
+def test_annotate_uses_the_callers_preprocessing(source, run_dir, tmp_path):
+    """A job given to `annotate` is used as given (its preprocessing is not replaced by the recorded one):
+    10 ms bins do not fit a model trained on 5 ms bins, and that is said before anything is written."""
+    from nwb_lfads_emg.errors import TrainingError
+    from nwb_lfads_emg.pipeline import JobConfig, annotate
+    from nwb_lfads_emg.preprocess import PreprocessConfig
+
+    out = tmp_path / "never.nwb"
+    job = JobConfig(device="cpu", progress=False, preprocess=PreprocessConfig(bin_ms=10.0))
+    with pytest.raises(TrainingError, match=r"bin rate 100(\.0)? Hz differs from the model's 200(\.0)? Hz"):
+        annotate(source, run_dir, out=out, job=job)
+    assert not out.exists()

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from nwb_lfads_emg.baselines import bayes_filter, lowpass_envelope
-from nwb_lfads_emg.evaluate import (
-    compare_estimates,
+from nwb_lfads_emg.evaluate import compare_estimates
+from nwb_lfads_emg.metrics import (
     decode_r2,
     lag_features,
     quadratic_expand,
@@ -153,3 +153,39 @@ def test_evaluate_file(small_nwb, small_session, tmp_path):
     assert m.loc["LowPassOracle", "vs_truth"] >= m.loc["LowPass", "vs_truth"] - 1e-3
     assert (tmp_path / "report" / "report.html").is_file()
     assert (tmp_path / "report" / "evaluation.csv").is_file()
+
+
+
+def test_evaluate_file_rectifies_with_the_recorded_preprocessing(small_nwb, small_session, tmp_path):
+    """The rectified reference is made with the preprocessing the provenance records, not the defaults."""
+    from nwb_lfads_emg.evaluate import evaluate_file
+    from nwb_lfads_emg.metrics import r2_affine
+    from nwb_lfads_emg.simulate import true_activation_binned
+    from nwb_lfads_emg.writeback import ActivationEstimate, SessionResults, write_into_copy
+
+    s = small_session
+    recorded = PreprocessConfig(highpass_hz=150.0, notch_hz=60.0)
+    b = preprocess(s.emg, s.emg_rate, recorded)
+    tables = {}
+    for label, prep in (("recorded", recorded), ("none", None)):
+        provenance = None if prep is None else {
+            "config": {}, "preprocessing": {**prep.__dict__, "bin_rate": b.bin_rate}, "training_metrics": {},
+            "software_versions": {}, "random_seed": 0, "weights_sha256": "0" * 64,
+            "source_file_identifier": "x", "source_series_path": "acquisition/EMG"}
+        results = SessionResults(
+            estimates=[ActivationEstimate("AutoLFADS", b.data)], rate=b.bin_rate, starting_time=b.starting_time,
+            muscles=s.muscle_names, source_series_path="acquisition/EMG", provenance=provenance)
+        out = write_into_copy(small_nwb, results, tmp_path / f"{label}.nwb", validate=False)
+        tables[label] = evaluate_file(out)
+    assert tables["recorded"].attrs["rectified_preprocessing"]["highpass_hz"] == 150.0
+    assert tables["none"].attrs["rectified_preprocessing"]["highpass_hz"] == PreprocessConfig().highpass_hz
+    truth = true_activation_binned(s, b.bin_rate)[: b.data.shape[0]]
+    got = {}
+    for label, config in (("recorded", recorded), ("none", PreprocessConfig())):
+        t = tables[label]
+        got[label] = t[(t.method == "rectified") & (t.analysis == "vs_truth")]["r2"].to_numpy()
+        expect = r2_affine(bin_to(rectify_highpass(s.emg, s.emg_rate, config), s.emg_rate, b), truth)
+        # measured: agreement to ~1e-5 (the file's truth is stored at its own rate and binned again)
+        np.testing.assert_allclose(got[label], expect, atol=1e-4)
+    # and the two preprocessings give clearly different references (measured ~0.05 apart per muscle)
+    assert np.all(np.abs(got["recorded"] - got["none"]) > 0.01)

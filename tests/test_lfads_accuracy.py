@@ -33,7 +33,7 @@ def scores(accuracy_session, accuracy_nwb, demo_run) -> dict[str, float]:
     """R^2 vs truth of the shared demo model (trained through the pipeline on the simulated file)."""
     from nwb_lfads_emg.baselines.bayes import bayes_filter
     from nwb_lfads_emg.baselines.lowpass import lowpass_envelope
-    from nwb_lfads_emg.evaluate import r2_affine
+    from nwb_lfads_emg.metrics import r2_affine
     from nwb_lfads_emg.pipeline import infer, load_run, read
     from nwb_lfads_emg.preprocess import PreprocessConfig, rectify_highpass
     from nwb_lfads_emg.simulate import true_activation_binned

@@ -143,3 +143,29 @@ def test_fit_pbt_rejects_bad_arguments(tmp_path):
     with pytest.raises(TrainingError, match="search space"):
         fit_pbt(data, preset("demo"), tmp_path, population=2,
                 search_space=autolfads_search_space({"cd_rate": (0.1, 0.93)}))
+
+
+def test_pbt_settings_from_flags_and_config_file(tmp_path, capsys):
+    """Every PBT setting reaches the job from a flag or a JSON file (flags win) and survives the record."""
+    import json
+
+    from nwb_lfads_emg.cli import _job, build_parser, main
+    from nwb_lfads_emg.pipeline import JobConfig, PBTSettings, _job_dict
+
+    cfg = tmp_path / "pbt.json"
+    cfg.write_text(json.dumps({"population": 6, "min_improvement": 1e-3, "search_space": {"lr": [1e-4, 1e-3]}}))
+    args = build_parser().parse_args([
+        "fit", "x.nwb", "--run-dir", "r", "--pbt", "--pbt-config", str(cfg), "--population", "3",
+        "--pbt-interval", "5", "--pbt-burn-in", "10", "--cpus-per-trial", "2", "--pbt-patience", "7",
+        "--pbt-quantile", "0.5", "--pbt-storage", "s3://b/x", "--pbt-shared-data", "/shared",
+        "--pbt-restart", "--pbt-random-start", "--gpus-per-trial", "0.5", "--ray-address", "h:1"])
+    job = _job(args)
+    assert job.pbt_settings == PBTSettings(
+        population=3, ray_address="h:1", gpus_per_trial=0.5, cpus_per_trial=2.0, interval=5, burn_in=10,
+        patience_generations=7, min_improvement=1e-3, quantile_fraction=0.5, storage_path="s3://b/x",
+        shared_data_path="/shared", resume=False, start_from_config=False, search_space={"lr": [1e-4, 1e-3]})
+    assert JobConfig.from_dict(_job_dict(job)) == job  # recorded whole in job.json and the provenance
+    cfg.write_text(json.dumps({"populaton": 6}))
+    assert main(["fit", "x.nwb", "--run-dir", str(tmp_path / "r"), "--pbt", "--pbt-config", str(cfg)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "populaton" in err and "--pbt-config" in err and str(cfg) in err

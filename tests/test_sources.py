@@ -105,7 +105,10 @@ def test_inspect_lists_emg_units_and_behaviour(sim, capsys: pytest.CaptureFixtur
     assert "acquisition/preprocessed_emg [per_muscle] 5 ch, 2000 Hz, 12.0 s, unit volts, timestamped" in text
     assert "Units: units (6 units" in text
     assert "processing/behavior/joint_angles" in text
-    assert "ground_truth" not in text
+    # the truth is listed (inspect hides no series), but never as EMG or behaviour
+    listed_as_input = text.split("Other time series")[0]
+    assert "ground_truth" not in listed_as_input
+    assert "processing/ground_truth/true_activation [TimeSeries] shape (12000, 5), 1000 Hz" in text.split("Other time series")[1]
     assert main(["inspect", str(el)]) == 0
     assert "acquisition/EMG [ElectricalSeries] 5 ch" in capsys.readouterr().out
 

@@ -26,6 +26,7 @@ NAMES = [
     "03_compare_methods",
     "04_scale_out_pbt_ray_gpu",
     "05_reuse_trained_model",
+    "06_multisession",
 ]
 METHODS = {"AutoLFADS", "LowPass", "BayesianFilter"}
 FALCON_ASSET = "sub-MonkeyL-held-in-calib/sub-MonkeyL-held-in-calib_ses-20120924_behavior+ecephys.nwb"
@@ -149,7 +150,8 @@ def test_02_stream_dandi_asset(tmp_path):
 def test_03_compare_methods(tmp_path):
     out = _run("03_compare_methods", tmp_path)
     _assert_annotated(out / "session_annotated.nwb")
-    for figure in ("decoding_r2.png", "decoded_angle.png", "report/traces.png", "report/r2_bars.png"):
+    for figure in ("decoding_r2.png", "decoded_angle.png", "report/traces.png", "report/r2_bars.png",
+                   "report/phase_response.png", "report/smoothness.png"):
         _assert_png(out / figure)
     assert (out / "report" / "report.html").is_file()
     import pandas as pd
@@ -180,3 +182,25 @@ def test_05_reuse_trained_model(tmp_path):
         estimate = io.read().processing["ecephys"]["AutoLFADS"]
         assert json.loads(estimate.method_parameters)["trained_on"].endswith("session_A.nwb")
     assert not (out / "session_C_annotated.nwb").exists()
+
+
+def test_06_multisession(tmp_path):
+    from nwb_lfads_emg.simulate import write_session_nwb
+    from nwb_lfads_emg.simulate_sessions import SessionSetConfig, simulate_sessions
+
+    # the tutorial's dandiset, served by the local stand-in (the tutorial writes the same files locally)
+    sims = simulate_sessions(SessionSetConfig(n_sessions=4, duration_s=10.0, seed=0))
+    assets = {f"sub-rat1/sub-rat1_ses-{k}.nwb": write_session_nwb(s, tmp_path / f"s{k}.nwb") for k, s in enumerate(sims)}
+    with DandiServer({"000999": assets}) as server:
+        out = _run("06_multisession", tmp_path, DANDI_INSTANCE=server.api_url,
+                   TUTORIAL_DANDISET="dandi://DANDI/000999@draft")
+        assert server.bytes_served > 0
+    for name in ("ses-0_annotated.nwb", "ses-4_annotated.nwb"):
+        _assert_annotated(out / name)
+    from pynwb import NWBHDF5IO
+
+    with NWBHDF5IO(str(out / "ses-4_annotated.nwb"), "r") as io:
+        multi = json.loads(io.read().processing["ecephys"]["LFADSModelProvenance"].config)["multisession"]
+        assert multi["readin_readout"]["adapted"] and len(multi["training_sessions"]) == 4
+        assert all("000999" in s["source_url"] for s in multi["training_sessions"])
+    assert (out / "r2_vs_truth.csv").is_file()

@@ -26,6 +26,7 @@
 # in the test suite, which serves a 15 s simulated session from a local stand-in for the archive.
 
 # %%
+import json
 import os
 from pathlib import Path
 
@@ -69,7 +70,12 @@ def run_cli(*args):
 #
 # Only the file's header and the small metadata datasets travel; the EMG itself stays on the
 # archive. FALCON stores each muscle as its own `TimeSeries` inside one `BehavioralTimeSeries`
-# container; `nwb-lfads-emg` reads them together as one multi-channel EMG series.
+# container; `nwb-lfads-emg` reads them together as one multi-channel EMG series. What FALCON stores
+# is not raw EMG but its envelope, already notch-filtered, high-passed, rectified, resampled to 50 Hz
+# and low-passed at 10 Hz, on a 20 ms timestamp grid: `inspect` says how it will be read
+# (`input: envelope, sampled at 50 Hz ...; bins 20 ms`). With no option at all the envelope is
+# binned as it is (no second high-pass or rectification), one bin per sample, and the estimates are
+# written on the file's own timestamps. `--input raw|envelope` and `--bin-ms` override that.
 
 # %%
 run_cli("inspect", ASSET, "--cache-dir", CACHE)
@@ -117,15 +123,21 @@ with NWBHDF5IO(str(DERIVED), "r") as io:
         print(f"{name:22s} {type(obj).__name__:22s} {getattr(getattr(obj, 'data', None), 'shape', '')}")
     provenance = results["LFADSModelProvenance"]
     print("source:", provenance.source_url, "|", provenance.source_series_path)
+    decision = json.loads(provenance.preprocessing)["input_decision"]
+    print(f"input read as {decision['kind']} ({'; '.join(decision['reasons'])}), bins {decision['bin_ms']:g} ms")
     print("units:", 0 if nwbfile.units is None else len(nwbfile.units),
           "| behaviour:", list(nwbfile.processing["behavior"].data_interfaces)
           if "behavior" in nwbfile.processing else [])
     estimates = {}
     for method in ("AutoLFADS", "LowPass", "BayesianFilter"):
         est = results[method]
-        rate, start = float(est.rate), float(est.starting_time)
-        j0, j1 = int(round((T0 - start) * rate)), int(round((T0 + 3.0 - start) * rate))
-        estimates[method] = (start + np.arange(j0, j1) / rate, est.data[j0:j1, :])
+        # a timestamped source (FALCON) gives estimates on its own timestamps; a sampled one, rate + start
+        if est.timestamps is not None:
+            t_est = np.asarray(est.timestamps[:])
+        else:
+            t_est = float(est.starting_time) + np.arange(est.data.shape[0]) / float(est.rate)
+        j0, j1 = np.searchsorted(t_est, [T0, T0 + 3.0])
+        estimates[method] = (t_est[j0:j1], est.data[j0:j1, :])
     muscles = list(results["AutoLFADS"].muscle_names[:])
 print(f"size of {DERIVED.name}: {DERIVED.stat().st_size / 1e6:.1f} MB")
 

@@ -15,10 +15,10 @@
 # - `rectified` is the binned rectified EMG itself, the floor every method should beat.
 #
 # **What you will see:** the summary table (mean R² per method and analysis), the report folder of
-# `nwb-lfads-emg evaluate` (`report.html`, `traces.png`, `r2_bars.png`, `spectra.png`, the table as
-# CSV/JSON), and two figures made here: `decoding_r2.png` (held-out R² per behavioural output and
-# method) and `decoded_angle.png` (a joint angle and its prediction from each method over a few
-# seconds).
+# `nwb-lfads-emg evaluate` (`report.html`, `traces.png`, `r2_bars.png`, `spectra.png`,
+# `phase_response.png`, `smoothness.png`, the tables as CSV/JSON), and two figures made here:
+# `decoding_r2.png` (held-out R² per behavioural output and method) and `decoded_angle.png` (a joint
+# angle and its prediction from each method over a few seconds).
 #
 # **How long it takes:** about 3-5 minutes on a laptop CPU (a 60 s session, `demo` preset). Fast
 # mode (`NWB_LFADS_EMG_TUTORIAL_FAST=1`: 15 s, 2 epochs) about 30 s. In fast mode AutoLFADS is
@@ -37,6 +37,7 @@ import pandas as pd
 from pynwb import NWBHDF5IO
 
 from nwb_lfads_emg.cli import main as nwb_lfads_emg
+from nwb_lfads_emg.colors import method_color
 from nwb_lfads_emg.evaluate import decode_r2
 from nwb_lfads_emg.simulate import SimulationConfig, simulate_session, write_session_nwb
 from nwb_lfads_emg.sources import read_behavior
@@ -78,10 +79,13 @@ run_cli("run", SOURCE, "--emg", "EMG", "--out", ANNOTATED, "--run-dir", OUT / "r
 #
 # `evaluate` finds every `MuscleActivation` in the file, the behaviour, the stored truth and the
 # spikes, and scores each estimate. With `--report` it also writes the table and figures.
+# `--cycles gait_cycles` (the simulator's gait cycles) adds the phase-resolved frequency response:
+# which filter of the rectified EMG each method is at each phase of the stride; and since the file
+# has spikes, the report also sets `from_spikes` beside low-pass envelopes of several cutoffs.
 
 # %%
 REPORT = OUT / "report"
-run_cli("evaluate", ANNOTATED, "--report", REPORT)
+run_cli("evaluate", ANNOTATED, "--cycles", "gait_cycles", "--report", REPORT, "--quiet")
 print("report files:", sorted(p.name for p in REPORT.iterdir()))
 
 # %% [markdown]
@@ -94,7 +98,7 @@ decoding = table[table["analysis"] == "decode_linear"].pivot(index="target", col
 decoding = decoding[[m for m in ["rectified", *METHODS] if m in decoding.columns]]
 print(decoding.round(3).to_string())
 
-ax = decoding.plot.bar(figsize=(9, 4), width=0.8)
+ax = decoding.plot.bar(figsize=(9, 4), width=0.8, color=[method_color(m) for m in decoding.columns])
 ax.set_ylabel("held-out R² (linear decoder)")
 ax.set_xlabel("")
 ax.set_ylim(min(0.0, float(np.nanmin(decoding.values))), 1.0)
@@ -139,7 +143,7 @@ window = slice(n_pred - int(min(4.0, 0.5 * DURATION_S) * rate), n_pred)
 fig, ax = plt.subplots(figsize=(10, 3.5))
 ax.plot(t[-n_pred:][window], target[ok][-n_pred:][window], "k", lw=2, label=f"{output} (true)")
 for method, (r2, pred) in predictions.items():
-    ax.plot(t[-n_pred:][window], pred[window], lw=1.2, label=f"{method} (R² {r2:.2f})")
+    ax.plot(t[-n_pred:][window], pred[window], lw=1.2, color=method_color(method), label=f"{method} (R² {r2:.2f})")
 ax.set_xlabel("time (s)")
 ax.set_ylabel(f"{output} ({angles.attrs.get('unit', 'rad')})")
 ax.legend(fontsize=8, ncol=2)

@@ -37,7 +37,7 @@ def cutoff_scores(
 
     Both signals start at the same time; the envelope is averaged onto the target's time base.
     """
-    from ..evaluate import decode_r2
+    from ..metrics import decode_r2
     from ..preprocess import bin_like
 
     y = np.asarray(target, dtype=np.float64)

@@ -48,10 +48,15 @@ def temporal_shift(x: Tensor, shifts: Tensor) -> Tensor:
     return torch.gather(x, 1, idx.clamp(0, n_t - 1))
 
 
-def shift_pair(x: Tensor, std: float, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-    """(encoder input, reconstruction target), each shifted per channel independently (the EMG paper's trick)."""
+def shift_pair(x: Tensor, std: float, generator: torch.Generator | None = None,
+               *alike: Tensor) -> tuple[Tensor, ...]:
+    """(encoder input, reconstruction target), each shifted per channel independently (the EMG paper's trick);
+    shifts are rounded Gaussians of SD `std` bins. Tensors in `alike` (same shape as x, e.g. masks) get the
+    same two shifts: (x_in, x_tgt, a_in, a_tgt, ...)."""
+    tensors = (x, *alike)
     if std <= 0:
-        return x, x
+        return tuple(t for t in tensors for _ in range(2))
     b, _, c = x.shape
-    return (temporal_shift(x, random_shifts(b, c, std, generator)),
-            temporal_shift(x, random_shifts(b, c, std, generator)))
+    s_in = random_shifts(b, c, std, generator)
+    s_tgt = random_shifts(b, c, std, generator)
+    return tuple(out for t in tensors for out in (temporal_shift(t, s_in), temporal_shift(t, s_tgt)))

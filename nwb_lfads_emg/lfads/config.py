@@ -89,12 +89,11 @@ class LFADSConfig:
     seg_overlap: int = 50
     val_fraction: float = 0.2
     val_blocks: int = 5
-    # --- inference
-    n_samples: int = 20
     # --- compute
     precision: str = "auto"  # "auto" (bf16/fp16 autocast on CUDA, fp32 on CPU), "fp32", "bf16", "fp16"
     compile: bool = False
-    # the decoder's time loop in TorchScript (same outputs, gradients and RNG use as the eager loop, faster on CPU)
+    # the decoder's time loop as one autograd Function with a hand-written backward (same outputs,
+    # gradients and RNG use as the eager step loop, faster on CPU)
     fast_decoder: bool = True
     num_threads: int | None = None
     preset_name: str = field(default="custom")
@@ -169,7 +168,6 @@ def preset(name: str) -> LFADSConfig:
             # temporal shift OFF here: on the accuracy session (carrier 15-50 Hz, 5 ms bins, sharp onsets)
             # it cost R^2: 0.836 without, 0.789 at SD 2 ms, 0.784 at SD 5 ms (demo, seed 0)
             temporal_shift_ms=0.0,
-            n_samples=20,
             # one thread: a model this small is as fast on one as on two, and far faster when the
             # other core is busy (another trial, the data pipeline, a loaded CI machine)
             num_threads=1,

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ..errors import one_line
 
 
 class ClippedGRUCell(nn.Module):
@@ -184,7 +187,8 @@ class Decoder(nn.Module):
     def __init__(self, ci_dim: int, con_dim: int, co_dim: int, ic_dim: int, gen_dim: int, fac_dim: int,
                  clip: float, dropout: float, fast: bool = True) -> None:
         super().__init__()
-        # run the time loop in TorchScript (same parameters, ops and RNG use as the eager step loop)
+        # run the time loop as one autograd Function with a hand-written backward (`_DecoderLoop`; same
+        # parameters, ops and RNG use as the eager step loop)
         self.fast = fast
         self.ci_dim, self.co_dim, self.con_dim, self.gen_dim = ci_dim, co_dim, con_dim, gen_dim
         self.ic_to_g0 = nn.Linear(ic_dim, gen_dim)
@@ -199,11 +203,13 @@ class Decoder(nn.Module):
         self._step_fn = self._step
 
     def enable_compile(self) -> None:
-        """Compile the per-step update with torch.compile (falls back silently if unavailable)."""
+        """Compile the per-step update with torch.compile (falls back to the eager step, with a warning)."""
         try:
             self._step_fn = torch.compile(self._step, dynamic=False)
             self.fast = False
-        except Exception:  # noqa: BLE001 - compile is an optional speed-up
+        except Exception as exc:  # noqa: BLE001 - compile is an optional speed-up
+            warnings.warn(f"torch.compile is unavailable ({one_line(exc)}); the decoder runs its eager step",
+                          RuntimeWarning, stacklevel=2)
             self._step_fn = self._step
 
     def _step(self, ci_t: Tensor | None, f: Tensor, c: Tensor | None, g: Tensor, eps_t: Tensor | None,

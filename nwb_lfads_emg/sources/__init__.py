@@ -5,7 +5,7 @@ Never imports torch.
 
 from .discover import BehaviorInfo, SeriesInfo, find_behavior_series, find_emg_candidates
 from .opened import OpenedSource, open_source
-from .reader import EMGReader, inspect_source, read_behavior, read_spikes_binned
+from .reader import EMGReader, inspect_source, read_behavior, read_series, read_spikes_binned
 
 __all__ = [
     "BehaviorInfo",
@@ -17,5 +17,6 @@ __all__ = [
     "inspect_source",
     "open_source",
     "read_behavior",
+    "read_series",
     "read_spikes_binned",
 ]

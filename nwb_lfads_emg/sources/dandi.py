@@ -119,7 +119,7 @@ def resolve_asset(reference: str, instance: str | None = None) -> DandiAsset:
     except UnknownURLError:
         raise SourceError(describe(reference, None, "not a DANDI reference dandi can parse")) from None
     except Exception as exc:  # network trouble while dandi asks the server for its info
-        raise SourceError(describe(reference, None, f"cannot reach the DANDI instance ({_one_line(exc)})")) from None
+        raise SourceError(describe(reference, None, f"cannot reach the DANDI instance ({_request_failure(exc)})")) from None
 
     client = DandiAPIClient(dandi_instance=parsed.instance)
     try:
@@ -146,9 +146,9 @@ def resolve_asset(reference: str, instance: str | None = None) -> DandiAsset:
     except SourceError:
         raise
     except NotFoundError as exc:
-        raise SourceError(describe(reference, None, f"not found on {parsed.instance.api}: {_one_line(exc)}")) from None
+        raise SourceError(describe(reference, None, f"not found on {parsed.instance.api}: {_request_failure(exc)}")) from None
     except Exception as exc:
-        raise SourceError(describe(reference, None, f"DANDI API request failed: {_one_line(exc)}")) from None
+        raise SourceError(describe(reference, None, f"DANDI API request failed: {_request_failure(exc)}")) from None
     finally:
         client.session.close()
     return DandiAsset(
@@ -180,5 +180,18 @@ def _single_nwb(reference: str, dandiset, path: str):
     raise SourceError(describe(reference, path, f"{len(found)} .nwb assets under this path; pick one of: {names}"))
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:300] or type(exc).__name__
+def _request_failure(exc: BaseException) -> str:
+    """A short reason for a failed request: unreachable host, refused connection or time-out, else the message."""
+    text = " ".join(str(exc).split())
+    host = re.search(r"host='([^']+)'", text)
+    port = re.search(r"port=(\d+)", text)
+    where = f" {host.group(1)}" if host else ""
+    if "NameResolutionError" in text or "Failed to resolve" in text or "Name or service not known" in text:
+        return f"cannot resolve{where} (offline, or a wrong DANDI_INSTANCE?)"
+    if "Connection refused" in text or "Errno 111" in text:
+        return f"connection refused by{where}" + (f":{port.group(1)}" if host and port else "")
+    if "timed out" in text.lower() or "Timeout" in type(exc).__name__:
+        return f"no answer from{where} (timed out)"
+    if "Could not retrieve server info" in text:
+        return text.split(",")[0][:200]
+    return text[:300] or type(exc).__name__

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import h5py
 
-from ..errors import NwbLfadsEmgError, SourceError, describe
-from .local import hdf5_problem, open_local_hdf5
+from ..errors import NwbLfadsEmgError, SourceError, describe, one_line
+from .local import hdf5_problem, looks_like_zarr_url, open_local_hdf5, zarr_refusal
 
 
 class OpenedSource:
@@ -29,6 +30,7 @@ class OpenedSource:
         session: Any = None,
         cache_dir: Path | None = None,
         dandi_asset: Any = None,
+        prefetcher: Any = None,
     ) -> None:
         self.nwbfile = nwbfile
         self.location = location
@@ -39,6 +41,7 @@ class OpenedSource:
         self._h5file = h5file
         self._remote_file = remote_file
         self._session = session
+        self._prefetcher = prefetcher
 
     @property
     def is_remote(self) -> bool:
@@ -54,11 +57,17 @@ class OpenedSource:
         """The last network failure seen while streaming, if any."""
         return getattr(self._session, "last_error", None)
 
+    def prefetch_rows(self, datasets: Sequence[Any], i0: int, i1: int, columns: Sequence[int] | None = None) -> None:
+        """Streamed files: fetch the HDF5 chunks under rows [i0, i1) of ``datasets`` concurrently before h5py reads them."""
+        if self._prefetcher is not None:
+            self._prefetcher.prefetch(datasets, i0, i1, columns)
+
     def close(self) -> None:
         """Close the NWB reader, the HDF5 file and any network session."""
         for closer in (
             getattr(self._io, "close", None),
             getattr(self._h5file, "close", None),
+            getattr(self._prefetcher, "close", None),
             getattr(self._session, "close", None),
         ):
             if closer is None:
@@ -95,7 +104,7 @@ def _read_nwb(h5file: h5py.File, location: str) -> tuple[Any, Any]:
             io.close()
         except Exception:
             pass
-        text = " ".join(str(exc).split())[:240]
+        text = one_line(exc, 240)
         if isinstance(exc, OSError):
             text = hdf5_problem(exc)
         raise SourceError(describe(location, None, f"pynwb cannot read this NWB file ({text})")) from None
@@ -108,21 +117,27 @@ def open_source(
     dandi_instance: str | None = None,
     timeout: float = 20.0,
     retries: int = 3,
+    prefetch_workers: int | None = None,
 ) -> OpenedSource:
     """Open a local NWB path, a DANDI reference or an https URL of an NWB file, lazily.
 
     Remote bytes are read with HTTP range requests (remfile) through an on-disk cache
     (``cache_dir``; None -> default directory, False -> none). ``dandi_instance`` (or
-    $DANDI_INSTANCE) picks the DANDI instance by name or API URL.
+    $DANDI_INSTANCE) picks the DANDI instance by name or API URL. ``prefetch_workers``: concurrent
+    range requests that fetch a window's chunks ahead of h5py (None -> the default, 0 -> none).
     """
     from .dandi import looks_like_dandi, resolve_asset
     text = os.fspath(source)
     if looks_like_dandi(text):
         asset = resolve_asset(text, instance=dandi_instance)
+        if looks_like_zarr_url(asset.path) or looks_like_zarr_url(asset.content_url):
+            raise SourceError(describe(text, asset.path, zarr_refusal("a Zarr asset")))
         return _open_url(asset.content_url, cache_dir, timeout, retries, dandi_asset=asset,
-                         label=f"{text} ({asset.path})")
+                         label=f"{text} ({asset.path})", prefetch_workers=prefetch_workers)
     if re.match(r"^https?://", text):
-        return _open_url(text, cache_dir, timeout, retries, label=text)
+        if looks_like_zarr_url(text):
+            raise SourceError(describe(text, None, zarr_refusal("a .zarr URL")))
+        return _open_url(text, cache_dir, timeout, retries, label=text, prefetch_workers=prefetch_workers)
     h5file = open_local_hdf5(text)
     try:
         io, nwbfile = _read_nwb(h5file, text)
@@ -133,7 +148,8 @@ def open_source(
 
 
 def _open_url(url: str, cache_dir: Any, timeout: float, retries: int, *, label: str,
-              dandi_asset: Any = None) -> OpenedSource:
+              dandi_asset: Any = None, prefetch_workers: int | None = None) -> OpenedSource:
+    from .prefetch import DEFAULT_WORKERS, Prefetcher
     from .remote import open_remote_file, resolve_cache_dir
 
     cache = resolve_cache_dir(cache_dir)
@@ -146,7 +162,7 @@ def _open_url(url: str, cache_dir: Any, timeout: float, retries: int, *, label: 
         raise SourceError(describe(label, None, problem)) from None
     except Exception as exc:
         session.close()
-        problem = session.last_error or " ".join(str(exc).split())[:200]
+        problem = session.last_error or one_line(exc)
         raise SourceError(describe(label, None, f"cannot stream the file ({problem})")) from None
     try:
         io, nwbfile = _read_nwb(h5file, label)
@@ -154,6 +170,7 @@ def _open_url(url: str, cache_dir: Any, timeout: float, retries: int, *, label: 
         h5file.close()
         session.close()
         raise
+    workers = DEFAULT_WORKERS if prefetch_workers is None else int(prefetch_workers)
     return OpenedSource(
         nwbfile,
         url,
@@ -164,4 +181,5 @@ def _open_url(url: str, cache_dir: Any, timeout: float, retries: int, *, label: 
         session=session,
         cache_dir=cache,
         dandi_asset=dandi_asset,
+        prefetcher=Prefetcher(rf, url, session, workers=workers) if workers > 0 else None,
     )

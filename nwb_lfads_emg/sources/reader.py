@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fnmatch
+import logging
 import math
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -9,16 +11,30 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from ..errors import EMGDataError, NwbLfadsEmgError, SourceError, describe
+from ..errors import EMGDataError, NwbLfadsEmgError, SourceError, describe, one_line
 from .discover import (
     SeriesInfo,
+    _is_input,
+    _numeric,
+    _shape,
+    _text_reason,
     all_series_summary,
     column_names,
     find_behavior_series,
     find_emg_candidates,
+    group_info,
+    multichannel_info,
+    series_text,
+    series_timing,
+    walk_series,
 )
 
 _TS_BLOCK = 1_000_000  # timestamps checked per block (8 MB)
+#: Relative deviation of a sampling interval from the nominal one still counted as regular.
+REGULAR_TOLERANCE = 0.01
+#: An interval longer than this many nominal intervals is a gap between segments (trials).
+GAP_FACTOR = 1.5
+log = logging.getLogger("nwb_lfads_emg")
 
 
 def _location_of(opened: Any) -> tuple[Any, str, Any]:
@@ -86,21 +102,20 @@ class EMGReader:
         if series is None:
             if not candidates:
                 existing = ", ".join(all_series_summary(self.nwbfile)) or "no TimeSeries at all"
-                raise EMGDataError(describe(self.location, None, f"no EMG-like series found; the file holds: {existing}"))
+                raise EMGDataError(describe(self.location, None, f"no EMG-like series found (choose one with --emg); "
+                                            f"the file holds: {existing}"))
             if len(candidates) > 1:
-                raise EMGDataError(describe(self.location, None, "several EMG-like series; choose one with series=: "
+                raise EMGDataError(describe(self.location, None, "several EMG-like series; choose one with --emg: "
                                             + ", ".join(c.path for c in candidates)))
             return candidates[0]
-        key = series.strip("/")
-        for c in candidates:
-            if key in (c.path, c.path.rsplit("/", 1)[-1]):
-                return c
-        listed = ", ".join(c.path for c in candidates) or "none"
-        raise EMGDataError(describe(self.location, series, f"no EMG-like series by this name; candidates: {listed}"))
+        info = choose_series(self.nwbfile, series, candidates, self.location)
+        if info.warning:
+            log.warning(describe(self.location, info.path, info.warning))
+        return info
 
     def _check_layout(self) -> None:
         objs = self._objects
-        if self.source_kind == "ElectricalSeries":
+        if self.source_kind in ("ElectricalSeries", "TimeSeries"):
             es = objs[0]
             shape = tuple(es.data.shape)
             if len(shape) != 2:
@@ -108,7 +123,7 @@ class EMGReader:
                                             f"data is {len(shape)}-D with shape {shape}; expected 2-D (time x channels)"))
             try:
                 self.electrode_indices = [int(i) for i in es.electrodes.data[:]]
-            except Exception:
+            except Exception:  # noqa: BLE001 - a TimeSeries has no electrodes
                 self.electrode_indices = None
             self.n_samples = int(shape[0])
             cc = getattr(es, "channel_conversion", None)
@@ -139,6 +154,9 @@ class EMGReader:
         rates = []
         for ts in self._objects:
             if ts.rate is not None:
+                if not math.isfinite(float(ts.rate)) or float(ts.rate) <= 0:
+                    raise EMGDataError(describe(self.location, self.series_path, f"sampling rate is {ts.rate} Hz "
+                                                "(must be positive); fix the file, or pick another series with --emg"))
                 rates.append((ts.name, float(ts.rate), float(ts.starting_time or 0.0)))
             else:
                 stamps = ts.timestamps
@@ -162,19 +180,22 @@ class EMGReader:
         self._timestamps = first.timestamps if first.rate is None else None
         if abs(ref_rate - round(ref_rate)) < 1e-6 * ref_rate:
             ref_rate = float(round(ref_rate))  # endpoint-derived rates carry float round-off
+        self.segments = [(0, self.n_samples)]
+        self._segment_t0 = [ref_start]
         if self._timestamps is None:
             self.rate = ref_rate
             self.starting_time = ref_start
             return
-        if not np.isfinite(ref_rate) or self.n_samples < 2:
-            raise EMGDataError(describe(self.location, self.series_path, "timestamps do not increase; cannot find a rate"))
-        lo, hi = self._dt_range(self._timestamps)
-        period = 1.0 / ref_rate
-        if lo <= 0 or (hi - lo) > 1e-3 * period:
+        if self.n_samples < 2:
+            raise EMGDataError(describe(self.location, self.series_path, "fewer than 2 timestamps; cannot find a rate"))
+        period, gaps, irregular_at = self._scan_stamps(self._timestamps)
+        if irregular_at is not None:
+            i, d = irregular_at
             if irregular == "raise":
-                raise EMGDataError(describe(self.location, self.series_path,
-                                            f"irregular timestamps (intervals from {lo:.6g} to {hi:.6g} s); "
-                                            "pass irregular='resample' to interpolate onto a uniform grid"))
+                raise EMGDataError(describe(
+                    self.location, self.series_path,
+                    f"irregular timestamps (interval {d:.6g} s after sample {i}, nominal {period:.6g} s, neither "
+                    "regular nor a gap between trials); pass --irregular resample to interpolate onto a uniform grid"))
             stamps = np.asarray(self._timestamps[:], dtype=np.float64)
             diffs = np.diff(stamps)
             if np.any(diffs <= 0):
@@ -184,20 +205,67 @@ class EMGReader:
             self.starting_time = float(stamps[0])
             self._raw_n = self.n_samples
             self.n_samples = int(math.floor((stamps[-1] - stamps[0]) * self.rate)) + 1
+            self.segments = [(0, self.n_samples)]
+            self._segment_t0 = [self.starting_time]
             return
-        self.rate = ref_rate
+        rate = 1.0 / period
+        if abs(rate - round(rate)) < 1e-6 * rate:
+            rate = float(round(rate))
+        self.rate = rate
         self.starting_time = ref_start
+        bounds = [0, *[g + 1 for g in gaps], self.n_samples]
+        self.segments = [(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        self._segment_t0 = [float(self._timestamps[a]) for a, _ in self.segments]
 
-    @staticmethod
-    def _dt_range(stamps: Any) -> tuple[float, float]:
+    def _scan_stamps(self, stamps: Any) -> tuple[float, list[int], tuple[int, float] | None]:
+        """(nominal interval, sample indices followed by a gap, first irregular interval or None), block by block."""
         n = len(stamps)
-        lo, hi = math.inf, -math.inf
+        first = np.asarray(stamps[0:min(n, _TS_BLOCK + 1)], dtype=np.float64)
+        d0 = np.diff(first)
+        if np.any(d0 <= 0):
+            i = int(np.argmax(d0 <= 0))
+            return float(np.median(d0)) if d0.size else 0.0, [], (i, float(d0[i]))
+        period = float(np.median(d0))
+        gaps: list[int] = []
         for a in range(0, n - 1, _TS_BLOCK):
-            block = np.asarray(stamps[a:min(n, a + _TS_BLOCK + 1)], dtype=np.float64)
+            block = first if a == 0 else np.asarray(stamps[a:min(n, a + _TS_BLOCK + 1)], dtype=np.float64)
             d = np.diff(block)
-            if d.size:
-                lo, hi = min(lo, float(d.min())), max(hi, float(d.max()))
-        return lo, hi
+            regular = np.abs(d - period) <= REGULAR_TOLERANCE * period
+            gap = d > GAP_FACTOR * period
+            bad = ~(regular | gap)
+            if bad.any():
+                i = int(np.argmax(bad))
+                return period, gaps, (a + i, float(d[i]))
+            gaps.extend((a + np.flatnonzero(gap)).tolist())
+            if len(gaps) > max(10, n // 20):
+                return period, gaps, (gaps[-1], float(d[gaps[-1] - a]))
+        return period, gaps, None
+
+    def texts(self) -> list[str]:
+        """What the file says about the chosen series: path, descriptions, comments, containers (for `decide_input`)."""
+        out = [self.series_path]
+        for ts in self._objects[:64]:
+            out += [str(getattr(ts, "description", "") or ""), str(getattr(ts, "comments", "") or "")]
+            parent = getattr(ts, "parent", None)
+            if parent is not None and not hasattr(parent, "acquisition"):
+                out.append(str(getattr(parent, "name", "") or ""))
+                out.append(str(getattr(parent, "description", "") or ""))
+        return [t for t in out if t and t.lower() not in ("no description", "no comments")]
+
+    def head(self, n: int = 5000) -> np.ndarray:
+        """The first ``n`` samples of the chosen muscles (for a look at their signs)."""
+        a, b = self.segments[0]
+        return self._read_scaled(a, min(b, a + n), self._columns, check=False)[0]
+
+    @property
+    def timestamped(self) -> bool:
+        """True when the series stores timestamps (the estimates are then written on them)."""
+        return self._timestamps is not None and self._resample_stamps is None
+
+    def segment_times(self, k: int) -> tuple[float, float]:
+        """(first sample time, end time) of segment k (a contiguous run of samples, e.g. one trial)."""
+        a, b = self.segments[k]
+        return self._segment_t0[k], self._segment_t0[k] + (b - a) / self.rate
 
     def _check_dead(self, drop_dead: bool) -> None:
         n = self.n_samples
@@ -212,7 +280,7 @@ class EMGReader:
             return
         if not drop_dead:
             raise EMGDataError(describe(self.location, self.series_path,
-                                        f"constant (dead) channel(s): {', '.join(dead)}; pass drop_dead=True to leave them out"))
+                                        f"constant (dead) channel(s): {', '.join(dead)}; pass --drop-dead to leave them out"))
         self._columns = [c for c in self._columns if self._all_muscles[c] not in dead]
         if not self._columns:
             raise EMGDataError(describe(self.location, self.series_path, "every channel is constant (dead)"))
@@ -229,11 +297,15 @@ class EMGReader:
         problem = self._opened.stream_problem() if self._opened is not None else None
         if problem:
             return SourceError(describe(self.location, self.series_path, f"streaming failed: {problem}"))
-        text = " ".join(str(exc).split())[:200]
+        text = one_line(exc)
         return SourceError(describe(self.location, self.series_path, f"cannot read the data (truncated or damaged file?): {text}"))
 
     def _raw(self, i0: int, i1: int, columns: list[int]) -> np.ndarray:
-        if self.source_kind == "ElectricalSeries":
+        single = self.source_kind in ("ElectricalSeries", "TimeSeries")  # one 2-D dataset, else 1-D per muscle
+        if hasattr(self._opened, "prefetch_rows"):  # streamed: fetch the covering chunks concurrently first
+            datasets = [self._objects[0].data] if single else [self._objects[c].data for c in columns]
+            self._opened.prefetch_rows(datasets, i0, i1, columns if single else None)
+        if single:
             es = self._objects[0]
             ncol = es.data.shape[1]
             if len(columns) == ncol and columns == list(range(ncol)):
@@ -291,10 +363,10 @@ class EMGReader:
         if self.on_nonfinite == "raise":
             rows, cols = np.nonzero(~finite)
             muscle = self._all_muscles[columns[int(cols[0])]]
-            t = self.starting_time + (i0 + int(rows[0])) / self.rate
+            t = float(self._times(i0 + int(rows[0]), i0 + int(rows[0]) + 1)[0])
             raise EMGDataError(describe(self.location, self.series_path,
                                         f"{int((~finite).sum())} NaN/Inf sample(s), first in muscle {muscle} at t={t:.4f} s; "
-                                        "pass on_nonfinite='mask' to mask them"))
+                                        "pass --on-nonfinite mask to mask them"))
         data = np.where(finite, data, 0).astype(data.dtype, copy=False)
         return data, finite
 
@@ -314,7 +386,9 @@ class EMGReader:
         return out
 
     def _index(self, t: float) -> int:
-        return int(min(self.n_samples, max(0, math.ceil((t - self.starting_time) * self.rate - 1e-6))))
+        k = max(0, int(np.searchsorted(self._segment_t0, t, side="right")) - 1)
+        a, b = self.segments[k]
+        return int(min(b, max(a, a + math.ceil((t - self._segment_t0[k]) * self.rate - 1e-6))))
 
     def _columns_for(self, muscles: Sequence[str] | None) -> list[int]:
         if muscles is None:
@@ -340,7 +414,7 @@ class EMGReader:
 
     def window(self, t0: float, t1: float, muscles: Sequence[str] | None = None) -> xr.DataArray:
         """Samples with t0 <= t < t1 (seconds, file time base) of the chosen muscles, read on demand."""
-        end = self.starting_time + self.n_samples / self.rate
+        end = self.segment_times(len(self.segments) - 1)[1]
         if not t1 > t0:
             raise EMGDataError(describe(self.location, self.series_path, f"empty window [{t0}, {t1}) s"))
         if t1 <= self.starting_time or t0 >= end:
@@ -349,24 +423,84 @@ class EMGReader:
         return self._dataarray(self._index(t0), self._index(t1), self._columns_for(muscles))
 
     def iter_chunks(self, chunk_s: float = 10.0, muscles: Sequence[str] | None = None,
-                    t0: float | None = None, t1: float | None = None) -> Iterator[xr.DataArray]:
-        """Walk the recording (or [t0, t1)) in consecutive chunks of ``chunk_s`` seconds; memory ~ one chunk."""
+                    t0: float | None = None, t1: float | None = None, *, segment: int | None = None
+                    ) -> Iterator[xr.DataArray]:
+        """Walk the recording (or [t0, t1), or one segment) in chunks of ``chunk_s`` seconds; memory ~ one chunk."""
         step = max(1, int(round(chunk_s * self.rate)))
         columns = self._columns_for(muscles)
-        i = self._index(t0) if t0 is not None else 0
-        stop = self._index(t1) if t1 is not None else self.n_samples
+        lo, hi = self.segments[segment] if segment is not None else (0, self.n_samples)
+        i = max(lo, self._index(t0)) if t0 is not None else lo
+        stop = min(hi, self._index(t1)) if t1 is not None else hi
         while i < stop:
             j = min(stop, i + step)
             yield self._dataarray(i, j, columns)
             i = j
 
-    def to_dataarray(self, muscles: Sequence[str] | None = None) -> xr.DataArray:
-        """The whole recording in memory."""
-        return self._dataarray(0, self.n_samples, self._columns_for(muscles))
+    def to_dataarray(self, muscles: Sequence[str] | None = None, *, segment: int | None = None) -> xr.DataArray:
+        """The whole recording (or one segment) in memory."""
+        i0, i1 = self.segments[segment] if segment is not None else (0, self.n_samples)
+        return self._dataarray(i0, i1, self._columns_for(muscles))
 
     def __repr__(self) -> str:
         return (f"EMGReader({self.location!r}, {self.series_path!r}, {len(self.muscles)} muscles, "
                 f"{self.rate:g} Hz, {self.duration_s:.1f} s)")
+
+
+def choose_series(nwbfile: Any, spec: str, candidates: list[SeriesInfo], location: str) -> SeriesInfo:
+    """The series named by ``--emg``: a candidate's path or name, any series' path or name, a glob
+    ('TimeSeriesEMG*') or a comma-separated list. An explicit choice of any numeric (time, channels)
+    series, or of several 1-D series on one time base, is honoured (with a warning when it does not look like EMG).
+    """
+    key = spec.strip().strip("/")
+    for c in candidates:
+        if key in (c.path, c.path.rsplit("/", 1)[-1]):
+            return c
+    items = [k.strip().strip("/") for k in key.split(",") if k.strip().strip("/")]
+    every = [(p, ts, parent) for p, ts, parent in walk_series(nwbfile) if _is_input(p, ts)]
+    matched: list[tuple[str, Any, Any]] = []
+    whole: list[str] = []
+    for item in items:
+        field = (lambda p, ts: p) if "/" in item else (lambda p, ts: ts.name)
+        hits = [e for e in every if fnmatch.fnmatchcase(field(e[0], e[1]), item)]
+        if not hits:  # a container: a BehavioralTimeSeries (or similar) of per-muscle series
+            hits = [e for e in every if e[2] is not None and item in (e[0].rsplit("/", 1)[0], e[2].name)]
+            whole.extend({e[0].rsplit("/", 1)[0] for e in hits})
+        if not hits:
+            listed = ", ".join(c.path for c in candidates) or "none"
+            raise EMGDataError(describe(location, item, f"no EMG-like series by this name; candidates: {listed}; "
+                                        f"every series (any may be named with --emg): "
+                                        f"{', '.join(all_series_summary(nwbfile)) or 'none'}"))
+        matched.extend(e for e in hits if all(e[0] != m[0] for m in matched))
+    for p, ts, _ in matched:
+        if not _numeric(ts) or not _shape(ts):
+            raise EMGDataError(describe(location, p, f"not a numeric time series (dtype {getattr(ts.data, 'dtype', '?')}); "
+                                        "choose another with --emg"))
+    looks_emg = any(_text_reason(series_text(p, ts, parent)) or (parent is not None and _text_reason(
+        {"container": parent.name})) for p, ts, parent in matched)
+    from pynwb.ecephys import ElectricalSeries
+
+    if not looks_emg:
+        looks_emg = any(isinstance(ts, ElectricalSeries) and any(p == c.path for c in candidates)
+                        for p, ts, _ in matched)
+    warning = "" if looks_emg else ("nothing in its name, description, unit, electrodes or container says "
+                                    "EMG/muscle; using it because --emg names it")
+    why = f"chosen with --emg {spec}"
+    if len(matched) == 1:
+        p, ts, _ = matched[0]
+        if len(_shape(ts)) > 2:
+            raise EMGDataError(describe(location, p, f"data has shape {_shape(ts)}; expected (time) or (time, channels)"))
+        return multichannel_info(p, ts, why, warning)
+    wide = [p for p, ts, _ in matched if len(_shape(ts)) != 1 and not (len(_shape(ts)) == 2 and _shape(ts)[1] == 1)]
+    if wide:
+        raise EMGDataError(describe(location, spec, f"--emg matches {len(matched)} series, and {', '.join(wide)} has "
+                                    "several columns; name one (time, channels) series, or several 1-D series"))
+    containers = {p.rsplit("/", 1)[0] for p, _, _ in matched}
+    if len(items) == 1 and len(containers) == 1:
+        container = containers.pop()
+        path = container if whole else f"{container}/{items[0].rsplit('/', 1)[-1]}"
+    else:
+        path = ",".join(p for p, _, _ in matched)
+    return group_info(path, [(p, ts) for p, ts, _ in matched], why, warning)
 
 
 def read_behavior(nwbfile: Any, name: str | None = None, times: np.ndarray | None = None) -> xr.DataArray:
@@ -387,13 +521,18 @@ def read_behavior(nwbfile: Any, name: str | None = None, times: np.ndarray | Non
             raise EMGDataError(describe(location, name, "no such behaviour series; candidates: "
                                         + (", ".join(b.path for b in infos) or "none")))
         info = matches[0]
-    ts = info.obj
+    return read_series(info.obj, location, info.path, times)
+
+
+def read_series(ts: Any, location: str, path: str, times: np.ndarray | None = None) -> xr.DataArray:
+    """Any TimeSeries as (time x output) in physical units (conversion, offset applied); linearly
+    interpolated onto ``times`` (NaN outside) when given. ``attrs['rate']`` is its rate (None when timestamped)."""
     try:
         data = np.asarray(ts.data[:], dtype=np.float64)
         stamps = (np.asarray(ts.timestamps[:], dtype=np.float64) if ts.rate is None
                   else float(ts.starting_time or 0.0) + np.arange(data.shape[0]) / float(ts.rate))
     except (OSError, RuntimeError) as exc:
-        raise SourceError(describe(location, info.path, f"cannot read the data: {' '.join(str(exc).split())[:200]}")) from None
+        raise SourceError(describe(location, path, f"cannot read the data: {one_line(exc)}")) from None
     data = data * float(ts.conversion) + float(getattr(ts, "offset", 0.0) or 0.0)
     if data.ndim == 1:
         data = data[:, None]
@@ -401,13 +540,15 @@ def read_behavior(nwbfile: Any, name: str | None = None, times: np.ndarray | Non
     else:
         data = data.reshape(data.shape[0], -1)
         outputs = column_names(ts, data.shape[1])
+    rate = None if ts.rate is None else float(ts.rate)
     if times is not None:
         t = np.asarray(times, dtype=np.float64)
         data = np.stack([np.interp(t, stamps, data[:, j], left=np.nan, right=np.nan)
                          for j in range(data.shape[1])], axis=1)
-        stamps = t
+        stamps, rate = t, None
     return xr.DataArray(data, dims=("time", "output"), coords={"time": stamps, "output": outputs},
-                        name=ts.name, attrs={"units": ts.unit, "series_path": info.path, "source": location})
+                        name=ts.name, attrs={"units": ts.unit, "series_path": path, "source": location,
+                                             "rate": rate})
 
 
 def read_spikes_binned(nwbfile: Any, bin_edges: np.ndarray) -> np.ndarray:
@@ -423,7 +564,7 @@ def read_spikes_binned(nwbfile: Any, bin_edges: np.ndarray) -> np.ndarray:
         flat = np.asarray(units.spike_times.data[:], dtype=np.float64)
         ends = np.asarray(units.spike_times_index.data[:], dtype=np.int64)
     except (OSError, RuntimeError) as exc:
-        raise SourceError(describe(location, "units/spike_times", f"cannot read: {' '.join(str(exc).split())[:200]}")) from None
+        raise SourceError(describe(location, "units/spike_times", f"cannot read: {one_line(exc)}")) from None
     out = np.zeros((edges.size - 1, ends.size), dtype=np.int64)
     start = 0
     for u, end in enumerate(ends):
@@ -432,15 +573,43 @@ def read_spikes_binned(nwbfile: Any, bin_edges: np.ndarray) -> np.ndarray:
     return out
 
 
+def _input_hint(c: SeriesInfo) -> str:
+    """What `--input auto` would take the candidate for, from its rate, words and the signs of a few values."""
+    from ..preprocess import PreprocessConfig, decide_input
+
+    if not c.rate:
+        return ""
+    texts = [c.path] + [str(getattr(ts, "description", "") or "") for ts in c.objects[:16]]
+    texts += [str(getattr(ts, "comments", "") or "") for ts in c.objects[:16]]
+    try:
+        sample = np.concatenate([np.asarray(ts.data[:2000], dtype=np.float64).reshape(-1) for ts in c.objects[:16]])
+    except Exception:  # noqa: BLE001 - a hint only
+        sample = None
+    d = decide_input(float(c.rate), PreprocessConfig(), texts, sample)
+    return f"{d.kind}, {'; '.join(d.reasons)}; bins {d.bin_ms:g} ms"
+
+
+def _other_line(path: str, ts: Any) -> str:
+    rate, _start, dur, stamped = series_timing(ts)
+    r = f"{rate:g} Hz" if rate else "rate ?"
+    d = f"{dur:.1f} s" if dur is not None else "duration ?"
+    return (f"  {path} [{type(ts).__name__}] shape {_shape(ts)}, {r}, {d}, unit {getattr(ts, 'unit', '?')}"
+            + (", timestamped" if stamped else ""))
+
+
 def inventory(nwbfile: Any, location: str) -> str:
-    """Human-readable inventory of EMG candidates, units and behaviour series."""
+    """Human-readable inventory: EMG candidates first, then Units, behaviour and every other time series."""
     lines = [f"file: {location}"]
     ident = getattr(nwbfile, "identifier", None)
     if ident:
         lines.append(f"identifier: {ident}; session: {nwbfile.session_description}")
     cands = find_emg_candidates(nwbfile)
-    lines.append(f"EMG candidates ({len(cands)}):")
-    lines += [f"  {c.describe()}  (why: {c.why})" for c in cands] or ["  none"]
+    lines.append(f"EMG candidates ({len(cands)}; choose one with --emg):")
+    for c in cands:
+        hint = _input_hint(c)
+        lines.append(f"  {c.describe()}  (why: {c.why}" + (f"; input: {hint}" if hint else "") + ")")
+    if not cands:
+        lines.append("  none (any series below may still be named with --emg)")
     units = nwbfile.units
     if units is not None and len(units):
         ends = np.asarray(units.spike_times_index.data[:])
@@ -449,8 +618,12 @@ def inventory(nwbfile: Any, location: str) -> str:
     else:
         lines.append("Units: none")
     beh = find_behavior_series(nwbfile)
-    lines.append(f"Behaviour / other series ({len(beh)}):")
+    lines.append(f"Behaviour series ({len(beh)}):")
     lines += [f"  {b.describe()}" + ("" if b.behavioral else "  (not obviously behaviour)") for b in beh] or ["  none"]
+    listed = {id(ts) for c in cands for ts in c.objects} | {id(b.obj) for b in beh}
+    other = [(p, ts) for p, ts, _ in walk_series(nwbfile) if id(ts) not in listed]
+    lines.append(f"Other time series ({len(other)}):")
+    lines += [_other_line(p, ts) for p, ts in other] or ["  none"]
     return "\n".join(lines)
 
 
@@ -464,7 +637,7 @@ def inspect_source(source: str, cache_dir: Any = None) -> str:
         except NwbLfadsEmgError:
             raise
         except (OSError, RuntimeError) as exc:
-            problem = opened.stream_problem() or " ".join(str(exc).split())[:200]
+            problem = opened.stream_problem() or one_line(exc)
             raise SourceError(describe(opened.location, None, f"cannot read the file's contents: {problem}")) from None
         if opened.dandi_url:
             text = text.replace(f"file: {opened.location}", f"file: {opened.location}\ndandi: {opened.dandi_url}", 1)

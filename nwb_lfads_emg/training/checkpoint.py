@@ -1,17 +1,25 @@
-"""Checkpoints in a run directory: atomic writes, latest-valid lookup, pruning, exported weights."""
+"""Checkpoints in a run directory: atomic writes, latest-valid lookup, pruning, exported weights.
+
+A run directory is untrusted input (it may sit on shared storage): every file is read with
+`torch.load(weights_only=True)` through `load_checkpoint`, so a planted pickle is refused instead of
+run, and every file is written through a private temporary file (`files.write_atomic`).
+"""
 
 from __future__ import annotations
 
 import hashlib
 import io
 import os
+import pickle
 import re
+import stat
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..errors import TrainingError
+from ..files import write_atomic
 
 CHECKPOINT_DIR = "checkpoints"
 WEIGHTS_FILE = "model.pt"
@@ -19,18 +27,47 @@ _PATTERN = re.compile(r"^epoch_(\d{6})\.pt$")
 
 
 def save_atomic(obj: Any, path: str | Path) -> Path:
-    """torch.save to a temporary file in the same folder, flush to disk, then rename over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    """torch.save to a private temporary file beside `path` (O_EXCL, random name), fsync, rename over `path`."""
     buf = io.BytesIO()
     torch.save(obj, buf)
-    with open(tmp, "wb") as fh:
-        fh.write(buf.getvalue())
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    return path
+    return write_atomic(path, buf.getvalue())
+
+
+class UnsafeCheckpointError(TrainingError):
+    """A checkpoint holds objects other than tensors and plain data; it was not loaded."""
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint holding only tensors and plain Python data (`weights_only=True`).
+
+    Raises UnsafeCheckpointError for a file that would need arbitrary objects (loading it could run
+    code) and TrainingError for an unreadable one; both name the file on one line.
+    """
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise UnsafeCheckpointError(
+            f"{path}: refused: the checkpoint holds Python objects other than tensors and plain data (loading "
+            "it could run code); delete it if you did not write it, or use a fresh --run-dir"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - truncated, not a torch file, unreadable
+        raise TrainingError(f"{path}: cannot read the checkpoint ({type(exc).__name__})") from None
+    if not isinstance(state, dict):
+        raise TrainingError(f"{path}: not an nwb-lfads-emg checkpoint (holds a {type(state).__name__})")
+    return state
+
+
+def refuse_shared_dir(path: str | Path, what: str) -> None:
+    """Refuse to unpickle state (Ray Tune's resume) from a folder someone else owns or may write."""
+    path = Path(path)
+    for folder in (path, *[p for p in path.rglob("*") if p.is_dir()][:200]):
+        st = os.stat(folder)
+        if st.st_uid != os.geteuid() or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise TrainingError(
+                f"{folder}: {what} resumes from pickled state, and this folder is owned by another user or "
+                "writable by others; refusing to load it; use a fresh --run-dir"
+            )
 
 
 def checkpoint_path(run_dir: str | Path, epoch: int) -> Path:
@@ -51,8 +88,10 @@ def load_latest(run_dir: str | Path) -> dict[str, Any] | None:
     """The newest checkpoint that can be read (a half-written one is skipped), or None."""
     for _, path in reversed(list_checkpoints(run_dir)):
         try:
-            return torch.load(path, map_location="cpu", weights_only=False)
-        except Exception:  # noqa: BLE001 - a damaged file: fall back to the previous one
+            return load_checkpoint(path)
+        except UnsafeCheckpointError:
+            raise
+        except TrainingError:  # a damaged file: fall back to the previous one
             continue
     return None
 
@@ -90,10 +129,7 @@ def read_weights(run_dir: str | Path) -> dict[str, Any]:
         path = path / WEIGHTS_FILE
     if not path.is_file():
         raise TrainingError(f"{path}: no exported model weights (train first)")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001
-        raise TrainingError(f"{path}: cannot read model weights ({type(exc).__name__})") from None
+    payload = load_checkpoint(path)
     if not isinstance(payload, dict) or payload.get("format") != "nwb-lfads-emg-weights/1":
         raise TrainingError(f"{path}: not an nwb-lfads-emg weights file")
     return payload

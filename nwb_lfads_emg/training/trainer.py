@@ -1,4 +1,4 @@
-"""Training and inference: a step-wise `Trainer` (used by `fit` and by PBT), checkpoints, posterior sampling."""
+"""Training: a step-wise `Trainer` (used by `fit` and by PBT) and `fit`, with checkpoints (inference: `inference`)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ import copy
 import csv
 import dataclasses
 import hashlib
+import io
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,21 +20,15 @@ import torch
 from torch import nn
 
 from ..errors import TrainingError
-from ..lfads.augment import (
-    coordinated_dropout,
-    random_shifts,
-    sample_validation_mask,
-    shift_std_bins,
-    temporal_shift,
-)
+from ..lfads.augment import coordinated_dropout, sample_validation_mask, shift_pair, shift_std_bins
 from ..lfads.config import MUTABLE_HYPERPARAMETERS, LFADSConfig
 from ..lfads.likelihoods import make_likelihood
 from ..lfads.model import LFADS, lr_factor, ramp
 from . import checkpoint as ckpt
-from .segments import chop, chop_blocks, merge, split_blocks
+from .segments import chop_blocks, split_blocks
 
 # Config fields that may differ between a checkpoint and the config given on resume.
-_RESUME_FREE = set(MUTABLE_HYPERPARAMETERS) | {"max_epochs", "patience", "n_samples", "compile", "num_threads",
+_RESUME_FREE = set(MUTABLE_HYPERPARAMETERS) | {"max_epochs", "patience", "compile", "num_threads",
                                                "precision", "preset_name"}
 
 
@@ -51,6 +46,16 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise TrainingError(f"device {device!r}: CUDA is not available on this machine")
     return dev
+
+
+def set_torch_threads(num_threads: int | None) -> None:
+    """Set torch's process-wide intra-op thread count (None or 0: leave torch's own choice).
+
+    The one place that sets it: a trainer (the config's `num_threads`), a PBT trial (its CPUs) and
+    inference go through here.
+    """
+    if num_threads:
+        torch.set_num_threads(max(1, int(num_threads)))
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -110,8 +115,7 @@ class Trainer:
         self.data = check_data(data, config.likelihood)
         self.n_bins, self.n_channels = self.data.shape
         self.data_digest = _data_digest(self.data)
-        if config.num_threads:
-            torch.set_num_threads(int(config.num_threads))
+        set_torch_threads(config.num_threads)
         c = self.config
         # the trainer owns its RNG streams (global torch RNG forked around every use), so that several
         # trainers in one process (PBT) and a resumed run draw exactly the same numbers
@@ -196,14 +200,7 @@ class Trainer:
     def _batch_masks(self, x: torch.Tensor, sv: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """(encoder input, target, keep mask, gradient mask, held-in mask) for one batch, augmentations applied."""
         c = self.config
-        b, _, ch = x.shape
-        x_in, x_tgt, sv_in, sv_tgt = x, x, sv, sv
-        std = shift_std_bins(c.temporal_shift_ms, c.bin_ms)
-        if std > 0:
-            s_in = random_shifts(b, ch, std, self.generator)
-            s_tgt = random_shifts(b, ch, std, self.generator)
-            x_in, sv_in = temporal_shift(x, s_in), temporal_shift(sv, s_in)
-            x_tgt, sv_tgt = temporal_shift(x, s_tgt), temporal_shift(sv, s_tgt)
+        x_in, x_tgt, sv_in, sv_tgt = shift_pair(x, shift_std_bins(c.temporal_shift_ms, c.bin_ms), self.generator, sv)
         cd = coordinated_dropout(tuple(x.shape), c.cd_rate, self.generator, device=x.device)
         keep = ~cd & ~sv_in
         grad_mask = cd if c.cd_rate > 0 else None
@@ -372,7 +369,7 @@ class Trainer:
         return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
 
 
-# ---------------------------------------------------------------------------- fit / load / infer
+# ---------------------------------------------------------------------------- fit
 @dataclass
 class FitResult:
     """The outcome of `fit`: the best model (on CPU, eval mode) and what the run recorded."""
@@ -386,19 +383,16 @@ class FitResult:
     device: str
     seed: int = 0
     best_epoch: int = -1
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _write_metrics_csv(path: Path, metrics: list[dict[str, Any]]) -> None:
     if not metrics:
         return
-    keys = list(metrics[0].keys())
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=keys, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(metrics)
-    tmp.replace(path)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(metrics[0].keys()), extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(metrics)
+    ckpt.write_atomic(path, text.getvalue().encode())
 
 
 def _tensorboard_writer(run_dir: Path) -> Any:
@@ -458,83 +452,3 @@ def fit(data: np.ndarray, config: LFADSConfig, run_dir: str | Path, device: str 
     return FitResult(model=model, config=trainer.config, metrics=list(trainer.metrics), run_dir=run_dir,
                      best_val_loss=float(trainer.best_val), weights_sha256=sha, device=str(trainer.device),
                      seed=trainer.seed, best_epoch=trainer.best_epoch)
-
-
-def load_model(run_dir: str | Path) -> tuple[LFADS, LFADSConfig]:
-    """The exported best model of a run (CPU, eval mode) and its configuration."""
-    payload = ckpt.read_weights(run_dir)
-    config = LFADSConfig.from_dict(payload["config"])
-    model = LFADS(config, int(payload["n_channels"]))
-    try:
-        model.load_state_dict(payload["state_dict"])
-    except RuntimeError:
-        raise TrainingError(f"{run_dir}: the weights do not match their configuration") from None
-    model.eval()
-    return model, config
-
-
-@dataclass
-class Inference:
-    """Posterior estimates merged into continuous series (bins first)."""
-
-    rates: np.ndarray  # (bins, channels) posterior mean of the likelihood mean
-    rates_std: np.ndarray  # (bins, channels) spread across posterior samples
-    factors: np.ndarray  # (bins, factors)
-    inferred_inputs: np.ndarray  # (bins, inputs)
-    n_samples: int = 1
-
-
-def infer(model: LFADS, data: np.ndarray, config: LFADSConfig | None = None, n_samples: int = 20,
-          device: str = "auto", batch_size: int | None = None, seed: int = 0,
-          overlap: int | None = None) -> Inference:
-    """Posterior-sample the model over a continuous (bins, channels) recording and merge the segments."""
-    config = config or model.config
-    arr = check_data(data, config.likelihood, what="inference data")
-    if arr.shape[1] != model.n_channels:
-        raise TrainingError(
-            f"inference data: {arr.shape[1]} channels, but the model was trained on {model.n_channels}"
-        )
-    dev = resolve_device(device)
-    overlap = config.seg_overlap if overlap is None else overlap
-    segs, starts = chop(arr, config.seg_len, overlap)
-    n_samples = max(int(n_samples), 1)
-    sample = n_samples > 1
-    if batch_size is None:
-        batch_size = max(1, min(256, 8192 // n_samples))
-    amp = autocast_dtype(config.precision, dev)
-    was_training = model.training
-    model.eval()
-    model.to(dev)
-    outs: dict[str, list[np.ndarray]] = {"rates": [], "rates_var": [], "factors": [], "inputs": []}
-    devices = [dev.index or 0] if dev.type == "cuda" else []
-    try:
-        with torch.random.fork_rng(devices=devices), torch.no_grad():
-            torch.manual_seed(seed)
-            for i in range(0, len(segs), batch_size):
-                x = torch.from_numpy(segs[i : i + batch_size]).to(dev)
-                b = x.shape[0]
-                xr = x.repeat_interleave(n_samples, dim=0) if sample else x
-                with _autocast(dev, amp):
-                    out = model(xr, sample=sample)
-
-                def per_seg(t: torch.Tensor, b: int = b) -> torch.Tensor:
-                    # explicit sample count: a -1 is ambiguous for empty inputs (co_dim = 0)
-                    return t.float().reshape(b, n_samples if sample else 1, *t.shape[1:])
-
-                means = per_seg(out.means)
-                outs["rates"].append(means.mean(1).cpu().numpy())
-                outs["rates_var"].append(means.var(1, unbiased=False).cpu().numpy())
-                outs["factors"].append(per_seg(out.factors).mean(1).cpu().numpy())
-                outs["inputs"].append(per_seg(out.inputs).mean(1).cpu().numpy())
-    finally:
-        model.train(was_training)
-    n = arr.shape[0]
-
-    def merged(key: str) -> np.ndarray:
-        return merge(np.concatenate(outs[key]).astype(np.float64), starts, n, overlap)
-
-    rates = merged("rates")
-    var = np.clip(merged("rates_var"), 0.0, None)  # spread across posterior samples, stitched like the means
-    return Inference(rates=rates.astype(np.float32), rates_std=np.sqrt(var).astype(np.float32),
-                     factors=merged("factors").astype(np.float32),
-                     inferred_inputs=merged("inputs").astype(np.float32), n_samples=n_samples)

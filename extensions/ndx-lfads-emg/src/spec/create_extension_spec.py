@@ -1,11 +1,11 @@
 """Generate the YAML spec of the NWB extension ``ndx-lfads-emg``.
 
-Run from the repository root::
+Run from the extension's folder (``extensions/ndx-lfads-emg``)::
 
-    python extensions/create_extension_spec.py
+    python src/spec/create_extension_spec.py
 
-It writes ``ndx-lfads-emg.namespace.yaml`` and ``ndx-lfads-emg.extensions.yaml`` into
-``nwb_lfads_emg/spec/`` (shipped inside the package). Commit both files after a change.
+It writes ``ndx-lfads-emg.namespace.yaml`` and ``ndx-lfads-emg.extensions.yaml`` into ``spec/``
+(shipped inside the wheel as ``ndx_lfads_emg/spec``). Commit both files after a change.
 """
 
 from __future__ import annotations
@@ -22,8 +22,10 @@ from pynwb.spec import (
 )
 
 NAME = "ndx-lfads-emg"
-VERSION = "0.1.0"
-OUTPUT_DIR = Path(__file__).resolve().parent.parent / "nwb_lfads_emg" / "spec"
+VERSION = "0.2.0"  # the namespace version; kept equal to the package version in pyproject.toml
+# Maintainers' address; replace with the real list address before publishing to PyPI / the NDX catalog.
+CONTACT = "maintainers@nwb-lfads-emg.org"
+OUTPUT_DIR = Path(__file__).resolve().parents[2] / "spec"
 
 
 def _source_link() -> NWBLinkSpec:
@@ -70,8 +72,9 @@ def build_types() -> list[NWBGroupSpec]:
                 dtype="text",
                 doc=(
                     "Name of the estimator that produced the data, e.g. 'AutoLFADS' (posterior mean of "
-                    "the LFADS rates), 'LowPass' (rectified EMG filtered by a zero-phase low-pass "
-                    "filter) or 'BayesianFilter' (posterior mean of a Bayesian filter of rectified EMG)."
+                    "the LFADS rates, averaged over posterior samples), 'LowPass' (rectified EMG "
+                    "filtered by a zero-phase low-pass filter) or 'BayesianFilter' (maximum a posteriori "
+                    "(MAP) estimate, the mode of the posterior, of Sanger's Bayesian filter of rectified EMG)."
                 ),
             ),
             NWBAttributeSpec(
@@ -125,9 +128,10 @@ def build_types() -> list[NWBGroupSpec]:
                 dims=["num_times", "num_muscles"],
                 shape=[None, None],
                 doc=(
-                    "Spread of the posterior of the activation, of the same shape and unit as `data`: "
-                    "the standard deviation across posterior samples (AutoLFADS) or of the posterior "
-                    "distribution (BayesianFilter)."
+                    "Posterior standard deviation of the activation, of the same shape and unit as "
+                    "`data`. Written only by estimators that sample a posterior: for 'AutoLFADS' it is "
+                    "the standard deviation of the rates across posterior samples. Absent for 'LowPass' "
+                    "and 'BayesianFilter' (the MAP estimate carries no spread)."
                 ),
                 quantity="?",
             ),
@@ -192,8 +196,8 @@ def build_types() -> list[NWBGroupSpec]:
             ),
             json_dataset(
                 "training_metrics",
-                "JSON with the training outcome: per-epoch training/validation losses (list of objects) "
-                "and the best validation loss.",
+                "JSON object with the training outcome: `best_val_loss`, the `device` trained on and "
+                "`per_epoch` (a list of objects, one per epoch, with its training/validation losses).",
             ),
             json_dataset(
                 "software_versions",
@@ -202,8 +206,10 @@ def build_types() -> list[NWBGroupSpec]:
             ),
             json_dataset(
                 "pbt_history",
-                "JSON list of population-based training events (generation, trial, hyper-parameters, "
-                "validation loss, exploit/explore decisions). Present only for AutoLFADS (PBT) runs.",
+                "JSON object with the population-based training history: the metric, population size, "
+                "generations and search space, `trials` (per trial: losses per iteration and "
+                "hyper-parameter segments), `exploits` (each exploit/explore step) and `winner` (the "
+                "selected trial and its lineage). Present only for AutoLFADS (PBT) runs.",
                 required=False,
             ),
         ],
@@ -249,7 +255,7 @@ def main(output_dir: Path | str = OUTPUT_DIR) -> None:
             "latent factors and inferred inputs, and the provenance of the model that produced them."
         ),
         author=["nwb-lfads-emg developers"],
-        contact=["nwb-lfads-emg developers (project issue tracker)"],
+        contact=[CONTACT],
     )
     for type_name in ("TimeSeries", "NWBDataInterface", "DynamicTableRegion"):
         ns_builder.include_type(type_name, namespace="core")

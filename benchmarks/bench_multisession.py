@@ -1,0 +1,116 @@
+"""Stitching: one LFADS trained on several sessions vs a model per session, and adapting to a new one.
+
+Sessions from `simulate_sessions` (one animal's locomotor pattern generator; each session 20 s,
+its own 6-8 of 10 muscles, electrode gains and cross-talk; simulator defaults otherwise). For each
+of `--seeds` simulator seeds: a model per training session (same preset and epochs), one stitched
+model on the first `--train` sessions, then `adapt` (only the read-in/read-out of the held-out
+last session trained, the shared dynamics frozen) and, for that session, a model trained on it
+alone. R^2 against the true activation (best affine map per muscle, mean over muscles, 5 ms bins),
+beside the best low-pass (cutoff chosen with the truth) and the Bayesian filter; training seconds.
+
+    python benchmarks/bench_multisession.py                        # the test's settings, 3 seeds
+    python benchmarks/bench_multisession.py --epochs 70 --seeds 0 1 2 3 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from nwb_lfads_emg.baselines.bayes import bayes_filter
+from nwb_lfads_emg.baselines.lowpass import lowpass_envelope
+from nwb_lfads_emg.lfads.config import preset
+from nwb_lfads_emg.metrics import r2_affine
+from nwb_lfads_emg.preprocess import PreprocessConfig, preprocess, rectify_highpass
+from nwb_lfads_emg.simulate import true_activation_binned
+from nwb_lfads_emg.simulate_sessions import SessionSetConfig, simulate_sessions
+from nwb_lfads_emg.training.inference import infer
+from nwb_lfads_emg.training.multisession import adapt, fit_sessions
+from nwb_lfads_emg.training.trainer import Trainer
+
+CUTOFFS = (3, 4, 6, 8, 10, 12, 15, 20, 25)
+
+
+def _binmean(x: np.ndarray, factor: int, n: int) -> np.ndarray:
+    m = x.shape[0] // factor
+    return x[: m * factor].reshape(m, factor, -1).mean(1)[:n]
+
+
+def single(data: np.ndarray, config, seed: int) -> tuple[torch.nn.Module, float]:
+    """A per-session model trained the way `fit` trains it (best weights), and its training seconds."""
+    t0 = time.perf_counter()
+    trainer = Trainer(data, config, device="cpu", seed=seed)
+    while trainer.epoch < config.max_epochs and not trainer.should_stop:
+        trainer.train_epoch()
+    trainer.model.load_state_dict(trainer.best_model_state())
+    return trainer.model.eval(), time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--train", type=int, default=4, help="sessions the stitched model trains on")
+    ap.add_argument("--epochs", type=int, default=8, help="per model (the test's 8)")
+    ap.add_argument("--adapt-epochs", type=int, default=None, help="default: --epochs")
+    ap.add_argument("--duration", type=float, default=20.0)
+    ap.add_argument("--preset", default="demo")
+    ap.add_argument("--samples", type=int, default=1, help="posterior samples at inference")
+    ap.add_argument("--no-baselines", dest="baselines", action="store_false",
+                    help="skip the low-pass and Bayesian filter columns")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    config = preset(args.preset)
+    config.max_epochs = args.epochs
+    prep = PreprocessConfig()
+    rows = []
+    for seed in args.seeds:
+        sims = simulate_sessions(SessionSetConfig(n_sessions=args.train + 1, duration_s=args.duration, seed=seed))
+        binned = [preprocess(s.emg, s.emg_rate, prep) for s in sims]
+        truths = [true_activation_binned(s, b.bin_rate)[: b.data.shape[0]] for s, b in zip(sims, binned, strict=True)]
+        data = [b.data for b in binned]
+
+        def score(est: np.ndarray, k: int, truths: list = truths) -> float:
+            return float(r2_affine(est, truths[k]).mean())
+
+        t0 = time.perf_counter()
+        stitched = fit_sessions(data[: args.train], [s.muscle_names for s in sims[: args.train]], config, None,
+                                device="cpu", seed=0, progress=False)
+        t_stitch = time.perf_counter() - t0
+        held = args.train
+        t0 = time.perf_counter()
+        index, _ = adapt(stitched.model, data[held], sims[held].muscle_names, device="cpu", seed=0, progress=False,
+                         max_epochs=args.adapt_epochs)
+        t_adapt = time.perf_counter() - t0
+        for k, sim in enumerate(sims):
+            model, t_single = single(data[k], config, seed=0)
+            row = {"seed": seed, "session": k, "muscles": len(sim.muscle_names),
+                   "single": score(infer(model, data[k], config, n_samples=args.samples, device="cpu").rates, k),
+                   "t_single": t_single}
+            view = stitched.model.session_view(index if k == held else k)
+            row["stitched" if k < held else "adapt"] = score(
+                infer(view, data[k], config, n_samples=args.samples, device="cpu").rates, k)
+            row["t_stitched" if k < held else "t_adapt"] = t_stitch if k < held else t_adapt
+            if args.baselines:
+                rect = rectify_highpass(sim.emg, sim.emg_rate, prep)
+                factor, n = int(round(sim.emg_rate / binned[k].bin_rate)), data[k].shape[0]
+                row["lowpass"] = max(score(_binmean(lowpass_envelope(rect, sim.emg_rate, c), factor, n), k)
+                                     for c in CUTOFFS)
+                row["bayes"] = score(_binmean(bayes_filter(rect, sim.emg_rate), factor, n), k)
+            rows.append(row)
+            print(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+    import pandas as pd
+
+    table = pd.DataFrame(rows)
+    print(f"\npreset {args.preset}, {args.epochs} epochs, {args.duration:.0f} s sessions, stitched on {args.train}:")
+    print(table.round(3).to_string(index=False))
+    gain = table["stitched"] - table["single"]
+    print(f"stitched - single: min {gain.min():.3f}, mean {gain.mean():.3f}")
+    gain_a = (table["adapt"] - table["single"]).dropna()
+    print(f"adapt - single (held-out session): min {gain_a.min():.3f}, mean {gain_a.mean():.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Object mappers of the extension's types (how builders read from a file become containers)."""

@@ -1,0 +1,177 @@
+"""Several sessions, one dynamics: per-session read-in/read-out around a shared LFADS (stitching).
+
+As in lfads-torch's multi-session models: each session's channels are mapped linearly into a
+common input space that the shared encoders read, and the shared factors are read out into each
+session's own channels. The read-ins start from one principal-component fit across sessions (on
+the union of their muscles, a muscle absent from a session counting as zero there), so a muscle
+recorded in several sessions starts with the same read-in column and the same read-out row in
+each: muscles shared by name are tied through the initialisation, then train freely.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .config import LFADSConfig
+from .likelihoods import make_likelihood
+from .model import LFADS, LFADSOutput
+
+
+class SessionIO(nn.Module):
+    """One session's input transform, read-in (channels -> common space) and read-out (factors -> channels)."""
+
+    def __init__(self, config: LFADSConfig, muscles: Sequence[str], readin_dim: int) -> None:
+        super().__init__()
+        self.config = config
+        self.muscles = list(muscles)
+        self.n_channels = len(self.muscles)
+        self.likelihood = make_likelihood(config.likelihood)
+        self.register_buffer("in_offset", torch.zeros(self.n_channels))
+        self.register_buffer("in_loc", torch.zeros(self.n_channels))
+        self.register_buffer("in_scale", torch.ones(self.n_channels))
+        self.readin = nn.Linear(self.n_channels, readin_dim)
+        self.readout = nn.Linear(config.fac_dim, self.n_channels * self.likelihood.n_params)
+
+    # the single-session model's input transform and read-out bias set-up, on this session's channels
+    set_input_stats = LFADS.set_input_stats
+    transform_input = LFADS.transform_input
+
+
+def union_muscles(sessions: Sequence[Sequence[str]]) -> list[str]:
+    """Muscle names of all sessions, in order of first appearance."""
+    out: list[str] = []
+    for muscles in sessions:
+        out.extend(m for m in muscles if m not in out)
+    return out
+
+
+def check_muscles(muscles: Sequence[str], what: str) -> None:
+    """Raise ValueError when a session names a muscle twice (names tie the sessions together)."""
+    seen = [m for i, m in enumerate(muscles) if m in list(muscles)[:i]]
+    if seen:
+        raise ValueError(f"{what}: muscle name(s) {sorted(set(seen))} appear more than once")
+
+
+class MultiSessionLFADS(nn.Module):
+    """One LFADS (encoders, controller, generator, priors) shared by sessions with their own `SessionIO`."""
+
+    def __init__(self, config: LFADSConfig, sessions: Sequence[Sequence[str]], readin_dim: int | None = None) -> None:
+        super().__init__()
+        config.validate()
+        for k, muscles in enumerate(sessions):
+            check_muscles(muscles, f"session {k}")
+        self.config = config
+        self.union = union_muscles(sessions)
+        self.readin_dim = int(readin_dim or len(self.union))
+        self.core = LFADS(config, self.readin_dim)
+        self.core.readout = nn.Identity()  # each session reads the shared factors out itself
+        self.sessions = nn.ModuleList(SessionIO(config, m, self.readin_dim) for m in sessions)
+
+    @property
+    def session_muscles(self) -> list[list[str]]:
+        """The muscles of each session, in its channel order."""
+        return [s.muscles for s in self.sessions]
+
+    def add_session(self, muscles: Sequence[str], data: Tensor) -> int:
+        """Append a session, its input transform set from `data` (T, C) and its read-in/read-out started
+        from the trained sessions' by muscle name (an unknown muscle keeps its random start); returns its index."""
+        check_muscles(muscles, "new session")
+        io = SessionIO(self.config, muscles, self.readin_dim)
+        n_params = io.likelihood.n_params
+        with torch.no_grad():
+            io.set_input_stats(data)
+            for c, name in enumerate(io.muscles):
+                cols, rows = [], []
+                for s in self.sessions:
+                    if name in s.muscles:
+                        j = s.muscles.index(name)
+                        cols.append(s.readin.weight[:, j])
+                        rows.append(torch.stack([s.readout.weight[p * s.n_channels + j] for p in range(n_params)]))
+                if cols:  # a known muscle starts where the trained sessions put it
+                    io.readin.weight[:, c] = torch.stack(cols).mean(0)
+                    mean_rows = torch.stack(rows).mean(0)
+                    for p in range(n_params):
+                        io.readout.weight[p * io.n_channels + c] = mean_rows[p]
+            io.readin.bias.zero_()
+        io.to(next(self.core.parameters()).device)
+        self.sessions.append(io)
+        return len(self.sessions) - 1
+
+    @torch.no_grad()
+    def initialise(self, data: Sequence[Tensor]) -> None:
+        """Set each session's input transform from its training data (T, C_s) and the read-ins from a
+        PCA across sessions on the union of muscles; read-out rows of one muscle start equal."""
+        if len(data) != len(self.sessions):
+            raise ValueError(f"{len(data)} data arrays for {len(self.sessions)} sessions")
+        blocks = []
+        for io, x in zip(self.sessions, data, strict=True):
+            io.set_input_stats(x)
+            z = io.transform_input(x.float())
+            full = z.new_zeros(z.shape[0], len(self.union))
+            full[:, [self.union.index(m) for m in io.muscles]] = z
+            blocks.append(full)
+        stacked = torch.cat(blocks)
+        stacked = stacked - stacked.mean(0)
+        _, _, vh = torch.linalg.svd(stacked, full_matrices=False)
+        comps = vh[: self.readin_dim].T  # (union, k), k <= readin_dim
+        n_params = self.sessions[0].likelihood.n_params
+        shared_out = torch.empty(n_params, len(self.union), self.config.fac_dim)
+        nn.init.uniform_(shared_out, -(self.config.fac_dim ** -0.5), self.config.fac_dim ** -0.5)
+        shared_out *= 0.1  # as the single-session read-out after `set_input_stats`
+        for io in self.sessions:
+            idx = [self.union.index(m) for m in io.muscles]
+            w = torch.zeros(self.readin_dim, io.n_channels)
+            w[: comps.shape[1]] = comps[idx].T
+            io.readin.weight.copy_(w)
+            io.readin.bias.zero_()
+            io.readout.weight.copy_(shared_out[:, idx].reshape(n_params * io.n_channels, -1))
+
+    def forward(self, x: Tensor, session: int, keep: Tensor | None = None, sample: bool = True) -> LFADSOutput:
+        """x (B, T, C_s) data of `session`; keep (B, T, C_s) entries given to the encoders (as `LFADS`)."""
+        io, core = self.sessions[session], self.core
+        z = io.transform_input(x)
+        if keep is not None:
+            frac = keep.float().mean().clamp_min(1e-3)
+            z = torch.where(keep, z / frac, torch.zeros_like(z))
+        z = io.readin(core.in_dropout(z))
+        ic_mean, ic_var = core.ic_encoder(z)
+        ic = ic_mean + ic_var.sqrt() * torch.randn_like(ic_mean) if sample else ic_mean
+        ci = core.ci_encoder(z) if core.ci_encoder is not None else None
+        dec = core.decoder(ic, ci, x.shape[1], sample=sample)
+        params = io.readout(dec["factors"])
+        return LFADSOutput(params=params, means=io.likelihood.mean(params.float()), factors=dec["factors"],
+                           inputs=dec["inputs"], ic_mean=ic_mean, ic_var=ic_var, co_mean=dec["co_mean"],
+                           co_log_var=dec["co_log_var"])
+
+    def loss(self, out: LFADSOutput, target: Tensor, loss_mask: Tensor | None = None, kl_ramp: float = 1.0,
+             l2_ramp: float = 1.0) -> dict[str, Tensor]:
+        """The shared model's loss (`LFADS.loss`) on one session's batch."""
+        return self.core.loss(out, target, loss_mask, kl_ramp=kl_ramp, l2_ramp=l2_ramp)
+
+    def recon_nll(self, out: LFADSOutput, target: Tensor) -> Tensor:
+        """Per-entry negative log-likelihood (B, T, C_s)."""
+        return self.core.recon_nll(out, target)
+
+    def session_view(self, session: int) -> SessionModel:
+        """This model as a single-session model of `session` (for inference with `training.infer`)."""
+        return SessionModel(self, session)
+
+
+class SessionModel(nn.Module):
+    """A `MultiSessionLFADS` seen through one session: `forward(x)` like `LFADS`, `n_channels`, `config`."""
+
+    def __init__(self, model: MultiSessionLFADS, session: int) -> None:
+        super().__init__()
+        self.model, self.session = model, int(session)
+        self.config = model.config
+        self.n_channels = model.sessions[session].n_channels
+
+    def forward(self, x: Tensor, keep: Tensor | None = None, sample: bool = True) -> LFADSOutput:
+        """As `LFADS.forward` for this session's channels."""
+        return self.model(x, self.session, keep=keep, sample=sample)
+
+
+__all__ = ["MultiSessionLFADS", "SessionIO", "SessionModel", "union_muscles", "check_muscles"]

@@ -1,0 +1,332 @@
+"""Training one LFADS across several sessions (stitching), and adapting it to a new session.
+
+`MultiSessionTrainer` trains a `MultiSessionLFADS` on the segments of every session: each batch
+comes from one session (its own channels), batches of all sessions are shuffled together, and the
+validation loss is pooled over the sessions' held-out entries (one number: early stopping and PBT
+select on it). `adapt` fits only a new session's read-in/read-out with the shared encoders and
+generator frozen. The augmentations and masks are the single-session trainer's.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import TrainingError
+from ..lfads.augment import sample_validation_mask
+from ..lfads.config import MUTABLE_HYPERPARAMETERS, LFADSConfig
+from ..lfads.model import lr_factor, ramp
+from ..lfads.readin import MultiSessionLFADS
+from . import checkpoint as ckpt
+from .segments import chop_blocks, split_blocks
+from .trainer import Trainer, _autocast, _write_metrics_csv, autocast_dtype, check_data, resolve_device
+
+WEIGHTS_KIND = "multisession"
+
+
+class MultiSessionTrainer:
+    """Owns a `MultiSessionLFADS`, its optimiser and the segments of several sessions; `train_epoch()` advances it.
+
+    `model` and `session_ids` continue an existing model: data[i] belongs to its session session_ids[i],
+    and only `trainable` parameters (default: all) are optimised.
+    """
+
+    def __init__(self, data: Sequence[np.ndarray], muscles: Sequence[Sequence[str]], config: LFADSConfig,
+                 device: str | torch.device = "auto", seed: int = 0, readin_dim: int | None = None,
+                 model: MultiSessionLFADS | None = None, session_ids: Sequence[int] | None = None,
+                 trainable: Sequence[nn.Parameter] | None = None) -> None:
+        try:
+            config.validate()
+        except ValueError as exc:
+            raise TrainingError(f"configuration: {exc}") from None
+        if len(data) != len(muscles) or not data:
+            raise TrainingError(f"multi-session training: {len(data)} data arrays for {len(muscles)} muscle lists")
+        self.config = copy.deepcopy(config)
+        self.device = resolve_device(device)
+        self.seed = int(seed)
+        self.data = []
+        for k, (x, names) in enumerate(zip(data, muscles, strict=True)):
+            arr = check_data(x, config.likelihood, what=f"training data of session {k}")
+            if arr.shape[1] != len(names):
+                raise TrainingError(f"session {k}: {arr.shape[1]} channels but {len(names)} muscle names")
+            self.data.append(arr)
+        if config.num_threads:
+            torch.set_num_threads(int(config.num_threads))
+        self._cuda_devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=self._cuda_devices):
+            torch.manual_seed(self.seed)
+            self._build(muscles, readin_dim, model, session_ids, trainable)
+            self._rng_state = torch.get_rng_state()
+
+    def _build(self, muscles: Sequence[Sequence[str]], readin_dim: int | None, model: MultiSessionLFADS | None,
+               session_ids: Sequence[int] | None, trainable: Sequence[nn.Parameter] | None) -> None:
+        c, dev = self.config, self.device
+        self.generator = torch.Generator().manual_seed(self.seed)
+        self.x_train, self.sv_train, self.x_val, self.sv_val, train_rows = [], [], [], [], []
+        for k, arr in enumerate(self.data):
+            train_blocks, val_blocks = split_blocks(arr.shape[0], c.val_fraction, c.val_blocks, c.seg_len)
+            sv_np = sample_validation_mask(arr.shape, c.sv_rate, torch.Generator().manual_seed(self.seed + 7919 + k)).numpy()
+            for blocks, xs, svs in ((train_blocks, self.x_train, self.sv_train), (val_blocks, self.x_val, self.sv_val)):
+                xs.append(torch.from_numpy(chop_blocks(arr, blocks, c.seg_len, c.seg_overlap)[0]).to(dev))
+                svs.append(torch.from_numpy(chop_blocks(sv_np, blocks, c.seg_len, c.seg_overlap)[0]).to(dev))
+            train_rows.append(torch.from_numpy(np.concatenate([arr[a:b] for a, b in train_blocks])))
+        if model is None:
+            try:
+                self.model = MultiSessionLFADS(c, muscles, readin_dim)
+            except ValueError as exc:
+                raise TrainingError(f"multi-session model: {exc}") from None
+            self.model.initialise(train_rows)
+            self.session_ids = list(range(len(self.data)))
+        else:
+            self.model = model
+            self.session_ids = list(session_ids if session_ids is not None else range(len(self.data)))
+        self.model.config = self.model.core.config = c  # hyper-parameter changes reach the loss
+        for io in self.model.sessions:
+            io.config = c
+        self.model.to(dev)
+        params = list(trainable) if trainable is not None else list(self.model.parameters())
+        self.params = params
+        self.optimizer = torch.optim.AdamW(params, lr=c.lr, eps=c.adam_eps, weight_decay=c.weight_decay)
+        self.amp_dtype = autocast_dtype(c.precision, dev)
+        self.scaler = torch.amp.GradScaler(dev.type, enabled=self.amp_dtype == torch.float16)
+        self.epoch, self.val_smoothed, self.best_val, self.best_epoch = 0, None, math.inf, -1
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.bad_epochs = 0
+        self.metrics: list[dict[str, Any]] = []
+
+    # the single-session trainer's early-stopping rule, augmentations and hyper-parameter handling
+    ramp_end = Trainer.ramp_end
+    should_stop = Trainer.should_stop
+    _batch_masks = Trainer._batch_masks
+    hyperparameters = Trainer.hyperparameters
+
+    def set_hyperparameters(self, values: dict[str, Any]) -> None:
+        """Change mutable hyper-parameters (LFADSConfig field names) in place, mid-run."""
+        Trainer.set_hyperparameters(self, values)
+
+    @property
+    def n_train_segments(self) -> int:
+        """Training segments over all sessions."""
+        return sum(int(x.shape[0]) for x in self.x_train)
+
+    def train_epoch(self) -> dict[str, Any]:
+        """One pass over every session's segments (batches of one session each, shuffled together)."""
+        with torch.random.fork_rng(devices=self._cuda_devices):
+            torch.set_rng_state(self._rng_state)
+            metrics = self._train_epoch()
+            self._rng_state = torch.get_rng_state()
+        return metrics
+
+    def _train_epoch(self) -> dict[str, Any]:
+        c, t0 = self.config, time.perf_counter()
+        self.model.train()
+        kl_ramp = ramp(self.epoch, c.kl_start_epoch, c.kl_increase_epoch)
+        l2_ramp = ramp(self.epoch, c.l2_start_epoch, c.l2_increase_epoch)
+        lr_now = c.lr * lr_factor(self.epoch, c.max_epochs, c.lr_schedule, c.lr_min_ratio)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_now
+        batches = []
+        for k, x in enumerate(self.x_train):
+            order = torch.randperm(x.shape[0], generator=self.generator)
+            batches += [(k, order[i : i + c.batch_size]) for i in range(0, x.shape[0], c.batch_size)]
+        sums = {key: 0.0 for key in ("loss", "recon", "kl_ic", "kl_co", "l2")}
+        sv_sum = np.zeros(len(self.x_train))
+        sv_count = np.zeros(len(self.x_train))
+        for b in torch.randperm(len(batches), generator=self.generator).tolist():
+            k, idx = batches[b]
+            x, sv = self.x_train[k][idx.to(self.device)], self.sv_train[k][idx.to(self.device)]
+            x_in, x_tgt, keep, loss_mask = self._batch_masks(x, sv)
+            with _autocast(self.device, self.amp_dtype):
+                out = self.model(x_in, self.session_ids[k], keep=keep)
+            losses = self.model.loss(out, x_tgt, loss_mask, kl_ramp=kl_ramp, l2_ramp=l2_ramp)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(losses["loss"]).backward()
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.params, c.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            with torch.no_grad():
+                for key in sums:
+                    sums[key] += float(losses[key])
+                sv_t = sv if c.temporal_shift == 0 else sv & ~keep
+                sv_sum[k] += float((self.model.recon_nll(out, x) * sv_t).sum())
+                sv_count[k] += float(sv_t.sum())
+        stats = {key: v / max(len(batches), 1) for key, v in sums.items()}
+        if not all(math.isfinite(v) for v in stats.values()):
+            raise TrainingError(f"training: the loss became NaN or infinite at epoch {self.epoch} "
+                                "(lower the learning rate or check the data scale)")
+        per_session = self.evaluate_sessions() if any(x.shape[0] for x in self.x_val) else [
+            s / n if n else math.nan for s, n in zip(sv_sum, sv_count, strict=True)]
+        pooled_n = np.array([x.numel() for x in self.x_val]) if any(x.shape[0] for x in self.x_val) else sv_count
+        val_loss = float(np.nansum(np.array(per_session) * pooled_n) / max(pooled_n.sum(), 1))
+        if not math.isfinite(val_loss):
+            val_loss = stats["recon"]
+        s = c.val_smoothing
+        self.val_smoothed = val_loss if self.val_smoothed is None else s * self.val_smoothed + (1 - s) * val_loss
+        self.epoch += 1
+        improved = False
+        if self.epoch >= self.ramp_end or self.best_state is None:
+            if self.val_smoothed < self.best_val or self.best_state is None or self.epoch == self.ramp_end:
+                improved = True
+                self.best_val, self.best_epoch = self.val_smoothed, self.epoch
+                self.best_state = {key: v.detach().cpu().clone() for key, v in self.model.state_dict().items()}
+                self.bad_epochs = 0
+            elif self.epoch > self.ramp_end:
+                self.bad_epochs += 1
+        metrics = {"epoch": self.epoch, "train_loss": stats["loss"] / c.loss_scale, "train_recon": stats["recon"],
+                   "kl_ic": stats["kl_ic"], "kl_co": stats["kl_co"], "l2": stats["l2"], "kl_ramp": kl_ramp,
+                   "l2_ramp": l2_ramp, "val_loss": val_loss, "val_loss_smoothed": self.val_smoothed,
+                   "val_loss_per_session": [float(v) for v in per_session], "best": improved, "lr": c.lr,
+                   "lr_effective": lr_now, "seconds": time.perf_counter() - t0}
+        self.metrics.append(metrics)
+        return metrics
+
+    @torch.no_grad()
+    def evaluate_sessions(self) -> list[float]:
+        """Mean reconstruction NLL on each session's validation blocks (posterior means, no dropout)."""
+        self.model.eval()
+        out_losses = []
+        for k, (xv, svv) in enumerate(zip(self.x_val, self.sv_val, strict=True)):
+            total, count = 0.0, 0
+            for i in range(0, xv.shape[0], 256):
+                x, sv = xv[i : i + 256], svv[i : i + 256]
+                with _autocast(self.device, self.amp_dtype):
+                    out = self.model(x, self.session_ids[k], keep=~sv, sample=False)
+                total += float(self.model.recon_nll(out, x).sum())
+                count += x.numel()
+            out_losses.append(total / count if count else math.nan)
+        self.model.train()
+        return out_losses
+
+    def best_model_state(self) -> dict[str, torch.Tensor]:
+        """Weights with the best smoothed pooled validation loss (current weights if none recorded)."""
+        if self.best_state is not None:
+            return self.best_state
+        return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+
+
+@dataclass
+class MultiSessionFitResult:
+    """The outcome of `fit_sessions` / `adapt`: the best model (CPU, eval mode) and what the run recorded."""
+
+    model: MultiSessionLFADS
+    config: LFADSConfig
+    metrics: list[dict[str, Any]]
+    run_dir: Path | None
+    best_val_loss: float
+    weights_sha256: str
+    device: str
+    seed: int = 0
+    best_epoch: int = -1
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _train(trainer: MultiSessionTrainer, limit: int, progress: bool, desc: str) -> float:
+    from tqdm.auto import tqdm
+
+    t0 = time.perf_counter()
+    with tqdm(total=limit, disable=not progress, desc=desc, unit="epoch") as bar:
+        while trainer.epoch < limit and not trainer.should_stop:
+            m = trainer.train_epoch()
+            bar.update(1)
+            bar.set_postfix(val=f"{m['val_loss_smoothed']:.4f}")
+    return time.perf_counter() - t0
+
+
+def fit_sessions(data: Sequence[np.ndarray], muscles: Sequence[Sequence[str]], config: LFADSConfig,
+                 run_dir: str | Path | None, device: str = "auto", seed: int = 0, progress: bool = True,
+                 max_epochs: int | None = None, readin_dim: int | None = None) -> MultiSessionFitResult:
+    """Train one stitched LFADS on several sessions' (bins, channels) data; exports run_dir/model.pt."""
+    trainer = MultiSessionTrainer(data, muscles, config, device=device, seed=seed, readin_dim=readin_dim)
+    limit = int(max_epochs if max_epochs is not None else trainer.config.max_epochs)
+    seconds = _train(trainer, limit, progress, f"LFADS x{len(data)} sessions")
+    model = trainer.model.cpu()
+    model.load_state_dict(trainer.best_model_state())
+    model.eval()
+    sha = ""
+    if run_dir is not None:
+        run_dir = Path(run_dir)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise TrainingError(f"{run_dir}: cannot create the run directory ({exc.strerror})") from None
+        _write_metrics_csv(run_dir / "metrics.csv", [{k: v for k, v in m.items() if k != "val_loss_per_session"}
+                                                     for m in trainer.metrics])
+        sha = export_multisession(run_dir / ckpt.WEIGHTS_FILE, model)
+    return MultiSessionFitResult(model=model, config=trainer.config, metrics=list(trainer.metrics), run_dir=run_dir,
+                                 best_val_loss=float(trainer.best_val), weights_sha256=sha, device=str(trainer.device),
+                                 seed=trainer.seed, best_epoch=trainer.best_epoch, seconds=seconds)
+
+
+def adapt(model: MultiSessionLFADS, data: np.ndarray, muscles: Sequence[str], config: LFADSConfig | None = None,
+          device: str = "auto", seed: int = 0, progress: bool = True, max_epochs: int | None = None,
+          weights_path: str | Path | None = None) -> tuple[int, MultiSessionFitResult]:
+    """Add a session to a trained model and fit only its read-in/read-out (shared weights frozen).
+
+    Returns the new session's index and the result (the model with the session added, in place).
+    """
+    config = copy.deepcopy(config or model.config)
+    arr = check_data(data, config.likelihood, what="adaptation data")
+    try:
+        index = model.add_session(muscles, torch.from_numpy(arr))
+    except ValueError as exc:
+        raise TrainingError(f"adaptation: {exc}") from None
+    for p in model.parameters():
+        p.requires_grad_(False)
+    own = list(model.sessions[index].parameters())
+    for p in own:
+        p.requires_grad_(True)
+    try:
+        trainer = MultiSessionTrainer([arr], [list(muscles)], config, device=device, seed=seed, model=model,
+                                      session_ids=[index], trainable=own)
+        limit = int(max_epochs if max_epochs is not None else trainer.config.max_epochs)
+        seconds = _train(trainer, limit, progress, "adapt read-in/out")
+        model.cpu().load_state_dict(trainer.best_model_state())
+    finally:
+        for p in model.parameters():
+            p.requires_grad_(True)
+    model.eval()
+    sha = export_multisession(weights_path, model) if weights_path is not None else ""
+    return index, MultiSessionFitResult(model=model, config=trainer.config, metrics=list(trainer.metrics),
+                                        run_dir=None, best_val_loss=float(trainer.best_val), weights_sha256=sha,
+                                        device=str(trainer.device), seed=seed, best_epoch=trainer.best_epoch,
+                                        seconds=seconds)
+
+
+def export_multisession(path: str | Path, model: MultiSessionLFADS) -> str:
+    """Write a stitched model (config, every session's muscles, weights) atomically; returns its SHA-256."""
+    payload = {"format": "nwb-lfads-emg-weights/1", "kind": WEIGHTS_KIND, "config": dataclasses.asdict(model.config),
+               "sessions": model.session_muscles, "readin_dim": model.readin_dim, "n_channels": model.readin_dim,
+               "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+    out = ckpt.save_atomic(payload, path)
+    return ckpt.sha256_file(out)
+
+
+def load_multisession(path: str | Path) -> MultiSessionLFADS:
+    """A stitched model written by `export_multisession` (a run directory or the file), CPU, eval mode."""
+    payload = ckpt.read_weights(path)
+    if payload.get("kind") != WEIGHTS_KIND:
+        raise TrainingError(f"{path}: not a multi-session model (trained on one session)")
+    config = LFADSConfig.from_dict(payload["config"])
+    try:
+        model = MultiSessionLFADS(config, payload["sessions"], int(payload["readin_dim"]))
+        model.load_state_dict(payload["state_dict"])
+    except (RuntimeError, ValueError, KeyError, TypeError):
+        raise TrainingError(f"{path}: the weights do not match their configuration") from None
+    model.eval()
+    return model
+
+
+__all__ = ["MultiSessionTrainer", "MultiSessionFitResult", "fit_sessions", "adapt", "export_multisession",
+           "load_multisession", "MUTABLE_HYPERPARAMETERS"]

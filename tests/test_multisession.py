@@ -1,0 +1,189 @@
+"""Multi-session AutoLFADS (stitching): the model's read-in/read-out, the accuracy claims against the
+truth of simulated sessions of one animal, and the CLI end to end on local files and on the assets
+of a dandiset served by the local DANDI stand-in (`--match`)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from dandi_server import dandi_server  # noqa: F401  (pytest fixture)
+from pynwb import NWBHDF5IO, validate
+
+from nwb_lfads_emg.cli import main
+from nwb_lfads_emg.lfads.config import preset
+from nwb_lfads_emg.lfads.readin import MultiSessionLFADS
+from nwb_lfads_emg.metrics import r2_affine
+from nwb_lfads_emg.preprocess import PreprocessConfig, preprocess
+from nwb_lfads_emg.simulate import true_activation_binned, write_session_nwb
+from nwb_lfads_emg.simulate_sessions import SessionSetConfig, simulate_sessions
+from nwb_lfads_emg.training.inference import infer
+from nwb_lfads_emg.training.multisession import adapt, fit_sessions
+from nwb_lfads_emg.training.trainer import Trainer
+
+METHODS = {"AutoLFADS", "LowPass", "BayesianFilter"}
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def sims():
+    """Five 20 s sessions of one animal (simulator defaults; 6-8 of its 10 muscles each)."""
+    return simulate_sessions(SessionSetConfig(n_sessions=5, duration_s=20.0, seed=0))
+
+
+@pytest.fixture(scope="module")
+def files(sims, tmp_path_factory) -> list[Path]:
+    folder = tmp_path_factory.mktemp("sessions")
+    return [write_session_nwb(s, folder / f"sub-rat_ses-{k}.nwb") for k, s in enumerate(sims)]
+
+
+# ---------------------------------------------------------------------------- the model
+def test_readin_tied_by_muscle_name_and_adapt_freezes_shared_weights(sims):
+    config = preset("demo")
+    data = [torch.from_numpy(preprocess(s.emg, s.emg_rate, PreprocessConfig()).data) for s in sims[:2]]
+    model = MultiSessionLFADS(config, [s.muscle_names for s in sims[:2]])
+    model.initialise(data)
+    a, b = model.sessions
+    shared = [m for m in a.muscles if m in b.muscles]
+    assert shared and set(a.muscles) != set(b.muscles)
+    for m in shared:  # same read-in column and read-out rows for one muscle in both sessions
+        i, j = a.muscles.index(m), b.muscles.index(m)
+        torch.testing.assert_close(a.readin.weight[:, i], b.readin.weight[:, j])
+        torch.testing.assert_close(a.readout.weight[[i, a.n_channels + i]], b.readout.weight[[j, b.n_channels + j]])
+    out = model(data[1][None, :60], 1)
+    assert out.means.shape == (1, 60, b.n_channels)
+    core = {k: v.clone() for k, v in model.core.state_dict().items()}
+    olds = {k: v.clone() for k, v in model.sessions.state_dict().items()}
+    new = sims[2]
+    x = preprocess(new.emg, new.emg_rate, PreprocessConfig()).data
+    index, result = adapt(model, x, new.muscle_names, device="cpu", progress=False, max_epochs=2)
+    assert index == 2 and len(result.metrics) == 2
+    for k, v in model.core.state_dict().items():
+        torch.testing.assert_close(v, core[k])
+    for k, v in olds.items():
+        torch.testing.assert_close(model.sessions.state_dict()[k], v)
+    assert model.sessions[2].muscles == new.muscle_names
+
+
+# ---------------------------------------------------------------------------- the claim
+STITCH_EPOCHS = 8
+MARGIN = 0.03
+
+
+@pytest.mark.slow
+def test_stitched_beats_per_session_models_and_adapt_beats_a_new_model(sims):
+    """Four 20 s sessions trained together beat a model per session (same preset and epochs) in every
+    session; the held-out fifth, adapted (only its read-in/read-out trained), beats its own model."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        config = preset("demo")
+        config.max_epochs = STITCH_EPOCHS
+        binned = [preprocess(s.emg, s.emg_rate, PreprocessConfig()) for s in sims]
+        data = [b.data for b in binned]
+        truth = [true_activation_binned(s, b.bin_rate)[: b.data.shape[0]] for s, b in zip(sims, binned, strict=True)]
+        stitched = fit_sessions(data[:4], [s.muscle_names for s in sims[:4]], config, None, device="cpu",
+                                progress=False)
+        index, _ = adapt(stitched.model, data[4], sims[4].muscle_names, device="cpu", progress=False)
+        rows = []
+        for k in range(5):
+            trainer = Trainer(data[k], config, device="cpu", seed=0)
+            while trainer.epoch < config.max_epochs and not trainer.should_stop:
+                trainer.train_epoch()
+            trainer.model.load_state_dict(trainer.best_model_state())
+            own = float(r2_affine(infer(trainer.model, data[k], config, n_samples=1, device="cpu").rates,
+                                  truth[k]).mean())
+            view = stitched.model.session_view(k if k < 4 else index)
+            shared = float(r2_affine(infer(view, data[k], config, n_samples=1, device="cpu").rates, truth[k]).mean())
+            rows.append((k, own, shared))
+    finally:
+        torch.set_num_threads(threads)
+    print("\nsession, per-session model, stitched (4: adapted):", [tuple(round(v, 3) for v in r) for r in rows])
+    for _k, own, shared in rows:
+        assert shared > own + MARGIN, rows
+
+
+# ---------------------------------------------------------------------------- the CLI
+def test_cli_fit_annotate_adapt_on_local_files(files, tmp_path, capsys):
+    before = {p: _sha(p) for p in files}
+    run = tmp_path / "run"
+    assert main(["fit", str(files[0]), str(files[1]), "--emg", "EMG", "--run-dir", str(run), "--max-epochs", "1",
+                 "--quiet"]) == 0
+    record = json.loads((run / "job.json").read_text())
+    assert record["kind"] == "multisession" and len(record["sessions"]) == 2
+    out = tmp_path / "s1.nwb"
+    assert main(["annotate", str(files[1]), "--run-dir", str(run), "--out", str(out)]) == 0
+    assert validate(path=str(out), use_cached_namespaces=True) == []
+    with NWBHDF5IO(str(out), "r") as io:
+        module = io.read().processing["ecephys"]
+        assert METHODS <= set(module.data_interfaces)
+        est = module["AutoLFADS"]
+        table = est.electrodes.table
+        assert [table["location"][i] for i in est.electrodes.data[:]] == record["sessions"][1]["muscles"]
+        prov = module["LFADSModelProvenance"]
+        config = json.loads(prov.config)["multisession"]
+        assert [s["location"] for s in config["training_sessions"]] == [str(files[0]), str(files[1])]
+        assert config["readin_readout"]["session_index"] == 1 and not config["readin_readout"]["adapted"]
+        assert prov.source_series_path == "acquisition/EMG"
+        assert est.data.shape[1] == len(record["sessions"][1]["muscles"])
+    held = tmp_path / "s4.nwb"
+    capsys.readouterr()
+    assert main(["annotate", str(files[4]), "--run-dir", str(run), "--out", str(held)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--adapt" in err and str(files[4]) in err and not held.exists()
+    assert main(["annotate", str(files[4]), "--run-dir", str(run), "--out", str(held), "--adapt",
+                 "--max-epochs", "1"]) == 0
+    assert validate(path=str(held), use_cached_namespaces=True) == []
+    with NWBHDF5IO(str(held), "r") as io:
+        prov = io.read().processing["ecephys"]["LFADSModelProvenance"]
+        used = json.loads(prov.config)["multisession"]["readin_readout"]
+        assert used["adapted"] and used["session_index"] == 2 and len(used["adapted_weights_sha256"]) == 64
+        assert "adaptation_per_epoch" in json.loads(prov.training_metrics)
+    assert {p: _sha(p) for p in files} == before
+
+
+def test_cli_run_on_dandiset_assets_with_match(dandi_server, files, tmp_path):  # noqa: F811
+    before = {p: _sha(p) for p in files}
+    assets = {f"sub-rat/sub-rat_ses-{k}.nwb": files[k] for k in range(3)}
+    assets["sub-other/sub-other_ses-0.nwb"] = files[3]
+    server = dandi_server({"000999": assets})
+    out = tmp_path / "derived"
+    assert main(["run", "dandi://DANDI/000999@draft", "--match", "sub-rat/*ses-[01].nwb", "--emg", "EMG",
+                 "--out", str(out), "--run-dir", str(tmp_path / "run"), "--max-epochs", "1", "--quiet"]) == 0
+    assert server.bytes_served > 0
+    written = sorted(p.name for p in out.iterdir())
+    assert written == ["sub-rat_ses-0_annotated.nwb", "sub-rat_ses-1_annotated.nwb"]
+    for k, name in enumerate(written):
+        path = out / name
+        assert validate(path=str(path), use_cached_namespaces=True) == []
+        with NWBHDF5IO(str(path), "r") as io:
+            prov = io.read().processing["ecephys"]["LFADSModelProvenance"]
+            sessions = json.loads(prov.config)["multisession"]["training_sessions"]
+            assert all("000999" in s["source_url"] for s in sessions) and len(sessions) == 2
+            used = json.loads(prov.config)["multisession"]["readin_readout"]
+            assert used["session_index"] == k and not used["adapted"]
+            assert prov.source_url == sessions[k]["source_url"] and "000999" in prov.source_url
+    assert {p: _sha(p) for p in files} == before
+    assert main(["fit", "dandi://DANDI/000999@draft", "--match", "nothing*", "--run-dir", str(tmp_path / "r2")]) == 2
+
+
+def test_simulated_sessions_share_dynamics_and_differ_in_recording(sims):
+    names = [s.muscle_names for s in sims]
+    assert all(6 <= len(n) <= 8 and len(n) == s.emg.shape[1] for n, s in zip(names, sims, strict=True))
+    assert len({tuple(n) for n in names}) > 1 and all(s.duration_s == 20.0 for s in sims)
+    # the same muscle bursts at the same phase of the shared cycle in every session that records it
+    common = set(names[0]) & set(names[1])
+    for m in common:
+        phases = []
+        for s in sims[:2]:
+            a = s.activation[:, s.muscle_names.index(m)]
+            ph = np.angle(s.latent[:, 0] + 1j * s.latent[:, 1])
+            phases.append(np.angle(np.sum(a * np.exp(1j * ph))))
+        assert abs(np.angle(np.exp(1j * (phases[0] - phases[1])))) < 0.3

@@ -1,0 +1,163 @@
+"""Concurrent prefetch of the HDF5 chunks under a window (real pynwb files, real HTTP range requests on loopback)."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from dandi_server import dandi_server  # noqa: F401  (pytest fixture)
+from test_sources import noise, write_nwb
+
+from nwb_lfads_emg.errors import SourceError
+from nwb_lfads_emg.sources import EMGReader, open_source
+from nwb_lfads_emg.sources.prefetch import block_runs, chunk_byte_ranges
+
+DS = "000941"
+RATE = 2000.0
+
+
+def write_int16_gzip(path: Path, n: int, n_ch: int, chunk_rows: int) -> Path:
+    """A Myomatrix-like ElectricalSeries stored as int16 with a conversion factor, gzip-compressed chunks."""
+    from hdmf.backends.hdf5 import H5DataIO
+    from pynwb import NWBHDF5IO, NWBFile
+    from pynwb.ecephys import ElectricalSeries
+
+    nwb = NWBFile(session_description="test", identifier=path.stem,
+                  session_start_time=datetime(2026, 1, 1, tzinfo=timezone.utc))
+    dev = nwb.create_device(name="amp", description="amplifier")
+    grp = nwb.create_electrode_group(name="EMG", description="bipolar EMG", location="forelimb", device=dev)
+    for k in range(n_ch):
+        nwb.add_electrode(location=f"M{k:02d}", group=grp)
+    region = nwb.create_electrode_table_region(list(range(n_ch)), "all")
+    rng = np.random.default_rng(3)
+    data = (rng.normal(0, 800, size=(n, n_ch)) * np.linspace(0.2, 1.0, n)[:, None]).astype(np.int16)
+    nwb.add_acquisition(ElectricalSeries(name="EMG", data=H5DataIO(data, chunks=(chunk_rows, n_ch), compression="gzip"),
+                                         electrodes=region, rate=RATE, starting_time=0.0, conversion=1e-7))
+    with NWBHDF5IO(str(path), "w") as io:
+        io.write(nwb)
+    return path
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Four layouts: float32 in 1 s x 32 ch chunks, int16 gzip chunks, contiguous, per-muscle TimeSeries."""
+    d = tmp_path_factory.mktemp("prefetch")
+    muscles = [f"M{k:02d}" for k in range(32)]
+    chunked = write_nwb(d / "chunked.nwb", electrical=noise(80_000, 32, 5), muscles=muscles, rate=RATE, chunks=(2000, 32))
+    contiguous = write_nwb(d / "contiguous.nwb", electrical=noise(40_000, 8, 6), rate=RATE)
+    gz = write_int16_gzip(d / "gzip.nwb", 60_000, 16, 1000)
+    signals = noise(100_000, 8, 7)
+    per_muscle = write_nwb(d / "per_muscle.nwb", per_muscle={f"M{k}": signals[:, k] for k in range(8)}, rate=RATE)
+    return {"chunked": chunked, "contiguous": contiguous, "gzip": gz, "per_muscle": per_muscle}
+
+
+def covering_bytes(path: Path, series: str, i0: int, i1: int) -> int:
+    with h5py.File(path, "r") as f:
+        return sum(size for _, size in chunk_byte_ranges(f[series], i0, i1))
+
+
+def local_window(path: Path, t0: float, t1: float, muscles: list[str] | None = None):
+    with open_source(path) as opened:
+        return EMGReader(opened).window(t0, t1, muscles=muscles)
+
+
+def test_block_runs_split_and_coalesce() -> None:
+    assert block_runs([5, 3, 4, 9, 10, 4], part_blocks=8) == [(3, 3), (9, 2)]
+    assert block_runs(range(10), part_blocks=4) == [(0, 4), (4, 4), (8, 2)]
+
+
+def test_chunk_ranges_match_the_layout(files) -> None:
+    with h5py.File(files["chunked"], "r") as f:
+        d = f["acquisition/EMG/data"]
+        ranges = chunk_byte_ranges(d, 3000, 9000)  # rows 3000..8999 touch chunks 1..4
+        assert len(ranges) == 4 and all(size == 2000 * 32 * 4 for _, size in ranges)
+        assert ranges[0][0] == d.id.get_chunk_info_by_coord((2000, 0)).byte_offset
+    with h5py.File(files["contiguous"], "r") as f:
+        d = f["acquisition/EMG/data"]
+        assert chunk_byte_ranges(d, 100, 300) == [(d.id.get_offset() + 100 * 8 * 4, 200 * 8 * 4)]
+
+
+@pytest.mark.parametrize("name,t0,t1,muscles", [
+    ("chunked", 4.3, 33.9, None),
+    ("chunked", 10.0, 20.0, ["M03", "M17"]),
+    ("gzip", 2.2, 27.7, None),
+    ("contiguous", 1.0, 17.5, None),
+    ("per_muscle", 5.0, 45.0, ["M1", "M2", "M4", "M6", "M7"]),
+])
+def test_prefetched_window_equals_the_local_read_and_moves_only_its_chunks(
+        dandi_server, files, name, t0, t1, muscles) -> None:  # noqa: F811
+    srv = dandi_server({DS: {f"sub-a/{name}.nwb": files[name]}})
+    with open_source(srv.blob_url(DS, f"sub-a/{name}.nwb"), cache_dir=False) as opened:
+        reader = EMGReader(opened, check_dead=False)
+        srv.reset_counts()
+        remote = reader.window(t0, t1, muscles=muscles)
+        sent, n_requests = srv.bytes_served, len(srv.range_requests)
+        assert opened._prefetcher.requests >= 1  # the window did go through the prefetch
+    local = local_window(files[name], t0, t1, muscles)
+    np.testing.assert_array_equal(remote.values, local.values)
+    np.testing.assert_array_equal(remote.time.values, local.time.values)
+    assert remote.dtype == local.dtype
+    i0, i1 = int(round(t0 * RATE)), int(np.ceil(t1 * RATE))
+    series = ([f"acquisition/preprocessed_emg/{m}/data" for m in muscles] if name == "per_muscle"
+              else ["acquisition/EMG/data"])
+    covering = sum(covering_bytes(files[name], s, i0, i1) for s in series)
+    assert covering > 1_000_000
+    assert sent <= 1.1 * covering, (sent, covering, n_requests)  # counted by the server, chunk look-ups included
+    assert n_requests <= 12, n_requests
+
+
+def test_requests_are_concurrent_and_old_path_is_not(dandi_server, files) -> None:  # noqa: F811
+    srv = dandi_server({DS: {"sub-a/chunked.nwb": files["chunked"]}})
+    url = srv.blob_url(DS, "sub-a/chunked.nwb")
+    local = local_window(files["chunked"], 0.0, 40.0)
+    seen = {}
+    for workers in (4, 0):
+        with open_source(url, cache_dir=False, prefetch_workers=workers) as opened:
+            reader = EMGReader(opened, check_dead=False)
+            srv.latency = 0.05  # a far server: each request waits 50 ms before answering
+            srv.reset_counts()
+            t = time.monotonic()
+            np.testing.assert_array_equal(reader.window(0.0, 40.0).values, local.values)
+            seen[workers] = (srv.max_in_flight, len(srv.range_requests), time.monotonic() - t)
+            srv.latency = 0.0
+    assert seen[4][0] >= 3, seen  # the server saw several requests in flight at once
+    assert seen[0][0] == 1, seen  # remfile alone: one at a time
+    assert seen[4][2] < seen[0][2], seen
+
+
+def test_pinned_blocks_are_released_by_the_next_window(dandi_server, files) -> None:  # noqa: F811
+    srv = dandi_server({DS: {"sub-a/chunked.nwb": files["chunked"]}})
+    with open_source(srv.blob_url(DS, "sub-a/chunked.nwb"), cache_dir=False) as opened:
+        reader = EMGReader(opened, check_dead=False)
+        pre = opened._prefetcher
+        reader.window(20.0, 35.0)
+        first = set(pre._pinned)
+        assert len(first) * pre.block >= 14 * 2000 * 32 * 4  # held until the next window
+        reader.window(38.0, 39.0)
+        assert first and not first & pre._pinned
+        assert not any(b in opened._remote_file._chunks for b in first)  # released from remfile's memory
+        srv.reset_counts()
+        reader.window(38.2, 38.9)  # inside the last window: served from memory
+        assert srv.bytes_served == 0
+
+
+def test_failing_server_gives_the_one_line_error(dandi_server, files) -> None:  # noqa: F811
+    srv = dandi_server({DS: {"sub-a/chunked.nwb": files["chunked"]}})
+    key = srv.asset_id(DS, "sub-a/chunked.nwb")
+    with open_source(srv.blob_url(DS, "sub-a/chunked.nwb"), cache_dir=False, retries=2) as opened:
+        reader = EMGReader(opened, check_dead=False)
+        srv.fail(key, "status", 503, times=1000)
+        t = time.monotonic()
+        with pytest.raises(SourceError) as err:
+            reader.window(5.0, 35.0)
+        assert time.monotonic() - t < 5
+        text = str(err.value)
+        assert "\n" not in text and "Traceback" not in text
+        assert text.endswith("acquisition/EMG: streaming failed: HTTP 503 Service Unavailable; gave up after 3 attempts"), text
+        with srv.lock:
+            srv._failures.clear()  # the server recovers: the same reader reads the window
+        np.testing.assert_array_equal(reader.window(5.0, 35.0).values, local_window(files["chunked"], 5.0, 35.0).values)
