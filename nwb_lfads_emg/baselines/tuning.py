@@ -136,7 +136,7 @@ def oracle_cutoff(rectified: np.ndarray, rate: float, to_bins: object, truth: np
                   cutoffs: Sequence[float] = CV_CUTOFFS) -> tuple[float, str] | None:
     """(cutoff, "truth"|"behavior") of the low-pass whose binned envelope (`to_bins(envelope)`) best matches
     the truth (affine R^2) or else decodes the behaviour (cross-validated ridge); None without either."""
-    from ..evaluate import decode_r2, r2_affine
+    from ..metrics import decode_r2, r2_affine
 
     if truth is None and behavior is None:
         return None
