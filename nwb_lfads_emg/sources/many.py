@@ -12,7 +12,7 @@ from .dandi import (
     _DANDI_SCHEME,
     _INSTANCE_COLON,
     _VERSION,
-    _one_line,
+    _request_failure,
     configured_instance,
     looks_like_dandi,
     normalize_reference,
@@ -55,7 +55,7 @@ def dandiset_assets(reference: str, match: str) -> list[str]:
     except UnknownURLError:
         raise SourceError(describe(reference, None, "not a DANDI reference dandi can parse")) from None
     except Exception as exc:  # noqa: BLE001 - network trouble while dandi asks the server
-        raise SourceError(describe(reference, None, f"cannot reach the DANDI instance ({_one_line(exc)})")) from None
+        raise SourceError(describe(reference, None, f"cannot reach the DANDI instance ({_request_failure(exc)})")) from None
     if parsed.dandiset_id is None:
         raise SourceError(describe(reference, None, "names no dandiset (--match selects assets of a dandiset)"))
     client = DandiAPIClient(dandi_instance=parsed.instance)
@@ -66,7 +66,7 @@ def dandiset_assets(reference: str, match: str) -> list[str]:
                        and fnmatch.fnmatch(a.path, match))
         version = dandiset.version_id
     except Exception as exc:  # noqa: BLE001 - one line, whatever the client raised
-        raise SourceError(describe(reference, None, f"cannot list the dandiset's assets ({_one_line(exc)})")) from None
+        raise SourceError(describe(reference, None, f"cannot list the dandiset's assets ({_request_failure(exc)})")) from None
     finally:
         client.session.close()
     if not paths:
