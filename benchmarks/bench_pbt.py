@@ -80,7 +80,7 @@ def main() -> None:
         print(json.dumps({"single": out["single"]}), flush=True)
 
     # a small run: the AutoLFADS space, with learning rates around the demo's and short shifts
-    space = autolfads_search_space({"lr": (1e-3, 2e-2), "temporal_shift": (0, 2)})
+    space = autolfads_search_space({"lr": (1e-3, 2e-2), "temporal_shift_ms": (2.0, 10.0)})
     generations = max(1, cfg.max_epochs // args.interval)
     t0 = time.perf_counter()
     res = fit_pbt(data, cfg, work / "pbt", population=args.population, ray_address=args.ray_address,

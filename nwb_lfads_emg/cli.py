@@ -53,7 +53,9 @@ def _job(args: argparse.Namespace) -> Any:
         pbt=args.pbt,
         pbt_settings=_pbt_settings(args),
         lowpass_cutoff_hz=args.lowpass_hz,
-        preprocess=PreprocessConfig(bin_ms=args.bin_ms, input=args.input),
+        bin_ms=args.bin_ms,
+        segment_ms=args.segment_ms,
+        preprocess=PreprocessConfig(input=args.input),
         progress=not args.quiet,
         irregular=args.irregular,
         on_nonfinite=args.on_nonfinite,
@@ -145,7 +147,8 @@ def _add_output_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_training_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default="demo", choices=["demo", "default", "paper"], help="model size preset")
+    p.add_argument("--preset", default="auto", choices=["auto", "demo", "default", "paper"],
+                   help="model preset; auto (default): sizes, bins, segments and epochs from the data and device")
     p.add_argument("--pbt", action="store_true", help="AutoLFADS: population-based training on Ray Tune")
     p.add_argument("--population", type=int, default=None, help="PBT population size (default 4)")
     p.add_argument("--ray-address", default=None, help="attach to this Ray cluster (default: $RAY_ADDRESS or local)")
@@ -174,8 +177,10 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-epochs", type=int, default=None, help="override the preset's epoch limit")
     p.add_argument("--bin-ms", type=float, default=None,
-                   help="bin width of the model input (ms; default 5, or the native sample interval of input "
-                   "sampled below 200 Hz)")
+                   help="bin width of the model input (ms); default: from the data (auto preset), else 5, or the "
+                   "native sample interval of input sampled below 200 Hz")
+    p.add_argument("--segment-ms", type=float, default=None,
+                   help="length of the training segments (ms); default: from the data (auto preset), else the preset's")
     p.add_argument("--input", default="auto", choices=["auto", "raw", "envelope"],
                    help="what the series holds: raw EMG (notch, high-pass, rectify, bin) or an envelope already "
                    "rectified and smoothed (binned as it is); auto decides from the rate, description and signs")
@@ -185,7 +190,8 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--on-nonfinite", default="raise", choices=["raise", "mask"],
                    help="NaN/Inf samples in the EMG: refuse, or set them to 0")
     p.add_argument("--drop-dead", action="store_true", help="leave constant (dead) channels out instead of refusing")
-    p.add_argument("--lowpass-hz", type=float, default=10.0, help="cutoff of the low-pass baseline (Hz)")
+    p.add_argument("--lowpass-hz", type=float, default=None,
+                   help="fixed cutoff of the low-pass baseline (Hz); default: chosen per session from the EMG")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 

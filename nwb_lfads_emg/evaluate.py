@@ -161,33 +161,51 @@ def _source_path(opened: object, ref: object) -> str | None:
 
 def _rectified_reference(opened: object, ref: object, config: PreprocessConfig, muscles: list[str], rate: float,
                          start: float, n_bins: int, alias_free: bool = False
-                         ) -> tuple[np.ndarray | None, np.ndarray | None]:
+                         ) -> tuple[np.ndarray | None, np.ndarray | None, tuple | None]:
     """The linked source EMG, high-passed and rectified with the run's recorded preprocessing, on the bins;
-    with `alias_free` also the analyses' reference (low-passed at 0.4 x the bin rate before binning)."""
+    with `alias_free` also the analyses' reference (low-passed at 0.4 x the bin rate before binning); and
+    the rectified EMG at its own rate as (values, rate, start) for the oracle low-pass."""
     from .sources import EMGReader
 
     path = _source_path(opened, ref)
     if path is None:
-        return None, None
+        return None, None, None
     try:
         reader = EMGReader(opened, path, on_nonfinite="mask", check_dead=False)
     except EMGDataError as exc:  # e.g. irregular timestamps: the estimates are still scored
         log.warning("no rectified reference: %s", exc)
-        return None, None
+        return None, None, None
     if reader.n_samples * len(muscles) > 5e7 or sorted(reader.muscles) != sorted(muscles):
-        return None, None
+        return None, None, None
     emg = reader.to_dataarray(muscles=muscles)
     rect = rectify_highpass(np.asarray(emg.values), reader.rate, config)
     rectified = bin_like(rect, reader.rate, rate, n_bins, reader.starting_time, start)
     if rectified.shape[0] != n_bins:
-        return None, None
+        return None, None, None
     reference = None
     if alias_free:  # aliasing would act as input noise in the analyses and bend the gains down
         from .baselines.lowpass import lowpass_envelope
 
         reference = bin_like(lowpass_envelope(rect, reader.rate, 0.4 * rate), reader.rate, rate, n_bins,
                              reader.starting_time, start)
-    return rectified, reference
+    return rectified, reference, (rect, reader.rate, reader.starting_time)
+
+
+def _oracle_lowpass(rect: np.ndarray, raw_rate: float, raw_start: float, rate: float, n_bins: int, start: float,
+                    truth: np.ndarray | None, beh: np.ndarray | None) -> dict[str, np.ndarray]:
+    """{"LowPassOracle": envelope on the bins} with the cutoff picked by the truth or the behaviour."""
+    from .baselines.lowpass import lowpass_envelope
+    from .baselines.tuning import oracle_cutoff
+    from .preprocess import bin_like
+
+    def to_bins(env: np.ndarray) -> np.ndarray:
+        return bin_like(env, raw_rate, rate, n_bins, raw_start, start)
+
+    rows = np.arange(n_bins) if beh is None else np.flatnonzero(np.all(np.isfinite(beh), axis=1))
+    picked = oracle_cutoff(rect, raw_rate, lambda env: to_bins(env)[rows],
+                           truth=None if truth is None else truth[rows],
+                           behavior=None if beh is None else beh[rows], bin_rate=rate)
+    return {} if picked is None else {"LowPassOracle": to_bins(lowpass_envelope(rect, raw_rate, picked[0]))}
 
 
 def evaluate_file(
@@ -195,6 +213,7 @@ def evaluate_file(
     behavior: str | Sequence[str] | None = None,
     report_dir: str | Path | None = None,
     include_rectified: bool = True,
+    oracle: bool = True,
     cycles: str | None = None,
     cycles_from: str | None = None,
     holds: str | None = None,
@@ -208,7 +227,8 @@ def evaluate_file(
     from `processing/ground_truth/true_activation`, spikes from the Units table, the rectified
     reference from the linked EMG preprocessed as the run recorded (all read through `sources`); with `report_dir`
     the table, figures and report.html are written there. Extra keyword arguments go to
-    `compare_estimates`. The paper's analyses (`analyses/`) run on request: `cycles` (a TimeIntervals
+    `compare_estimates`. With `oracle`, the low-pass whose cutoff was picked with the truth (else the
+    behaviour) is scored as `LowPassOracle`: an upper reference, not a method a user could run. The paper's analyses (`analyses/`) run on request: `cycles` (a TimeIntervals
     table) or `cycles_from` (a behaviour series) -> phase-resolved frequency response in `phase_bins`;
     `holds` (a TimeIntervals table, force from `behavior`) -> oscillations; spikes -> smoothness
     control. Their tables are in `table.attrs["analyses"]` (records) and, with `report_dir`, in the report.
@@ -307,8 +327,10 @@ def evaluate_file(
         rectified = reference = None
         prep = _recorded_preprocessing(ref)
         if include_rectified:
-            rectified, reference = _rectified_reference(opened, ref, prep, list(muscles), rate, start, n_bins,
-                                                        alias_free=cycle_times is not None or spikes is not None)
+            rectified, reference, raw = _rectified_reference(opened, ref, prep, list(muscles), rate, start, n_bins,
+                                                             alias_free=cycle_times is not None or spikes is not None)
+            if raw is not None and oracle and (truth is not None or beh is not None):
+                estimates.update(_oracle_lowpass(*raw, rate, n_bins, start, truth, beh))
 
     # rows where the behaviour is undefined (outside its time range) are dropped
     first_row = 0

@@ -12,7 +12,7 @@ import logging
 import os
 import platform
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -110,15 +110,15 @@ def read_pbt_settings(path: str | Path | None, overrides: dict[str, Any] | None 
 class JobConfig:
     """One run's settings beyond the model's own (serialised whole into the provenance record)."""
 
-    preset: str = "demo"
+    preset: str = "auto"  # "auto": sizes, bins, segments and epochs from the data (lfads.auto, timescales)
     seed: int = 0
     device: str = "auto"
     max_epochs: int | None = None
     pbt: bool = False
     pbt_settings: PBTSettings = field(default_factory=PBTSettings)
     n_posterior_samples: int | None = None  # None: training.inference.POSTERIOR_SAMPLES
-    lowpass_cutoff_hz: float = 10.0
-    bayes: dict[str, Any] = field(default_factory=dict)
+    lowpass_cutoff_hz: float | None = None  # None: chosen per session by held-out prediction (baselines.tuning)
+    bayes: dict[str, Any] = field(default_factory=dict)  # diffusion/jump not given: maximum marginal likelihood
     chunk_s: float = 60.0
     progress: bool = True
     irregular: str = "raise"
@@ -129,6 +129,9 @@ class JobConfig:
     """Leave constant (dead) channels out instead of refusing them (`--drop-dead`)."""
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     lfads_overrides: dict[str, Any] = field(default_factory=dict)
+    bin_ms: float | None = None  # the user's bin width (None: auto preset from the data, others 5 ms)
+    segment_ms: float | None = None  # the user's segment length (None: auto preset from the data, others the preset's)
+    time_scales: dict[str, Any] = field(default_factory=dict)  # what `choose_job_time_scales` chose and why
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> JobConfig:
@@ -217,6 +220,48 @@ def read(source: str | Path, emg: str | None = None, cache_dir: str | None = Non
     return emg_input, (opened, reader)
 
 
+def choose_job_time_scales(source: str | Path, emg: str | None, cache_dir: str | None, job: JobConfig) -> None:
+    """Settle the job's bin width and segment length (into `job.preprocess`, `job.segment_ms`, `job.time_scales`).
+
+    Values the user gave (`job.bin_ms`, `job.segment_ms`) are kept. With the auto preset the others
+    come from the recording: it is read once at fine (2 ms) bins to find its envelope's bandwidth
+    (`timescales.choose_time_scales`). Other presets keep their own segments and 5 ms bins.
+    """
+    if job.bin_ms is not None:
+        job.preprocess = replace(job.preprocess, bin_ms=float(job.bin_ms))
+    elif job.preset != "auto":
+        job.preprocess = replace(job.preprocess, bin_ms=None)  # 5 ms, or the native interval of an envelope
+    if job.preset != "auto" or (job.bin_ms is not None and job.segment_ms is not None):
+        job.time_scales = {"bin_ms": job.preprocess.bin_ms, "segment_ms": job.segment_ms, "chosen_by": "given"}
+        return
+    from .timescales import choose_time_scales
+
+    probe_ms = _probe_bin_ms(source, emg, cache_dir, job)
+    probe, _ = read(source, emg, cache_dir, replace(job.preprocess, bin_ms=probe_ms, clip_percentile=None),
+                    job.chunk_s, **_read_options(job))
+    b = probe.binned
+    rect = np.asarray(b.data, dtype=np.float64) * np.asarray(b.scale)[None, :]
+    chosen = choose_time_scales(rect, b.bin_rate).to_dict() | {"chosen_by": "data", "raw_rate": b.raw_rate,
+                                                              "probe_bin_ms": probe_ms}
+    chosen["bin_ms"] = max(float(chosen["bin_ms"]), probe_ms)  # never finer than the input's own samples
+    if job.bin_ms is not None:
+        chosen["bin_ms"], chosen["bin_ms_given"] = float(job.bin_ms), True
+    if job.segment_ms is not None:
+        chosen["segment_ms"], chosen["segment_ms_given"] = float(job.segment_ms), True
+    job.preprocess = replace(job.preprocess, bin_ms=float(chosen["bin_ms"]))
+    job.segment_ms = float(chosen["segment_ms"])
+    job.time_scales = chosen
+
+
+def _probe_bin_ms(source: str | Path, emg: str | None, cache_dir: str | None, job: JobConfig) -> float:
+    """The bin of the time-scale probe: 2 ms, or the input's own sample interval when that is coarser."""
+    from .sources import EMGReader, open_source
+
+    with open_source(str(source), cache_dir=cache_dir) as opened:
+        rate = EMGReader(opened, emg, **_read_options(job)).rate
+    return max(2.0, 1000.0 / float(rate))
+
+
 def check_job(job: JobConfig, run_dir: str | Path | None = None) -> None:
     """Refuse, before any data is read, settings that cannot give a trained model (one line naming the flag)."""
     if job.max_epochs is not None and int(job.max_epochs) < 1:
@@ -232,12 +277,23 @@ def _read_options(job: JobConfig) -> dict[str, Any]:
     return {"irregular": job.irregular, "on_nonfinite": job.on_nonfinite, "drop_dead": job.drop_dead}
 
 
-def lfads_config(job: JobConfig) -> Any:
-    """The LFADS configuration of a job: its preset with the job's overrides applied."""
+def lfads_config(job: JobConfig, n_bins: int | None = None, n_channels: int | None = None,
+                 bin_ms: float | None = None) -> Any:
+    """The LFADS configuration of a job: its preset (auto: sized from the data) with the job's overrides."""
     from .lfads.config import preset
 
     check_job(job)
-    config = preset(job.preset)
+    if job.preset == "auto":
+        from .lfads.auto import auto_config
+
+        if n_bins is None or n_channels is None or bin_ms is None:
+            raise TrainingError("the auto preset needs the data's size and bin width")
+        config = auto_config(n_bins, n_channels, bin_ms, job.segment_ms or 100 * bin_ms, _device_name(job))
+    else:
+        config = preset(job.preset)
+        if job.segment_ms is not None and bin_ms is not None:
+            config.seg_len = max(10, int(round(job.segment_ms / bin_ms)))
+            config.seg_overlap = config.seg_len // 2
     overrides = dict(job.lfads_overrides)
     if job.max_epochs is not None:
         overrides["max_epochs"] = job.max_epochs
@@ -252,7 +308,9 @@ def fit(emg_input: EMGInput, run_dir: str | Path, job: JobConfig | None = None) 
     """Train one LFADS model (or an AutoLFADS population with `job.pbt`) on the preprocessed EMG."""
     job = job or JobConfig()
     run_dir = Path(run_dir)
-    config = lfads_config(job)
+    bin_ms = 1000.0 / float(emg_input.binned.bin_rate)
+    config = lfads_config(job, *emg_input.binned.data.shape, bin_ms=bin_ms)
+    config.bin_ms = bin_ms  # ms settings (temporal shift) -> bins
     data = emg_input.binned.data
     if job.pbt:
         from .training.pbt import fit_pbt
@@ -292,6 +350,15 @@ def fit(emg_input: EMGInput, run_dir: str | Path, job: JobConfig | None = None) 
     }
     (run_dir / JOB_FILE).write_text(json.dumps(record, indent=1, default=str))
     return result
+
+
+def _device_name(job: JobConfig) -> str:
+    """"cuda" or "cpu": where training will run."""
+    if job.device != "auto":
+        return job.device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def pbt_schedule(job: JobConfig, max_epochs: int) -> tuple[int, int]:
@@ -374,6 +441,7 @@ def baseline_estimates(emg_da: Any, binned: Binned, job: JobConfig) -> list[Acti
     model's bins and scale. `emg_da` is the EMG as a DataArray, or a list of them, one per segment."""
     from .baselines.bayes import bayes_filter
     from .baselines.lowpass import lowpass_envelope
+    from .baselines.tuning import select_cutoff_cv, tune_bayes
 
     pieces = emg_da if isinstance(emg_da, (list, tuple)) else [emg_da]
     ranges = binned.segment_ranges
@@ -382,27 +450,40 @@ def baseline_estimates(emg_da: Any, binned: Binned, job: JobConfig) -> list[Acti
     rate = binned.raw_rate or float(1.0 / float(pieces[0].coords["time"].values[1] - pieces[0].coords["time"].values[0]))
     check_lowpass(job, rate)
     envelope = binned.decision is not None and binned.decision.kind == "envelope"
-    lows, bayes = [], []
-    for da, (a, b) in zip(pieces, ranges, strict=True):
+    rectified_pieces = []
+    for da in pieces:
         rectified = rectify_highpass(np.asarray(da.values), rate, binned.config)
-        if envelope:
-            rectified = np.maximum(rectified, 0.0)
-        n = b - a
-        lows.append(bin_like(lowpass_envelope(rectified, rate, job.lowpass_cutoff_hz), rate, binned.bin_rate, n))
-        bayes.append(bin_like(bayes_filter(rectified, rate, **job.bayes), rate, binned.bin_rate, n))
+        rectified_pieces.append(np.maximum(rectified, 0.0) if envelope else rectified)
     scale = binned.scale[None, :]
+    scale = binned.scale[None, :]
+    pooled = np.concatenate(rectified_pieces) if len(rectified_pieces) > 1 else rectified_pieces[0]
+    tuned = job.lowpass_cutoff_hz is None
+    cutoff = select_cutoff_cv(pooled, rate) if tuned else float(job.lowpass_cutoff_hz)  # type: ignore[arg-type]
+    bayes_params = dict(job.bayes)
+    if "diffusion" not in bayes_params and "jump" not in bayes_params:
+        bayes_params.update(tune_bayes(pooled, rate) | {"chosen_by": "maximum marginal likelihood"})
+    chosen = bayes_params.pop("chosen_by", "given")
+    lows, bayes = [], []
+    for rectified, (a, b) in zip(rectified_pieces, ranges, strict=True):
+        n = b - a
+        lows.append(bin_like(lowpass_envelope(rectified, rate, cutoff), rate, binned.bin_rate, n))
+        bayes.append(bin_like(bayes_filter(rectified, rate, **bayes_params), rate, binned.bin_rate, n))
     lowpass = np.concatenate(lows) / scale
     bayes_est = np.concatenate(bayes) / scale
     return [
         ActivationEstimate("LowPass", lowpass.astype(np.float32),
-                           parameters={"cutoff_hz": job.lowpass_cutoff_hz, "order": 4, "zero_phase": True}),
-        ActivationEstimate("BayesianFilter", bayes_est.astype(np.float32), parameters={"likelihood": "laplace",
-                                                                                       **job.bayes}),
+                           parameters={"cutoff_hz": cutoff, "order": 4, "zero_phase": True,
+                                       "cutoff_chosen_by": "held-out prediction of rectified EMG" if tuned
+                                       else "given (--lowpass-hz)"}),
+        ActivationEstimate("BayesianFilter", bayes_est.astype(np.float32),
+                           parameters={"likelihood": "laplace", **bayes_params, "parameters_chosen_by": chosen}),
     ]
 
 
 def check_lowpass(job: JobConfig, rate: float) -> None:
     """Refuse a low-pass baseline cutoff at or above the input's Nyquist frequency, naming --lowpass-hz."""
+    if job.lowpass_cutoff_hz is None:  # chosen per session below the Nyquist frequency
+        return
     if not 0 < job.lowpass_cutoff_hz < rate / 2:
         raise NwbLfadsEmgError(f"--lowpass-hz {job.lowpass_cutoff_hz:g}: must lie in (0, {rate / 2:g}) Hz for input "
                                f"sampled at {rate:g} Hz")
@@ -640,6 +721,7 @@ def run(source: str | Path, run_dir: str | Path, out: str | Path | None = None, 
     with _guarded(destination):
         if in_place and not overwrite:
             _refuse_if_annotated(source)
+        choose_job_time_scales(source, emg, cache_dir, job)
         emg_input, _ = read(source, emg, cache_dir, job.preprocess, job.chunk_s, **_read_options(job))
         _check_destination(source, out, in_place, emg_input)
         check_lowpass(job, emg_input.binned.raw_rate)
@@ -669,6 +751,7 @@ def _refuse_if_annotated(source: str | Path) -> None:
 
 
 __all__ = [
-    "JobConfig", "PBTSettings", "EMGInput", "read", "fit", "infer", "annotate", "run", "write", "baseline_estimates", "build_results",
-    "load_run", "lfads_config", "check_job", "check_destination", "Destination", "NwbLfadsEmgError",
+    "JobConfig", "PBTSettings", "EMGInput", "read", "choose_job_time_scales", "fit", "infer", "annotate", "run",
+    "write", "baseline_estimates", "build_results", "load_run", "lfads_config", "check_job", "check_destination",
+    "Destination", "NwbLfadsEmgError",
 ]

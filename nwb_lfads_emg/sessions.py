@@ -31,6 +31,7 @@ from .pipeline import (
     build_results,
     check_destination,
     check_job,
+    choose_job_time_scales,
     lfads_config,
     load_run,
     read,
@@ -254,10 +255,17 @@ def fit_sources(sources: list[str], run_dir: str | Path, emg: str | None = None,
                 job: JobConfig | None = None, match: str | None = None) -> Any:
     """`fit` for one or more sources: one source trains a single-session model, several a stitched one."""
     from .pipeline import fit
+    from .sources.many import expand_sources
 
     job = job or JobConfig()
     check_job(job, run_dir)
-    inputs = read_sources(sources, emg, cache_dir, job, match)
+    expanded = expand_sources(sources, match)
+    if len(expanded) == 1:  # one session: its time scales may come from the data (auto preset)
+        choose_job_time_scales(expanded[0], emg, cache_dir, job)
+    elif job.preset == "auto":
+        raise TrainingError(f"{expanded[0]}: several sessions need a fixed preset for now (--preset demo, "
+                            "default or paper); the auto preset sizes a model from one recording")
+    inputs = read_sources(expanded, emg, cache_dir, job)
     return fit(inputs[0], run_dir, job) if len(inputs) == 1 else fit_many(inputs, run_dir, job)
 
 
@@ -271,6 +279,9 @@ def run_sources(sources: list[str], run_dir: str | Path, out: str | Path | None 
     job = job or JobConfig()
     check_job(job, run_dir)
     expanded = expand_sources(sources, match)
+    if len(expanded) > 1 and job.preset == "auto":
+        raise TrainingError(f"{expanded[0]}: several sessions need a fixed preset for now (--preset demo, "
+                            "default or paper); the auto preset sizes a model from one recording")
     if len(expanded) == 1:
         return [run(expanded[0], run_dir, out, in_place, emg, overwrite, cache_dir, job)]
     if (out is None) == (not in_place):

@@ -48,7 +48,10 @@ class SimulationConfig:
     """Physiological tremor added to the activation during holds (0 gives none)."""
     # locomotion: fraction of each cycle (from touchdown, phase 0) spent in stance
     stance_fraction: float = 0.6
-    # EMG generation
+    # EMG generation: "carrier" (activation-modulated band-limited noise, carrier_band_hz) or "motor_units"
+    # (pools of `motor_units_per_muscle` motor units, nwb_lfads_emg.motor_units); truth is the activation
+    emg_model: str = "carrier"
+    motor_units_per_muscle: int = 100
     carrier_band_hz: tuple[float, float] = (30.0, 250.0)
     emg_amplitude_v: float = 2e-4
     crosstalk: float = 0.1
@@ -189,6 +192,8 @@ def simulate_session(config: SimulationConfig | None = None) -> SimulatedSession
     cfg = config or SimulationConfig()
     if cfg.task not in ("locomotion", "isometric"):
         raise ValueError(f"SimulationConfig.task must be 'locomotion' or 'isometric', not {cfg.task!r}")
+    if cfg.emg_model not in ("carrier", "motor_units"):
+        raise ValueError(f"SimulationConfig.emg_model must be 'carrier' or 'motor_units', not {cfg.emg_model!r}")
     streams = [np.random.default_rng(s) for s in np.random.SeedSequence(cfg.seed).spawn(6)]
     rng_act, rng_carrier, rng_noise, rng_behavior, rng_spikes, rng_misc = streams
     rate = cfg.emg_rate
@@ -199,15 +204,21 @@ def simulate_session(config: SimulationConfig | None = None) -> SimulatedSession
     activation, latent, intervals = make(cfg, rng_act, n)
     activation = np.clip(activation, 0.0, 1.0)
 
-    # EMG: activation-modulated band-limited carrier, mixed by cross-talk between neighbours.
-    sos_band = signal.butter(4, cfg.carrier_band_hz, btype="bandpass", fs=rate, output="sos")
-    carrier = signal.sosfilt(sos_band, rng_carrier.standard_normal((n, m)), axis=0)
-    carrier /= carrier.std(axis=0, keepdims=True)
-    sources = activation * carrier
-    mix = np.eye(m)
-    for j in range(m):
-        mix[j, (j - 1) % m] = mix[j, (j + 1) % m] = cfg.crosstalk if m > 1 else 0.0
-    emg = sources @ mix.T
+    if cfg.emg_model == "motor_units":
+        from .motor_units import MotorUnitPool, motor_unit_emg
+
+        emg = motor_unit_emg(activation, rate, rng_carrier, cfg.crosstalk,
+                             MotorUnitPool(n_units=cfg.motor_units_per_muscle))
+    else:
+        # EMG: activation-modulated band-limited carrier, mixed by cross-talk between neighbours.
+        sos_band = signal.butter(4, cfg.carrier_band_hz, btype="bandpass", fs=rate, output="sos")
+        carrier = signal.sosfilt(sos_band, rng_carrier.standard_normal((n, m)), axis=0)
+        carrier /= carrier.std(axis=0, keepdims=True)
+        sources = activation * carrier
+        mix = np.eye(m)
+        for j in range(m):
+            mix[j, (j - 1) % m] = mix[j, (j + 1) % m] = cfg.crosstalk if m > 1 else 0.0
+        emg = sources @ mix.T
     emg += cfg.sensor_noise * rng_noise.standard_normal((n, m))
     t = np.arange(n)[:, None] / rate
     emg += cfg.motion_artifact * _smooth_noise(rng_noise, n, rate, 5.0, (m,))

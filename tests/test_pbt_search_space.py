@@ -27,7 +27,7 @@ def test_default_space_is_autolfads():
     assert (space["lr"].low, space["lr"].high, space["lr"].log) == (1e-5, 5e-3, True)
     assert (space["kl_ic_scale"].low, space["kl_ic_scale"].high, space["kl_ic_scale"].width) == (1e-6, 1e-3, 0.8)
     assert (space["cd_rate"].low, space["cd_rate"].high, space["cd_rate"].log) == (0.01, 0.7, False)
-    assert space["temporal_shift"].integer
+    assert space["temporal_shift_ms"].low > 0  # the augmentation stays on
     # every name is a real LFADSConfig field that the trainer may change mid-run
     fields = LFADSConfig().to_dict()
     assert all(p.name in fields for p in AUTOLFADS_SPACE)
@@ -35,8 +35,8 @@ def test_default_space_is_autolfads():
 
 
 def test_overrides_replace_and_drop():
-    space = autolfads_search_space({"lr": (1e-3, 1e-2), "temporal_shift": None})
-    assert "temporal_shift" not in space
+    space = autolfads_search_space({"lr": (1e-3, 1e-2), "temporal_shift_ms": None})
+    assert "temporal_shift_ms" not in space
     assert (space["lr"].low, space["lr"].high, space["lr"].log, space["lr"].width) == (1e-3, 1e-2, True, 0.3)
     with pytest.raises(ValueError, match="can change during training"):
         HyperParam("gen_dim", 1, 10)
@@ -91,7 +91,7 @@ def test_log_perturbation_is_symmetric_in_log_space():
 
 
 def test_integer_parameter_always_moves():
-    p = HyperParam("temporal_shift", 0, 6, width=0.3, integer=True)
+    p = HyperParam("temporal_shift_ms", 0, 6, width=0.3, integer=True)
     rng = random.Random(2)
     seen = {p.perturb(1, rng) for _ in range(200)}
     assert seen <= {0, 2} and seen == {0, 2}
@@ -99,7 +99,7 @@ def test_integer_parameter_always_moves():
 
 
 def test_explorer_perturbs_only_searched_keys_and_pickles():
-    space = autolfads_search_space({"temporal_shift": None})
+    space = autolfads_search_space({"temporal_shift_ms": None})
     explore = Explorer(space, seed=4)
     cfg = {**clip_to_space(preset("default").to_dict(), space), "other": 7}
     new = explore(cfg)

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def tiny_config(**kw) -> LFADSConfig:
     base = dict(ic_enc_dim=8, ci_enc_dim=6, con_dim=6, co_dim=2, ic_dim=4, gen_dim=8, fac_dim=3, seg_len=20,
                 seg_overlap=10, batch_size=16, kl_increase_epoch=2, l2_increase_epoch=2, max_epochs=4,
-                patience=5, val_fraction=0.2, val_blocks=2, temporal_shift=1, lr=5e-3)
+                patience=5, val_fraction=0.2, val_blocks=2, temporal_shift_ms=5.0, lr=5e-3)
     base.update(kw)
     return LFADSConfig(**base)
 
@@ -97,8 +97,8 @@ def test_trainer_deterministic_and_hyperparameters():
     assert runs[0][0][-1]["val_loss_smoothed"] == runs[1][0][-1]["val_loss_smoothed"]
     for k, v in runs[0][1].items():
         assert torch.equal(v, runs[1][1][k]), k
-    tr.set_hyperparameters({"lr": 1e-3, "dropout": 0.1, "cd_rate": 0.2, "kl_ic_scale": 1e-5, "temporal_shift": 2})
-    assert tr.optimizer.param_groups[0]["lr"] == 1e-3 and tr.config.temporal_shift == 2
+    tr.set_hyperparameters({"lr": 1e-3, "dropout": 0.1, "cd_rate": 0.2, "kl_ic_scale": 1e-5, "temporal_shift_ms": 10.0})
+    assert tr.optimizer.param_groups[0]["lr"] == 1e-3 and tr.config.temporal_shift_ms == 10.0
     assert tr.model.in_dropout.p == 0.1 and tr.model.config.cd_rate == 0.2
     assert tr.hyperparameters()["kl_ic_scale"] == 1e-5
     with pytest.raises(TrainingError):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -21,11 +23,20 @@ def sample_validation_mask(shape: tuple[int, ...], rate: float, generator: torch
     return torch.rand(shape, generator=generator) < rate
 
 
-def random_shifts(batch: int, channels: int, max_shift: int, generator: torch.Generator | None = None) -> Tensor:
-    """Integer shifts in [-max_shift, max_shift], drawn independently per segment and channel."""
-    if max_shift <= 0:
+def shift_std_bins(shift_ms: float, bin_ms: float) -> float:
+    """The shifts' standard deviation in bins for one given in milliseconds."""
+    return max(float(shift_ms), 0.0) / float(bin_ms) if bin_ms > 0 else 0.0
+
+
+def random_shifts(batch: int, channels: int, std: float, generator: torch.Generator | None = None,
+                  max_shift: int | None = None) -> Tensor:
+    """Integer shifts (bins) per segment and channel: a rounded Gaussian of SD `std` clipped at
+    +-max_shift (default 2 * std, rounded up), as lfads-torch's TemporalShift (SD 3, clip 6)."""
+    if std <= 0:
         return torch.zeros(batch, channels, dtype=torch.long)
-    return torch.randint(-max_shift, max_shift + 1, (batch, channels), generator=generator)
+    limit = int(math.ceil(2.0 * std)) if max_shift is None else int(max_shift)
+    draws = torch.randn((batch, channels), generator=generator) * float(std)
+    return draws.round().long().clamp(-limit, limit)
 
 
 def temporal_shift(x: Tensor, shifts: Tensor) -> Tensor:
@@ -37,16 +48,15 @@ def temporal_shift(x: Tensor, shifts: Tensor) -> Tensor:
     return torch.gather(x, 1, idx.clamp(0, n_t - 1))
 
 
-def shift_pair(x: Tensor, max_shift: int, generator: torch.Generator | None = None,
+def shift_pair(x: Tensor, std: float, generator: torch.Generator | None = None,
                *alike: Tensor) -> tuple[Tensor, ...]:
-    """(encoder input, reconstruction target), each shifted per channel independently (the EMG paper's trick).
-
-    Tensors in `alike` (same shape as x, e.g. masks) get the same two shifts: (x_in, x_tgt, a_in, a_tgt, ...).
-    """
+    """(encoder input, reconstruction target), each shifted per channel independently (the EMG paper's trick);
+    shifts are rounded Gaussians of SD `std` bins. Tensors in `alike` (same shape as x, e.g. masks) get the
+    same two shifts: (x_in, x_tgt, a_in, a_tgt, ...)."""
     tensors = (x, *alike)
-    if max_shift <= 0:
+    if std <= 0:
         return tuple(t for t in tensors for _ in range(2))
     b, _, c = x.shape
-    s_in = random_shifts(b, c, max_shift, generator)
-    s_tgt = random_shifts(b, c, max_shift, generator)
+    s_in = random_shifts(b, c, std, generator)
+    s_tgt = random_shifts(b, c, std, generator)
     return tuple(out for t in tensors for out in (temporal_shift(t, s_in), temporal_shift(t, s_tgt)))

@@ -109,35 +109,46 @@ class LFADS(nn.Module):
         """Per-entry negative log-likelihood (B, T, C), computed in float32."""
         return self.likelihood.nll(out.params.float(), target.float())
 
-    def l2_penalty(self) -> tuple[Tensor, Tensor]:
-        """(generator, controller) 0.5 * ||W_hh||^2 / n_weights."""
-        w = self.decoder.gen.weight_hh
-        l2_gen = 0.5 * w.pow(2).sum() / w.numel()
-        if self.config.co_dim > 0:
-            wc = self.decoder.con.weight_hh
-            l2_con = 0.5 * wc.pow(2).sum() / wc.numel()
-        else:
-            l2_con = w.new_zeros(())
-        return l2_gen, l2_con
+    def l2_penalty(self) -> Tensor:
+        """lfads-torch's L2: sum of scale * 0.5 * ||W_hh||^2 over the penalised recurrent matrices (generator,
+        controller; those with a positive scale), divided once by their total number of weights."""
+        c = self.config
+        pairs = [(self.decoder.gen.weight_hh, c.l2_gen_scale)]
+        if c.co_dim > 0:
+            pairs.append((self.decoder.con.weight_hh, c.l2_con_scale))
+        total = self.decoder.gen.weight_hh.new_zeros(())
+        size = 0
+        for w, scale in pairs:
+            if scale > 0:
+                total = total + scale * 0.5 * w.pow(2).sum()
+                size += w.numel()
+        return total / (size + 1e-8)
 
-    def loss(self, out: LFADSOutput, target: Tensor, loss_mask: Tensor | None = None, kl_ramp: float = 1.0,
-             l2_ramp: float = 1.0) -> dict[str, Tensor]:
-        """Scaled loss = scale * (recon + l2_ramp * L2 + kl_ramp * KL); recon counts loss_mask entries only."""
+    def loss(self, out: LFADSOutput, target: Tensor, grad_mask: Tensor | None = None,
+             heldin: Tensor | None = None, kl_ramp: float = 1.0, l2_ramp: float = 1.0) -> dict[str, Tensor]:
+        """Scaled loss = scale * (recon + l2_ramp * L2 + kl_ramp * KL), with lfads-torch's conventions.
+
+        recon is the mean over ALL entries of the NLL, each held-in entry (`heldin`, bool) weighted by
+        1 / (1 - sv_rate) and held-out ones by 0; gradients flow only from `grad_mask` entries (the
+        coordinated-dropout entries hidden from the encoders; all when None), the others count in the
+        value only (detached). So with coordinated dropout at rate p the gradient of recon is p times
+        that of a mean over the dropped entries alone.
+        """
         c = self.config
         nll = self.recon_nll(out, target)
-        if loss_mask is None:
-            recon = nll.mean()
-        else:
-            m = loss_mask.float()
-            recon = (nll * m).sum() / m.sum().clamp_min(1.0)
+        if grad_mask is not None:
+            g = grad_mask.float()
+            nll = nll * g + (nll * (1.0 - g)).detach()
+        if heldin is not None:
+            nll = nll * heldin.float() / (1.0 - c.sv_rate)
+        recon = nll.mean()
         kl_ic = self.ic_prior.kl(out.ic_mean.float(), out.ic_var.float())
         if self.co_prior is not None:
             kl_co = self.co_prior.kl(out.inputs.float(), out.co_mean.float(), out.co_log_var.float())
         else:
             kl_co = recon.new_zeros(())
-        l2_gen, l2_con = self.l2_penalty()
+        l2 = self.l2_penalty()
         kl = c.kl_ic_scale * kl_ic + c.kl_co_scale * kl_co
-        l2 = c.l2_gen_scale * l2_gen + c.l2_con_scale * l2_con
         total = c.loss_scale * (recon + l2_ramp * l2 + kl_ramp * kl)
         return {"loss": total, "recon": recon, "kl_ic": kl_ic, "kl_co": kl_co, "l2": l2}
 

@@ -24,24 +24,27 @@ class GaussianICPrior(nn.Module):
 
 
 class AR1Prior(nn.Module):
-    """Autoregressive AR(1) prior per inferred-input dimension, learnable time constant and variance."""
+    """AR(1) prior per inferred-input dimension with a learnable time constant and innovation variance.
 
-    def __init__(self, dim: int, tau: float, var: float) -> None:
+    Parameterised as lfads-torch's `AutoregressiveMultivariateNormal`: `log_nvar` is the log of the
+    innovation (process) variance, so the stationary variance is nvar / (1 - alpha^2).
+    """
+
+    def __init__(self, dim: int, tau: float, nvar: float) -> None:
         super().__init__()
         self.log_tau = nn.Parameter(torch.full((dim,), math.log(tau)))
-        self.log_var = nn.Parameter(torch.full((dim,), math.log(var)))
+        self.log_nvar = nn.Parameter(torch.full((dim,), math.log(nvar)))
 
     def log_prob(self, u: Tensor) -> Tensor:
         """log p(u) for u (B, T, D), summed over time and dimensions -> (B,)."""
         alpha = torch.exp(-1.0 / self.log_tau.exp())
-        log_var = self.log_var
-        # stationary first step, then innovations with variance var * (1 - alpha^2)
-        lp0 = -0.5 * (math.log(2 * math.pi) + log_var + u[:, 0] ** 2 / log_var.exp())
+        # stationary first step (variance nvar / (1 - alpha^2)), then innovations of variance nvar
+        stat_log_var = self.log_nvar - torch.log(1.0 - alpha**2)
+        lp0 = -0.5 * (math.log(2 * math.pi) + stat_log_var + u[:, 0] ** 2 / stat_log_var.exp())
         total = lp0.sum(dim=-1)
         if u.shape[1] > 1:
-            inn_log_var = log_var + torch.log1p(-alpha**2 + 1e-6)
             resid = u[:, 1:] - alpha * u[:, :-1]
-            lp = -0.5 * (math.log(2 * math.pi) + inn_log_var + resid**2 / inn_log_var.exp())
+            lp = -0.5 * (math.log(2 * math.pi) + self.log_nvar + resid**2 / self.log_nvar.exp())
             total = total + lp.sum(dim=(1, 2))
         return total
 

@@ -79,8 +79,9 @@ class HyperParam:
         return dataclasses.asdict(self)
 
 
-# AutoLFADS' search space (Keshtkaran et al. 2022; Wimalasena et al. 2022) plus the EMG paper's
-# temporal-shift width (in bins).
+# AutoLFADS' search space (Keshtkaran et al. 2022; Wimalasena et al. 2022; lfads-torch's ranges, which
+# mean the same here because the loss follows its conventions, see lfads.config) plus the EMG paper's
+# temporal-shift SD in ms, kept above zero so a search cannot switch the augmentation off.
 AUTOLFADS_SPACE: tuple[HyperParam, ...] = (
     HyperParam("lr", 1e-5, 5e-3, log=True, width=0.3),
     HyperParam("dropout", 0.0, 0.6, width=0.3),
@@ -89,7 +90,7 @@ AUTOLFADS_SPACE: tuple[HyperParam, ...] = (
     HyperParam("kl_ic_scale", 1e-6, 1e-3, log=True, width=0.8),
     HyperParam("l2_gen_scale", 1e-4, 1.0, log=True, width=0.8),
     HyperParam("l2_con_scale", 1e-4, 1.0, log=True, width=0.8),
-    HyperParam("temporal_shift", 0, 6, width=0.3, integer=True),
+    HyperParam("temporal_shift_ms", 2.0, 30.0, log=True, width=0.3),
 )
 
 

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import TrainingError
-from ..lfads.augment import coordinated_dropout, sample_validation_mask, shift_pair
+from ..lfads.augment import coordinated_dropout, sample_validation_mask, shift_pair, shift_std_bins
 from ..lfads.config import MUTABLE_HYPERPARAMETERS, LFADSConfig
 from ..lfads.likelihoods import make_likelihood
 from ..lfads.model import LFADS, lr_factor, ramp
@@ -181,8 +181,6 @@ class Trainer:
         for name, value in values.items():
             if name not in MUTABLE_HYPERPARAMETERS:
                 raise TrainingError(f"hyper-parameter {name!r} cannot be changed during training")
-            if name == "temporal_shift":
-                value = int(round(value))
             setattr(self.config, name, type(getattr(self.config, name))(value))
         try:
             self.config.validate()
@@ -200,13 +198,13 @@ class Trainer:
 
     # ------------------------------------------------------------------ one epoch
     def _batch_masks(self, x: torch.Tensor, sv: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """(encoder input, target, keep mask, loss mask) for one batch, with the augmentations applied."""
+        """(encoder input, target, keep mask, gradient mask, held-in mask) for one batch, augmentations applied."""
         c = self.config
-        x_in, x_tgt, sv_in, sv_tgt = shift_pair(x, c.temporal_shift, self.generator, sv)
+        x_in, x_tgt, sv_in, sv_tgt = shift_pair(x, shift_std_bins(c.temporal_shift_ms, c.bin_ms), self.generator, sv)
         cd = coordinated_dropout(tuple(x.shape), c.cd_rate, self.generator, device=x.device)
         keep = ~cd & ~sv_in
-        loss_mask = (cd & ~sv_tgt) if c.cd_rate > 0 else ~sv_tgt
-        return x_in, x_tgt, keep, loss_mask
+        grad_mask = cd if c.cd_rate > 0 else None
+        return x_in, x_tgt, keep, grad_mask, ~sv_tgt
 
     def train_epoch(self) -> dict[str, Any]:
         """Train one epoch, evaluate held-out data, update smoothing and early stopping; returns the metrics."""
@@ -237,10 +235,10 @@ class Trainer:
         for i in range(0, self.n_train_segments, c.batch_size):
             idx = order[i : i + c.batch_size].to(self.device)
             x, sv = self.x_train[idx], self.sv_train[idx]
-            x_in, x_tgt, keep, loss_mask = self._batch_masks(x, sv)
+            x_in, x_tgt, keep, grad_mask, heldin = self._batch_masks(x, sv)
             with _autocast(self.device, self.amp_dtype):
                 out = self.model(x_in, keep=keep)
-            losses = self.model.loss(out, x_tgt, loss_mask, kl_ramp=kl_ramp, l2_ramp=l2_ramp)
+            losses = self.model.loss(out, x_tgt, grad_mask, heldin, kl_ramp=kl_ramp, l2_ramp=l2_ramp)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(losses["loss"]).backward()
             self.scaler.unscale_(self.optimizer)
@@ -250,7 +248,7 @@ class Trainer:
             with torch.no_grad():
                 for k in sums:
                     sums[k] += losses[k].detach().float()
-                sv_t = sv if c.temporal_shift == 0 else sv & ~keep  # held-out entries not seen by the encoders
+                sv_t = sv if c.temporal_shift_ms == 0 else sv & ~keep  # held-out entries not seen by the encoders
                 sv_sum += (self.model.recon_nll(out, x) * sv_t).sum()
                 sv_count += sv_t.sum()
             n_batches += 1

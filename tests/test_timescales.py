@@ -1,0 +1,74 @@
+"""Time scales and the auto preset from the data; the CLI on a real recording converted to NWB."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from nwb_lfads_emg.lfads.auto import auto_config
+from nwb_lfads_emg.timescales import choose_time_scales
+
+RATE = 1000.0
+
+
+def _rectified(mod_hz: float, seconds: float, seed: int = 0) -> np.ndarray:
+    import scipy.signal as sps
+
+    rng = np.random.default_rng(seed)
+    n = int(seconds * RATE)
+    t = np.arange(n)[:, None] / RATE
+    drive = 1.0 + 0.8 * np.sin(2 * np.pi * mod_hz * t + np.arange(3)[None, :])
+    sos = sps.butter(4, (50.0, 200.0), btype="bandpass", fs=RATE, output="sos")
+    return np.abs(sps.sosfilt(sos, rng.standard_normal((n, 3)), axis=0) * drive)
+
+
+def test_slower_envelopes_get_wider_bins_and_longer_segments():
+    slow = choose_time_scales(_rectified(0.3, 60.0), RATE)
+    fast = choose_time_scales(_rectified(5.0, 60.0), RATE)
+    assert slow.bin_ms > fast.bin_ms and slow.segment_ms > fast.segment_ms
+    for ts in (slow, fast):
+        assert 2.0 <= ts.bin_ms <= 40.0 and (ts.bin_ms * RATE / 1000) == int(ts.bin_ms * RATE / 1000)
+        assert ts.segment_ms >= 1000.0 or ts.segment_ms / ts.bin_ms >= 100
+    short = choose_time_scales(_rectified(5.0, 4.0), RATE)  # a short recording still gets >= 10 segments
+    assert short.segment_ms <= 4000.0 / 10 + short.bin_ms
+
+
+def test_auto_config_from_size_and_device():
+    small = auto_config(n_bins=2000, n_channels=4, bin_ms=20.0, segment_ms=2000.0, device="cpu")
+    assert small.seg_len == 100 and small.fac_dim == 4 and small.bin_ms == 20.0
+    assert small.val_fraction > 0 and small.val_blocks >= 2  # short recording: held-out blocks stop it early
+    assert small.temporal_shift_ms > 0 and small.preset_name == "auto"
+    big = auto_config(n_bins=720000, n_channels=32, bin_ms=5.0, segment_ms=500.0, device="cuda")
+    assert big.val_fraction == 0 and big.fac_dim == 16 and big.gen_dim > small.gen_dim
+    assert big.max_epochs < small.max_epochs  # more data per epoch, fewer epochs
+
+
+def test_cli_run_on_real_recording_records_the_time_scales(shared_data_dir, tmp_path):
+    from real_nwb import uci_to_nwb
+
+    from nwb_lfads_emg.evaluate import evaluate_file, summarize
+
+    src = uci_to_nwb(shared_data_dir / "uci-lower-limb" / "3Apie.npz", tmp_path / "3Apie.nwb")
+    before = src.read_bytes()
+    out = tmp_path / "3Apie_annotated.nwb"
+    run_dir = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "nwb_lfads_emg.cli", "run", str(src), "--emg", "EMG", "--out",
+                           str(out), "--run-dir", str(run_dir), "--max-epochs", "2", "--quiet"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert src.read_bytes() == before  # the user's file is untouched
+    record = json.loads((run_dir / "job.json").read_text())
+    ts = record["job"]["time_scales"]
+    assert record["job"]["preset"] == "auto" and ts["chosen_by"] == "data"
+    assert ts["bin_ms"] == pytest.approx(1000.0 / record["bin_rate"])  # the model ran on the chosen bins
+    assert ts["bin_ms"] > 5.0 and ts["segment_ms"] >= 1000.0  # a slow standing task: coarser than the demo's
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["seg_len"] == round(ts["segment_ms"] / ts["bin_ms"])
+    table = evaluate_file(out)
+    means = summarize(table)
+    assert {"AutoLFADS", "LowPass", "BayesianFilter", "LowPassOracle"} <= set(means.index)
+    assert np.isfinite(means.loc["AutoLFADS", "decode_linear"])
