@@ -312,6 +312,9 @@ def fit(emg_input: EMGInput, run_dir: str | Path, job: JobConfig | None = None) 
     config = lfads_config(job, *emg_input.binned.data.shape, bin_ms=bin_ms)
     config.bin_ms = bin_ms  # ms settings (temporal shift) -> bins
     data = emg_input.binned.data
+    if job.pbt and len(emg_input.binned.segment_ranges) > 1:
+        raise TrainingError(f"{emg_input.location}: {emg_input.series_path}: --pbt on a recording with gaps "
+                            "between trials is not supported yet; train one model without --pbt")
     if job.pbt:
         from .training.pbt import fit_pbt
         from .training.search_space import autolfads_search_space
@@ -332,7 +335,9 @@ def fit(emg_input: EMGInput, run_dir: str | Path, job: JobConfig | None = None) 
     else:
         from .training.trainer import fit as fit_single
 
-        result = fit_single(data, config, run_dir, device=job.device, seed=job.seed, progress=job.progress)
+        breaks = [a for a, _ in emg_input.binned.segment_ranges[1:]]  # trials: no training window spans a gap
+        result = fit_single(data, config, run_dir, device=job.device, seed=job.seed, progress=job.progress,
+                            breaks=breaks)
     record = {
         "job": _job_dict(job),
         "muscles": emg_input.muscles,

@@ -191,3 +191,23 @@ def test_cosine_lr_schedule_and_controller_free_model(tmp_path):
     assert lrs[0] == pytest.approx(5e-3) and lrs[-1] == pytest.approx(5e-4) and lrs[0] > lrs[1] > lrs[2]
     inf = infer(res.model, data, cfg, n_samples=3, device="cpu")  # co_dim = 0: no inferred inputs
     assert inf.rates.shape == (400, 3) and inf.inferred_inputs.shape == (400, 0)
+
+
+def test_no_training_window_spans_a_gap_between_trials():
+    """Trials joined with gaps (breaks): every training and validation window lies inside one trial, and a
+    recording whose trials are all shorter than a window is refused in one line naming --segment-ms."""
+    from nwb_lfads_emg.training.segments import cut_at_breaks
+
+    assert cut_at_breaks([(0, 100)], [30, 45, 95], 10) == [(0, 30), (30, 45), (45, 95)]  # (95, 100) is too short
+    assert cut_at_breaks([(0, 100)], [], 10) == [(0, 100)]
+    config = tiny_config(val_fraction=0.2)
+    breaks = [130, 260]
+    trainer = Trainer(tiny_data(400), config, device="cpu", seed=0, breaks=breaks)
+    starts = np.concatenate([trainer.train_starts, trainer.val_starts])
+    assert len(trainer.train_starts) > 0
+    for s in starts:
+        assert not any(s < b < s + config.seg_len for b in breaks), (s, breaks)
+    plain = Trainer(tiny_data(400), config, device="cpu", seed=0)
+    assert any(any(s < b < s + config.seg_len for b in breaks) for s in plain.train_starts)  # the test can fail
+    with pytest.raises(TrainingError, match="--segment-ms"):
+        Trainer(tiny_data(400), config, device="cpu", seed=0, breaks=list(range(10, 400, 10)))

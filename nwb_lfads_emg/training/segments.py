@@ -92,6 +92,18 @@ def split_blocks(n_total: int, val_fraction: float, n_val_blocks: int, seg_len: 
     return train, val
 
 
+def cut_at_breaks(blocks: list, breaks: list[int] | None, seg_len: int) -> list:
+    """Split (start, stop) blocks at the bins where the recording is discontinuous (gaps between trials),
+    dropping pieces shorter than one segment, so that no training window spans a gap."""
+    if not breaks:
+        return list(blocks)
+    out = []
+    for b0, b1 in blocks:
+        edges = [b0] + sorted(int(x) for x in breaks if b0 < int(x) < b1) + [b1]
+        out += [(a, b) for a, b in zip(edges[:-1], edges[1:], strict=True) if b - a >= seg_len]
+    return out
+
+
 def chop_blocks(data: np.ndarray, blocks: list, seg_len: int, overlap: int) -> tuple[np.ndarray, np.ndarray]:
     """Chop each block separately (no segment crosses a block border); returns (segments, absolute starts)."""
     segs, starts = [], []

@@ -25,7 +25,7 @@ from ..lfads.config import MUTABLE_HYPERPARAMETERS, LFADSConfig
 from ..lfads.likelihoods import make_likelihood
 from ..lfads.model import LFADS, lr_factor, ramp
 from . import checkpoint as ckpt
-from .segments import chop_blocks, split_blocks
+from .segments import chop_blocks, cut_at_breaks, split_blocks
 
 # Config fields that may differ between a checkpoint and the config given on resume.
 _RESUME_FREE = set(MUTABLE_HYPERPARAMETERS) | {"max_epochs", "patience", "compile", "num_threads",
@@ -104,7 +104,7 @@ class Trainer:
     """Owns the model, optimiser, data segments and RNG of one run; advance it with `train_epoch()`."""
 
     def __init__(self, data: np.ndarray, config: LFADSConfig, device: str | torch.device = "auto",
-                 seed: int = 0) -> None:
+                 seed: int = 0, breaks: list[int] | None = None) -> None:
         try:
             config.validate()
         except ValueError as exc:
@@ -115,6 +115,7 @@ class Trainer:
         self.data = check_data(data, config.likelihood)
         self.n_bins, self.n_channels = self.data.shape
         self.data_digest = _data_digest(self.data)
+        self.breaks = sorted(int(b) for b in (breaks or []))  # bins where the recording has a gap (trials)
         set_torch_threads(config.num_threads)
         c = self.config
         # the trainer owns its RNG streams (global torch RNG forked around every use), so that several
@@ -129,7 +130,12 @@ class Trainer:
     def _build(self, c: LFADSConfig) -> None:
         self.generator = torch.Generator().manual_seed(self.seed)  # batch order, masks, shifts
         # contiguous train/validation blocks; held-out sample-validation entries on the continuous series
-        self.train_blocks, self.val_blocks = split_blocks(self.n_bins, c.val_fraction, c.val_blocks, c.seg_len)
+        train, val = split_blocks(self.n_bins, c.val_fraction, c.val_blocks, c.seg_len)
+        self.train_blocks = cut_at_breaks(train, self.breaks, c.seg_len)  # no window spans a gap
+        self.val_blocks = cut_at_breaks(val, self.breaks, c.seg_len)
+        if not self.train_blocks:
+            raise TrainingError(f"segments: no stretch between gaps in the recording is as long as one training "
+                                f"segment ({c.seg_len} bins); choose shorter segments (--segment-ms)")
         sv = sample_validation_mask(self.data.shape, c.sv_rate, torch.Generator().manual_seed(self.seed + 7919))
         sv_np = sv.numpy()
         x_tr, self.train_starts = chop_blocks(self.data, self.train_blocks, c.seg_len, c.seg_overlap)
@@ -404,8 +410,11 @@ def _tensorboard_writer(run_dir: Path) -> Any:
 
 
 def fit(data: np.ndarray, config: LFADSConfig, run_dir: str | Path, device: str = "auto", seed: int = 0,
-        progress: bool = True, max_epochs: int | None = None, checkpoint_every: int = 1) -> FitResult:
-    """Train LFADS on (bins, channels) data; resumes from run_dir's checkpoints; exports run_dir/model.pt."""
+        progress: bool = True, max_epochs: int | None = None, checkpoint_every: int = 1,
+        breaks: list[int] | None = None) -> FitResult:
+    """Train LFADS on (bins, channels) data; resumes from run_dir's checkpoints; exports run_dir/model.pt.
+
+    `breaks`: bins where the recording is discontinuous (gaps between trials); no training window spans one."""
     from tqdm.auto import tqdm
 
     run_dir = Path(run_dir)
@@ -413,7 +422,7 @@ def fit(data: np.ndarray, config: LFADSConfig, run_dir: str | Path, device: str 
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise TrainingError(f"{run_dir}: cannot create the run directory ({exc.strerror})") from None
-    trainer = Trainer(data, config, device=device, seed=seed)
+    trainer = Trainer(data, config, device=device, seed=seed, breaks=breaks)
     state = ckpt.load_latest(run_dir)
     if state is not None:
         if state.get("seed") != trainer.seed:
