@@ -77,7 +77,16 @@ def fit_many(emg_inputs: list[EMGInput], run_dir: str | Path, job: JobConfig | N
         if dup:
             raise TrainingError(f"{e.location}: {e.series_path}: muscle name(s) {dup} appear more than once; "
                                 "names tie sessions together, so each must be unique (pick another series with --emg)")
-    config = lfads_config(job)
+    rates = {float(e.binned.bin_rate) for e in emg_inputs}
+    if len(rates) > 1:
+        raise TrainingError(f"{emg_inputs[0].location}: the sessions are binned at different rates ({sorted(rates)} Hz); "
+                            "give one bin width for all (--bin-ms)")
+    bin_ms = 1000.0 / rates.pop()
+    # the auto preset sizes the shared model from all sessions' bins and the widest session; the bin width is
+    # the input's (5 ms, or an envelope's own interval) and segments the preset's default (no per-session probe)
+    config = lfads_config(job, n_bins=sum(e.binned.n_bins for e in emg_inputs),
+                          n_channels=max(len(e.muscles) for e in emg_inputs), bin_ms=bin_ms)
+    config.bin_ms = bin_ms  # ms settings (temporal shift) -> bins
     result = fit_sessions([e.binned.data for e in emg_inputs], [e.muscles for e in emg_inputs], config, run_dir,
                           device=job.device, seed=job.seed, progress=job.progress, max_epochs=job.max_epochs)
     sessions = [_session_entry(k, e) for k, e in enumerate(emg_inputs)]
@@ -262,9 +271,6 @@ def fit_sources(sources: list[str], run_dir: str | Path, emg: str | None = None,
     expanded = expand_sources(sources, match)
     if len(expanded) == 1:  # one session: its time scales may come from the data (auto preset)
         choose_job_time_scales(expanded[0], emg, cache_dir, job)
-    elif job.preset == "auto":
-        raise TrainingError(f"{expanded[0]}: several sessions need a fixed preset for now (--preset demo, "
-                            "default or paper); the auto preset sizes a model from one recording")
     inputs = read_sources(expanded, emg, cache_dir, job)
     return fit(inputs[0], run_dir, job) if len(inputs) == 1 else fit_many(inputs, run_dir, job)
 
@@ -279,9 +285,6 @@ def run_sources(sources: list[str], run_dir: str | Path, out: str | Path | None 
     job = job or JobConfig()
     check_job(job, run_dir)
     expanded = expand_sources(sources, match)
-    if len(expanded) > 1 and job.preset == "auto":
-        raise TrainingError(f"{expanded[0]}: several sessions need a fixed preset for now (--preset demo, "
-                            "default or paper); the auto preset sizes a model from one recording")
     if len(expanded) == 1:
         return [run(expanded[0], run_dir, out, in_place, emg, overwrite, cache_dir, job)]
     if (out is None) == (not in_place):

@@ -146,10 +146,10 @@ class MultiSessionLFADS(nn.Module):
                            inputs=dec["inputs"], ic_mean=ic_mean, ic_var=ic_var, co_mean=dec["co_mean"],
                            co_log_var=dec["co_log_var"])
 
-    def loss(self, out: LFADSOutput, target: Tensor, loss_mask: Tensor | None = None, kl_ramp: float = 1.0,
-             l2_ramp: float = 1.0) -> dict[str, Tensor]:
-        """The shared model's loss (`LFADS.loss`) on one session's batch."""
-        return self.core.loss(out, target, loss_mask, kl_ramp=kl_ramp, l2_ramp=l2_ramp)
+    def loss(self, out: LFADSOutput, target: Tensor, grad_mask: Tensor | None = None, heldin: Tensor | None = None,
+             kl_ramp: float = 1.0, l2_ramp: float = 1.0) -> dict[str, Tensor]:
+        """The shared model's loss (`LFADS.loss`, lfads-torch's conventions) on one session's batch."""
+        return self.core.loss(out, target, grad_mask, heldin, kl_ramp=kl_ramp, l2_ramp=l2_ramp)
 
     def recon_nll(self, out: LFADSOutput, target: Tensor) -> Tensor:
         """Per-entry negative log-likelihood (B, T, C_s)."""

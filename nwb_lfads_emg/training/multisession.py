@@ -145,10 +145,10 @@ class MultiSessionTrainer:
         for b in torch.randperm(len(batches), generator=self.generator).tolist():
             k, idx = batches[b]
             x, sv = self.x_train[k][idx.to(self.device)], self.sv_train[k][idx.to(self.device)]
-            x_in, x_tgt, keep, loss_mask = self._batch_masks(x, sv)
+            x_in, x_tgt, keep, grad_mask, heldin = self._batch_masks(x, sv)
             with _autocast(self.device, self.amp_dtype):
                 out = self.model(x_in, self.session_ids[k], keep=keep)
-            losses = self.model.loss(out, x_tgt, loss_mask, kl_ramp=kl_ramp, l2_ramp=l2_ramp)
+            losses = self.model.loss(out, x_tgt, grad_mask, heldin, kl_ramp=kl_ramp, l2_ramp=l2_ramp)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(losses["loss"]).backward()
             self.scaler.unscale_(self.optimizer)
@@ -158,7 +158,7 @@ class MultiSessionTrainer:
             with torch.no_grad():
                 for key in sums:
                     sums[key] += float(losses[key])
-                sv_t = sv if c.temporal_shift == 0 else sv & ~keep
+                sv_t = sv if c.temporal_shift_ms == 0 else sv & ~keep
                 sv_sum[k] += float((self.model.recon_nll(out, x) * sv_t).sum())
                 sv_count[k] += float(sv_t.sum())
         stats = {key: v / max(len(batches), 1) for key, v in sums.items()}
