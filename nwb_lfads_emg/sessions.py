@@ -219,6 +219,7 @@ def annotate_any(source: str | Path, run_dir: str | Path, out: str | Path | None
     own read-in/read-out (`annotate_session`), a single-session model `pipeline.annotate`."""
     from .pipeline import annotate
 
+    check_destination(source, out, in_place, overwrite)  # before the run directory or the data are read
     if adapt or load_run(run_dir).get("kind") == KIND:
         return annotate_session(source, run_dir, out, in_place, emg, overwrite, cache_dir, job, adapt=adapt,
                                 adapt_epochs=adapt_epochs)

@@ -75,12 +75,13 @@ def _cycle_profile(estimate: np.ndarray, rate: float, start: float, touchdown: n
 
 @pytest.fixture(scope="module")
 def treadmill_baselines(treadmill):
-    """The low-pass and Bayesian-filter estimates of the treadmill recording, and its model input."""
+    """The low-pass (the fixed 10 Hz envelope users type by hand, `--lowpass-hz 10`: a known filter for the
+    phase-response test) and Bayesian-filter estimates of the treadmill recording, and its model input."""
     path, _ = treadmill
     emg_input, handle = read(path, keep_open=True)
     opened, reader = handle
     try:
-        estimates = baseline_estimates(reader.to_dataarray(), emg_input.binned, JobConfig())
+        estimates = baseline_estimates(reader.to_dataarray(), emg_input.binned, JobConfig(lowpass_cutoff_hz=10.0))
     finally:
         opened.close()
     return estimates, emg_input
