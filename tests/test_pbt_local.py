@@ -48,7 +48,7 @@ def tiny_config():
 def tiny_space():
     from nwb_lfads_emg.training.search_space import autolfads_search_space
 
-    return autolfads_search_space({"lr": (1e-3, 2e-2), "temporal_shift_ms": (2.0, 10.0)})
+    return autolfads_search_space({"lr": (1e-4, 3e-2), "temporal_shift_ms": (2.0, 10.0)})
 
 
 CHILD = textwrap.dedent("""
