@@ -9,12 +9,13 @@ METHOD_COLORS: dict[str, str] = {
     "rectified": "#b0b0b0",
     "AutoLFADS": "#1f77b4",
     "LFADS": "#1f77b4",
+    "LowPassOracle": "#8c564b",  # before "LowPass": the prefix rule below must not give it LowPass's orange
     "LowPass": "#ff7f0e",
     "BayesianFilter": "#2ca02c",
 }
 """Fixed colours of the methods the package writes; any other name gets one from `_SPARE` by its hash."""
 
-_SPARE = ("#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf", "#7f7f7f", "#aec7e8")
+_SPARE = ("#d62728", "#9467bd", "#e377c2", "#bcbd22", "#17becf", "#7f7f7f", "#aec7e8")
 
 
 def method_color(name: str) -> str:

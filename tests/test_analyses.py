@@ -197,7 +197,8 @@ def test_one_colour_per_method():
     assert method_color("AutoLFADS") == METHOD_COLORS["AutoLFADS"]
     assert method_color("LowPass_20hz") == method_color("LowPass")
     assert method_color("SomeNewMethod") == method_color("SomeNewMethod")
-    assert len({method_color(m) for m in ("AutoLFADS", "LowPass", "BayesianFilter", "truth", "rectified")}) == 5
+    assert len({method_color(m) for m in ("AutoLFADS", "LowPass", "LowPassOracle", "BayesianFilter", "truth",
+                                          "rectified")}) == 6
 
 
 def test_cycles_from_a_rhythmic_series():
