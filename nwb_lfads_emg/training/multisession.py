@@ -108,6 +108,7 @@ class MultiSessionTrainer:
     ramp_end = Trainer.ramp_end
     should_stop = Trainer.should_stop
     _batch_masks = Trainer._batch_masks
+    _close_epoch = Trainer._close_epoch
     hyperparameters = Trainer.hyperparameters
 
     def set_hyperparameters(self, values: dict[str, Any]) -> None:
@@ -169,20 +170,7 @@ class MultiSessionTrainer:
             s / n if n else math.nan for s, n in zip(sv_sum, sv_count, strict=True)]
         pooled_n = np.array([x.numel() for x in self.x_val]) if any(x.shape[0] for x in self.x_val) else sv_count
         val_loss = float(np.nansum(np.array(per_session) * pooled_n) / max(pooled_n.sum(), 1))
-        if not math.isfinite(val_loss):
-            val_loss = stats["recon"]
-        s = c.val_smoothing
-        self.val_smoothed = val_loss if self.val_smoothed is None else s * self.val_smoothed + (1 - s) * val_loss
-        self.epoch += 1
-        improved = False
-        if self.epoch >= self.ramp_end or self.best_state is None:
-            if self.val_smoothed < self.best_val or self.best_state is None or self.epoch == self.ramp_end:
-                improved = True
-                self.best_val, self.best_epoch = self.val_smoothed, self.epoch
-                self.best_state = {key: v.detach().cpu().clone() for key, v in self.model.state_dict().items()}
-                self.bad_epochs = 0
-            elif self.epoch > self.ramp_end:
-                self.bad_epochs += 1
+        val_loss, improved = self._close_epoch(val_loss, stats["recon"])
         metrics = {"epoch": self.epoch, "train_loss": stats["loss"] / c.loss_scale, "train_recon": stats["recon"],
                    "kl_ic": stats["kl_ic"], "kl_co": stats["kl_co"], "l2": stats["l2"], "kl_ramp": kl_ramp,
                    "l2_ramp": l2_ramp, "val_loss": val_loss, "val_loss_smoothed": self.val_smoothed,

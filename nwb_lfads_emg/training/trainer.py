@@ -212,6 +212,25 @@ class Trainer:
         grad_mask = cd if c.cd_rate > 0 else None
         return x_in, x_tgt, keep, grad_mask, ~sv_tgt
 
+    def _close_epoch(self, val_loss: float, train_recon: float) -> tuple[float, bool]:
+        """End an epoch: smooth the validation loss (the training reconstruction when it is not finite),
+        count the epoch and keep the best weights after the ramps; returns (validation loss, improved)."""
+        if not math.isfinite(val_loss):
+            val_loss = train_recon
+        s = self.config.val_smoothing
+        self.val_smoothed = val_loss if self.val_smoothed is None else s * self.val_smoothed + (1 - s) * val_loss
+        self.epoch += 1
+        improved = False
+        if self.epoch >= self.ramp_end or self.best_state is None:
+            if self.val_smoothed < self.best_val or self.best_state is None or self.epoch == self.ramp_end:
+                improved = True
+                self.best_val, self.best_epoch = self.val_smoothed, self.epoch
+                self.best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+                self.bad_epochs = 0
+            elif self.epoch > self.ramp_end:
+                self.bad_epochs += 1
+        return val_loss, improved
+
     def train_epoch(self) -> dict[str, Any]:
         """Train one epoch, evaluate held-out data, update smoothing and early stopping; returns the metrics."""
         with torch.random.fork_rng(devices=self._cuda_devices):
@@ -266,20 +285,7 @@ class Trainer:
             )
         sv_loss = float(sv_sum / sv_count) if float(sv_count) > 0 else math.nan
         val_loss = self.evaluate() if self.x_val.shape[0] > 0 else sv_loss
-        if not math.isfinite(val_loss):
-            val_loss = stats["recon"]
-        s = c.val_smoothing
-        self.val_smoothed = val_loss if self.val_smoothed is None else s * self.val_smoothed + (1 - s) * val_loss
-        self.epoch += 1
-        improved = False
-        if self.epoch >= self.ramp_end or self.best_state is None:
-            if self.val_smoothed < self.best_val or self.best_state is None or self.epoch == self.ramp_end:
-                improved = True
-                self.best_val, self.best_epoch = self.val_smoothed, self.epoch
-                self.best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
-                self.bad_epochs = 0
-            elif self.epoch > self.ramp_end:
-                self.bad_epochs += 1
+        val_loss, improved = self._close_epoch(val_loss, stats["recon"])
         metrics = {
             "epoch": self.epoch,
             "train_loss": stats["loss"] / c.loss_scale,
