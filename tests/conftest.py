@@ -10,6 +10,27 @@ import pytest
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("DANDI_NO_ET", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One CPU core per test worker (`-n 2` on 2 cores): BLAS/OpenMP pools of 2 threads in each of two
+    # workers would fight over the same cores; subprocesses (CLI runs, tutorials, Ray) inherit this.
+    for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(_name, "1")
+
+# Tests that must run in one worker, one after another, under `pytest -n N --dist loadgroup`:
+# the ones sharing the suite's one trained demo model (trained once per worker that needs it), and
+# the ones starting Ray clusters (two at once on one machine would compete for its CPUs and ports).
+_RAY_MODULES = {"test_pbt_local", "test_pbt_cluster"}
+_RAY_TESTS = {"test_04_scale_out_pbt_ray_gpu"}
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Put the demo-model tests and the Ray tests each in their own xdist group."""
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+        if "demo_run" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("demo_model"))
+        elif module in _RAY_MODULES or item.originalname in _RAY_TESTS or item.get_closest_marker("ray"):
+            item.add_marker(pytest.mark.xdist_group("ray"))
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
