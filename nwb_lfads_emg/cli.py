@@ -318,6 +318,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def run_as_typed(*args: object, expect: int = 0) -> int:
+    """Run `nwb-lfads-emg ARGS` as if typed in a terminal (echoed first); stop unless it exits with `expect`.
+
+    For notebooks and scripts (the tutorials): the command is shown, so it can be copied to a shell.
+    """
+    words = [str(a) for a in args]
+    print("$ nwb-lfads-emg " + " ".join(words))
+    code = main(words)
+    if code != expect:
+        raise SystemExit(f"nwb-lfads-emg {words[0]} exited with {code}, expected {expect}")
+    return code
+
+
 def _show_warnings() -> None:
     """Print the package's warnings (e.g. the input's own DANDI issues) as one `warning: ...` line each."""
     import logging

@@ -33,7 +33,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from pynwb import NWBHDF5IO
 
-from nwb_lfads_emg.cli import main as nwb_lfads_emg
+from nwb_lfads_emg.cli import run_as_typed as run_cli
 from nwb_lfads_emg.simulate import SimulationConfig, simulate_session, write_session_nwb
 
 FAST = os.environ.get("NWB_LFADS_EMG_TUTORIAL_FAST", "0") not in ("", "0")
@@ -42,14 +42,6 @@ OUT.mkdir(parents=True, exist_ok=True)
 DURATION_S = 15.0 if FAST else 60.0
 TRAINING = ["--max-epochs", "2"] if FAST else []  # the demo preset trains up to 40 epochs
 
-
-def run_cli(*args):
-    """Run `nwb-lfads-emg ARGS`, exactly as typed in a terminal, and stop on an error."""
-    args = [str(a) for a in args]
-    print("$ nwb-lfads-emg " + " ".join(args))
-    code = nwb_lfads_emg(args)
-    if code != 0:
-        raise SystemExit(f"nwb-lfads-emg {args[0]} failed with exit code {code}")
 
 
 # %% [markdown]
@@ -159,5 +151,6 @@ print(f"figure: {FIGURE}")
 # - `nwb-lfads-emg evaluate session_annotated.nwb --report report/` scores every estimate
 #   (tutorial 3).
 # - Tutorial 2 does the same for a session on the DANDI Archive, without downloading it.
-# - For your own data, train longer with the `default` preset (`--preset default`) and consider
-#   AutoLFADS population-based training (`--pbt`, tutorial 4).
+# - For your own data, leave out `--preset demo`: `run`'s default (`--preset auto`) sizes the model,
+#   its bins, segments and training length from the recording; consider AutoLFADS population-based
+#   training too (`--pbt`, tutorial 4).

@@ -37,7 +37,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from pynwb import NWBHDF5IO
 
-from nwb_lfads_emg.cli import main as nwb_lfads_emg
+from nwb_lfads_emg.cli import run_as_typed as run_cli
 from nwb_lfads_emg.sources import EMGReader, open_source
 
 FAST = os.environ.get("NWB_LFADS_EMG_TUTORIAL_FAST", "0") not in ("", "0")
@@ -55,14 +55,6 @@ TRAINING = ["--max-epochs", "2"] if FAST else []
 print("asset:", ASSET)
 print("archive:", os.environ.get("DANDI_INSTANCE", "dandi (https://api.dandiarchive.org/api)"))
 
-
-def run_cli(*args):
-    """Run `nwb-lfads-emg ARGS`, exactly as typed in a terminal, and stop on an error."""
-    args = [str(a) for a in args]
-    print("$ nwb-lfads-emg " + " ".join(args))
-    code = nwb_lfads_emg(args)
-    if code != 0:
-        raise SystemExit(f"nwb-lfads-emg {args[0]} failed with exit code {code}")
 
 
 # %% [markdown]

@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 from pynwb import NWBHDF5IO
 
-from nwb_lfads_emg.cli import main as nwb_lfads_emg
+from nwb_lfads_emg.cli import run_as_typed as run_cli
 from nwb_lfads_emg.colors import method_color
 from nwb_lfads_emg.evaluate import decode_r2
 from nwb_lfads_emg.simulate import SimulationConfig, simulate_session, write_session_nwb
@@ -50,22 +50,15 @@ TRAINING = ["--max-epochs", "2"] if FAST else []
 METHODS = ["AutoLFADS", "LowPass", "BayesianFilter"]
 
 
-def run_cli(*args):
-    """Run `nwb-lfads-emg ARGS`, exactly as typed in a terminal, and stop on an error."""
-    args = [str(a) for a in args]
-    print("$ nwb-lfads-emg " + " ".join(args))
-    code = nwb_lfads_emg(args)
-    if code != 0:
-        raise SystemExit(f"nwb-lfads-emg {args[0]} failed with exit code {code}")
-
 
 # %% [markdown]
 # ## 1. A session with behaviour, annotated by all three methods
 #
 # A simulated walking rat: 8 hindlimb muscles, 30 cortical units and three joint angles
-# (`processing/behavior/joint_angles`). `run` writes the AutoLFADS, low-pass (10 Hz, zero-phase,
-# 4th order; `--lowpass-hz` changes it) and Bayesian-filter estimates side by side, on the same 5 ms
-# bins and the same per-muscle scale. (`task="isometric"` simulates a monkey producing wrist forces
+# (`processing/behavior/joint_angles`). `run` writes the AutoLFADS, low-pass (zero-phase, 4th order,
+# its cutoff chosen from the EMG alone by held-out prediction; `--lowpass-hz` fixes it) and
+# Bayesian-filter (its two parameters by maximum likelihood) estimates side by side, on the same bins
+# (their width chosen from the recording; `--bin-ms` fixes it) and the same per-muscle scale. (`task="isometric"` simulates a monkey producing wrist forces
 # instead.)
 
 # %%

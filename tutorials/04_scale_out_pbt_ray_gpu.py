@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from pynwb import NWBHDF5IO
 
-from nwb_lfads_emg.cli import main as nwb_lfads_emg
+from nwb_lfads_emg.cli import run_as_typed as run_cli
 from nwb_lfads_emg.simulate import SimulationConfig, simulate_session, write_session_nwb
 
 FAST = os.environ.get("NWB_LFADS_EMG_TUTORIAL_FAST", "0") not in ("", "0")
@@ -40,14 +40,6 @@ POPULATION = 2 if FAST else 8
 # The address of a running Ray cluster ("<head-ip>:6379"); unset: Ray starts on this machine.
 RAY_ADDRESS = os.environ.get("TUTORIAL_RAY_ADDRESS") or os.environ.get("RAY_ADDRESS")
 
-
-def run_cli(*args):
-    """Run `nwb-lfads-emg ARGS`, exactly as typed in a terminal, and stop on an error."""
-    args = [str(a) for a in args]
-    print("$ nwb-lfads-emg " + " ".join(args))
-    code = nwb_lfads_emg(args)
-    if code != 0:
-        raise SystemExit(f"nwb-lfads-emg {args[0]} failed with exit code {code}")
 
 
 session = simulate_session(SimulationConfig(n_muscles=8, duration_s=DURATION_S, seed=0))

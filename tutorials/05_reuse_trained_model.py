@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 from pynwb import NWBHDF5IO
 
-from nwb_lfads_emg.cli import main as nwb_lfads_emg
+from nwb_lfads_emg.cli import run_as_typed as run_cli
 from nwb_lfads_emg.evaluate import r2_affine
 from nwb_lfads_emg.simulate import SimulationConfig, simulate_session, write_session_nwb
 
@@ -41,14 +41,6 @@ DURATION_S = 15.0 if FAST else 60.0
 TRAINING = ["--max-epochs", "2"] if FAST else []
 METHODS = ["AutoLFADS", "LowPass", "BayesianFilter"]
 
-
-def run_cli(*args):
-    """Run `nwb-lfads-emg ARGS`, exactly as typed in a terminal, and stop on an error."""
-    args = [str(a) for a in args]
-    print("$ nwb-lfads-emg " + " ".join(args))
-    code = nwb_lfads_emg(args)
-    if code != 0:
-        raise SystemExit(f"nwb-lfads-emg {args[0]} failed with exit code {code}")
 
 
 # %% [markdown]
@@ -149,11 +141,9 @@ print("figure:", OUT / "session_b_estimates.png")
 # %%
 other = simulate_session(SimulationConfig(n_muscles=6, duration_s=min(DURATION_S, 10.0), seed=2))
 OTHER = write_session_nwb(other, OUT / "session_C_6_muscles.nwb")
-print("$ nwb-lfads-emg annotate", OTHER, "--run-dir", RUN_DIR, "--out", OUT / "session_C_annotated.nwb")
-code = nwb_lfads_emg(["annotate", str(OTHER), "--run-dir", str(RUN_DIR), "--out",
-                      str(OUT / "session_C_annotated.nwb")])
+code = run_cli("annotate", OTHER, "--run-dir", RUN_DIR, "--out", OUT / "session_C_annotated.nwb", expect=2)
 print("exit code:", code)
-assert code == 2 and not (OUT / "session_C_annotated.nwb").exists()
+assert not (OUT / "session_C_annotated.nwb").exists()
 
 # %% [markdown]
 # ## Tips

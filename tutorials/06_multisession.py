@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 from pynwb import NWBHDF5IO
 
-from nwb_lfads_emg.cli import main as nwb_lfads_emg
+from nwb_lfads_emg.cli import run_as_typed as run_cli
 from nwb_lfads_emg.evaluate import r2_affine
 from nwb_lfads_emg.simulate import write_session_nwb
 from nwb_lfads_emg.simulate_sessions import SessionSetConfig, simulate_sessions
@@ -41,15 +41,6 @@ DURATION_S = 10.0 if FAST else 20.0
 TRAINING = ["--max-epochs", "1"] if FAST else []
 # a dandiset holding the sessions (e.g. dandi://DANDI/000999@draft); default: a local folder
 DANDISET = os.environ.get("TUTORIAL_DANDISET")
-
-
-def run_cli(*args, expect=0):
-    """Run `nwb-lfads-emg ARGS`, exactly as typed in a terminal; stop unless it exits with `expect`."""
-    args = [str(a) for a in args]
-    print("$ nwb-lfads-emg " + " ".join(args))
-    code = nwb_lfads_emg(args)
-    if code != expect:
-        raise SystemExit(f"nwb-lfads-emg {args[0]} exited with {code}, expected {expect}")
 
 
 # %% [markdown]
