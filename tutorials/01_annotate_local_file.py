@@ -43,7 +43,6 @@ DURATION_S = 15.0 if FAST else 60.0
 TRAINING = ["--max-epochs", "2"] if FAST else []  # the demo preset trains up to 40 epochs
 
 
-
 # %% [markdown]
 # ## A session to work on
 #

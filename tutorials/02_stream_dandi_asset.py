@@ -56,7 +56,6 @@ print("asset:", ASSET)
 print("archive:", os.environ.get("DANDI_INSTANCE", "dandi (https://api.dandiarchive.org/api)"))
 
 
-
 # %% [markdown]
 # ## 1. Inspect the remote file
 #

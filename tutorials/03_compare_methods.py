@@ -50,7 +50,6 @@ TRAINING = ["--max-epochs", "2"] if FAST else []
 METHODS = ["AutoLFADS", "LowPass", "BayesianFilter"]
 
 
-
 # %% [markdown]
 # ## 1. A session with behaviour, annotated by all three methods
 #

@@ -42,7 +42,6 @@ TRAINING = ["--max-epochs", "2"] if FAST else []
 METHODS = ["AutoLFADS", "LowPass", "BayesianFilter"]
 
 
-
 # %% [markdown]
 # ## Two sessions of one animal
 #
