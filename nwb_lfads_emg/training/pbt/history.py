@@ -59,6 +59,8 @@ def build_history(state: dict[str, Any], space: Mapping[str, HyperParam], interv
             "nodes": sorted({str(r.get("node_id", "")) for r in rows if r.get("node_id")}),
             "status": "diverged" if member.get("diverged") else "ok",
         }
+        if any(r.get("val_loss_per_session") for r in rows):  # a stitched model: the pooled loss's parts
+            trials[name]["val_loss_per_session"] = [_clean(r.get("val_loss_per_session")) for r in rows]
     return {
         "metric": METRIC, "mode": "min", "population": len(state["members"]), "perturbation_interval": interval,
         "generations": int(state["completed"]), "search_space": {k: p.to_dict() for k, p in space.items()},

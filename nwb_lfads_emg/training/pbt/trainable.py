@@ -94,17 +94,19 @@ def train_member(spec: dict[str, Any], data: Any, state: bytes | None, hp: dict[
     marks the member diverged (metric +inf) until an exploit replaces it.
     """
     t0 = time.perf_counter()
+    saved = None
+    if state is not None:  # read first (tensors and plain data only), before any other work
+        saved = ckpt.load_checkpoint_bytes(state, f"PBT {member_name(member)}'s state")
+        if saved.get("format") != MEMBER_FORMAT or not isinstance(saved.get("trainer"), dict):
+            raise TrainingError(f"PBT {member_name(member)}: the state it continues from is not a member's state")
     set_torch_threads(max(1, int(threads)))  # a preset's own num_threads, if any, wins in the trainer
     if data is None:
         data = load_shared_data(spec)
     trainer = build_trainer(spec, data, hp, device)
     loaded_sha = None
     diverged = ""
-    if state is not None:
+    if saved is not None:
         loaded_sha = sha256_bytes(state)
-        saved = ckpt.load_checkpoint_bytes(state, f"PBT {member_name(member)}'s state")
-        if saved.get("format") != MEMBER_FORMAT:
-            raise TrainingError(f"PBT {member_name(member)}: the state it continues from is not a member's state")
         trainer.load_state_dict(saved["trainer"])
         diverged = str(saved.get("diverged") or "") if reseed is None else ""
     trainer.set_hyperparameters(hp)  # an exploit brings perturbed values
