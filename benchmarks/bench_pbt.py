@@ -45,6 +45,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--ray-address", default=None)
     ap.add_argument("--cpus-per-trial", type=float, default=1.0)
+    ap.add_argument("--runs", default="single,pbt_equal_epochs,single_equal_wall,pbt_equal_wall",
+                    help="which runs, comma-separated (split a long comparison over several calls)")
+    ap.add_argument("--single-wall-s", type=float, default=None,
+                    help="wall time of `single` measured earlier (for the equal-wall runs without `single`)")
+    ap.add_argument("--pbt-wall-s", type=float, default=None,
+                    help="wall time of `pbt_equal_epochs` measured earlier (for `single_equal_wall` without it)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args()
@@ -115,13 +121,22 @@ def main() -> None:
         print(json.dumps({name: row}), flush=True)
         return row
 
-    out["single"] = single("single", epochs)
-    out["pbt_equal_epochs"] = pbt("pbt_equal_epochs", epochs)
-    per_epoch = out["single"]["wall_s"] / max(out["single"]["epochs"], 1)
-    wall_epochs = int(min(10 * epochs, max(epochs, round(out["pbt_equal_epochs"]["wall_s"] / per_epoch))))
-    out["single_equal_wall"] = single("single_equal_wall", wall_epochs)
-    scale = out["single"]["wall_s"] / max(out["pbt_equal_epochs"]["wall_s"], 1e-9)
-    out["pbt_equal_wall"] = pbt("pbt_equal_wall", max(2, int(epochs * scale)))
+    runs = set(args.runs.split(","))
+    if "single" in runs:
+        out["single"] = single("single", epochs)
+    if "pbt_equal_epochs" in runs:
+        out["pbt_equal_epochs"] = pbt("pbt_equal_epochs", epochs)
+    single_wall = out["single"]["wall_s"] if "single" in out else args.single_wall_s
+    pbt_wall = out["pbt_equal_epochs"]["wall_s"] if "pbt_equal_epochs" in out else args.pbt_wall_s
+    if "single_equal_wall" in runs:  # one model given the population's wall time
+        if not single_wall or not pbt_wall:
+            raise SystemExit("single_equal_wall needs the wall times of single and pbt_equal_epochs")
+        wall_epochs = int(min(10 * epochs, max(epochs, round(epochs * pbt_wall / single_wall))))
+        out["single_equal_wall"] = single("single_equal_wall", wall_epochs)
+    if "pbt_equal_wall" in runs:  # a population given one model's wall time
+        if not single_wall or not pbt_wall:
+            raise SystemExit("pbt_equal_wall needs the wall times of single and pbt_equal_epochs")
+        out["pbt_equal_wall"] = pbt("pbt_equal_wall", max(2, int(epochs * single_wall / pbt_wall)))
     out["load_after"] = os.getloadavg()[0]
     print(json.dumps(out, indent=1))
     if args.out:

@@ -187,3 +187,14 @@ def test_truncation_selection_and_population_size():
     assert default_population("cpu", 2)[0] == 4 and default_population("cpu", 64)[0] == 6
     n, rule = default_population("cuda", 16, 1)
     assert n == 20 and "CUDA" in rule and default_population("cuda", 16, 4)[0] == 40
+
+
+def test_job_checks_accept_the_default_population_and_refuse_one_member():
+    from nwb_lfads_emg.pipeline import JobConfig, PBTSettings, check_job, lfads_config, pbt_arguments
+
+    job = JobConfig(pbt=True, preset="demo")
+    check_job(job)  # population None: sized for the compute when the search starts
+    args = pbt_arguments(job, lfads_config(job))
+    assert args["population"] is None and args["start_from_config"] and args["quantile_fraction"] == 0.25
+    with pytest.raises(TrainingError, match="--population 1"):
+        check_job(JobConfig(pbt=True, pbt_settings=PBTSettings(population=1)))
