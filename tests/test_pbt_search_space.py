@@ -198,3 +198,13 @@ def test_job_checks_accept_the_default_population_and_refuse_one_member():
     assert args["population"] is None and args["start_from_config"] and args["quantile_fraction"] == 0.25
     with pytest.raises(TrainingError, match="--population 1"):
         check_job(JobConfig(pbt=True, pbt_settings=PBTSettings(population=1)))
+
+
+def test_space_widened_to_include_the_preset_but_keeps_the_shift_on():
+    from nwb_lfads_emg.training.search_space import widen_to_include
+
+    space = autolfads_search_space()
+    demo = preset("demo")  # lr 1e-2 above lfads-torch's 5e-3; temporal shift off (0)
+    wide, names = widen_to_include(space, {k: getattr(demo, k) for k in space})
+    assert names == ["lr"] and wide["lr"].high == demo.lr and wide["lr"].low == space["lr"].low
+    assert wide["temporal_shift_ms"] == space["temporal_shift_ms"] and demo.temporal_shift_ms == 0

@@ -33,7 +33,14 @@ from ...errors import TrainingError, one_line
 from ...files import write_atomic
 from ...lfads.config import MUTABLE_HYPERPARAMETERS, LFADSConfig
 from .. import checkpoint as ckpt
-from ..search_space import Explorer, HyperParam, autolfads_search_space, sample_population, validate_space
+from ..search_space import (
+    Explorer,
+    HyperParam,
+    autolfads_search_space,
+    sample_population,
+    validate_space,
+    widen_to_include,
+)
 from ..trainer import FitResult, _data_digest, check_data
 from .history import _lineage, _r, build_history, plot_history, summary_table
 from .trainable import METRIC, PopulationPlateauStopper, _fmt, member_name, sha256_bytes, train_member
@@ -244,7 +251,8 @@ def fit_pbt(data: Any, config: LFADSConfig, run_dir: str | Path, population: int
     `max_generations` generations of `perturbation_interval` epochs; truncation selection after
     each generation from `burn_in` epochs on (default: one generation). `population` None: sized for
     the compute (`default_population`). Member 0 trains `config`'s own hyper-parameters and is never
-    replaced unless `start_from_config` is False; the others are drawn from the space. All members
+    replaced unless `start_from_config` is False (the space is widened to include them, except a
+    log-scaled one at 0); the others are drawn from the space. All members
     share `seed` (same held-out entries and initial weights). An interrupted search in run_dir resumes
     from its last finished member-generation; `on_generation(g, record)` is called after each one.
     """
@@ -263,6 +271,9 @@ def fit_pbt(data: Any, config: LFADSConfig, run_dir: str | Path, population: int
         raise TrainingError(f"configuration: {exc}") from None
     spec, arrays, described = _spec(data, config, muscles, breaks, readin_dim, seed)
     space = dict(search_space) if search_space is not None else autolfads_search_space()
+    widened: list[str] = []
+    if start_from_config:  # the preset member's values lie inside the space its copies explore
+        space, widened = widen_to_include(space, {name: getattr(config, name) for name in space})
     try:
         validate_space(space, config)
     except ValueError as exc:
@@ -316,7 +327,7 @@ def fit_pbt(data: Any, config: LFADSConfig, run_dir: str | Path, population: int
             state = saved
             log.info("resuming the PBT search in %s after %d generations", exp_path, state["completed"])
         else:
-            state = _initial_state(config, space, n, seed, start_from_config, rule)
+            state = _initial_state(config, space, n, seed, start_from_config, rule, widened)
             _write_json(exp_path / STATE_FILE, state)
 
         data_path = _write_shared_data(shared_data_path, arrays, spec["kind"]) if shared_data_path else None
@@ -390,12 +401,12 @@ def fit_pbt(data: Any, config: LFADSConfig, run_dir: str | Path, population: int
 
 
 def _initial_state(config: LFADSConfig, space: Mapping[str, HyperParam], n: int, seed: int, anchor: bool,
-                   rule: str) -> dict[str, Any]:
+                   rule: str, widened: list[str]) -> dict[str, Any]:
     points = sample_population(space, n, seed=seed)
     anchor_info = None
     if anchor:  # the configuration's own values, unclipped: this member is the preset's single model
         points[0] = {name: getattr(config, name) for name in space}
-        anchor_info = {"member": 0, "hp": dict(points[0]),
+        anchor_info = {"member": 0, "hp": dict(points[0]), "space_widened_to_include_it": widened,
                        "outside_space": sorted(k for k, p in space.items() if not p.low <= points[0][k] <= p.high)}
     members = [{"member": i, "hp": hp, "state": None, "state_sha256": None, "reseed": None, "origin": None,
                 METRIC: None, "best_val": None, "best_epoch": -1, "epoch": 0, "diverged": ""}
