@@ -25,7 +25,6 @@ from .search import (
     EXPERIMENT_NAME,
     HISTORY_FILE,
     PLOT_FILE,
-    RESULTS_FILE,
     SETTINGS_FILE,
     STATE_FILE,
     PBTResult,
@@ -39,5 +38,5 @@ from .trainable import METRIC, PopulationPlateauStopper, load_member_state, memb
 __all__ = ["PBTResult", "fit_pbt", "build_history", "plot_history", "summary_table", "ray_session",
            "PopulationPlateauStopper", "HyperParam", "autolfads_search_space", "METRIC", "train_member",
            "load_member_state", "member_name", "default_population", "truncation_selection",
-           "BEST_DIR", "CHAMPION_FILE", "DATA_FILE", "EXPERIMENT_NAME", "HISTORY_FILE", "PLOT_FILE", "RESULTS_FILE",
+           "BEST_DIR", "CHAMPION_FILE", "DATA_FILE", "EXPERIMENT_NAME", "HISTORY_FILE", "PLOT_FILE",
            "SETTINGS_FILE", "STATE_FILE"]

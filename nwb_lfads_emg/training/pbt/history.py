@@ -98,6 +98,10 @@ def summary_table(history: dict[str, Any]) -> str:
     lines = [f"AutoLFADS: {history['population']} members, {history['generations']} generations of "
              f"{history['perturbation_interval']} epochs, {len(history['exploits'])} exploit/explore steps "
              f"({history.get('stop_reason', '')})",
+             f"population: {history.get('population_rule') or 'given'}; selection: worst "
+             f"{history.get('quantile_fraction', 0.25):g} copy the best after each generation"
+             + (f"; member {history['anchor']['member']} trains the preset and is never replaced"
+                if history.get("anchor") else ""),
              f"{'member':>6} {'final ' + METRIC:>24} {'best':>10} {'exploits':>8} {'nodes':>5}"]
     for tid, t in sorted(history["trials"].items(), key=lambda kv: kv[1]["member"]):
         vals = [v for v in t[METRIC] if v is not None]

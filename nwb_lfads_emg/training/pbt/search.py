@@ -53,7 +53,6 @@ SETTINGS_FILE = "pbt_settings.json"
 STATE_FILE = "population.json"
 CHAMPION_FILE = "champion.pt"
 DATA_FILE = "pbt_data.npy"
-RESULTS_FILE = STATE_FILE  # the population's record (kept name for callers of the earlier layout)
 STATE_FORMAT = "nwb-lfads-emg-pbt/1"
 SELECTION = "truncation"
 
