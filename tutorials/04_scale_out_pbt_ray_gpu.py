@@ -18,8 +18,8 @@
 # with a population of 8: roughly 15-60 minutes on an 8-core laptop CPU, a few minutes on a Ray
 # cluster with GPUs (the search stops when the population stops improving). Fast mode
 # (`NWB_LFADS_EMG_TUTORIAL_FAST=1`) needs neither a GPU nor a cluster: a 15 s session, 2 epochs
-# for the single model and a population of 2 for 2 one-epoch generations on a local Ray, about
-# 1 minute (mostly starting Ray).
+# for the single model and `fit --pbt` with a population of 2 for 2 one-epoch generations on a
+# local Ray, about 1 minute (mostly starting Ray).
 
 # %%
 import json
@@ -103,17 +103,11 @@ if RAY_ADDRESS:
 if not FAST:
     run_cli(*pbt_command)
 else:
-    # Fast mode: the same search from Python with a tiny population and 2 one-epoch generations
-    # (on the command line: `--max-epochs 2 --pbt-interval 1`).
+    # Fast mode: only the training half (`fit`), a population of 2 for 2 one-epoch generations
     print("full mode runs:  $ nwb-lfads-emg " + " ".join(map(str, pbt_command)))
-    from nwb_lfads_emg.pipeline import JobConfig, lfads_config, read
-    from nwb_lfads_emg.training.pbt import fit_pbt
-
-    emg_input, _ = read(SOURCE, "EMG")
-    result = fit_pbt(emg_input.binned.data, lfads_config(JobConfig(preset="demo")), PBT_RUN,
-                     population=POPULATION, ray_address=RAY_ADDRESS, max_generations=2,
-                     perturbation_interval=1, progress=True)
-    print("best member:", result.best_trial, "| best validation loss:", round(result.best_val_loss, 4))
+    fast = ["fit", SOURCE, "--emg", "EMG", "--pbt", "--population", POPULATION, "--preset", "demo",
+            "--max-epochs", "2", "--pbt-interval", "1", "--run-dir", PBT_RUN]
+    run_cli(*fast, *(["--ray-address", RAY_ADDRESS] if RAY_ADDRESS else []))
 
 history = json.loads((PBT_RUN / "pbt_history.json").read_text())
 print("stopped:", history.get("stop_reason"), "| ran on:", history.get("ray"))
