@@ -149,28 +149,28 @@ def _add_output_args(p: argparse.ArgumentParser) -> None:
 def _add_training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="auto", choices=["auto", "demo", "default", "paper"],
                    help="model preset; auto (default): sizes, bins, segments and epochs from the data and device")
-    p.add_argument("--pbt", action="store_true", help="AutoLFADS: population-based training on Ray Tune")
-    p.add_argument("--population", type=int, default=None, help="PBT population size (default 4)")
+    p.add_argument("--pbt", action="store_true", help="AutoLFADS: population-based training on Ray (one or several sources)")
+    p.add_argument("--population", type=int, default=None, help="PBT population size (default: 4-6 on CPU, one per core; 20 on CUDA)")
     p.add_argument("--ray-address", default=None, help="attach to this Ray cluster (default: $RAY_ADDRESS or local)")
     p.add_argument("--gpus-per-trial", type=float, default=None,
-                   help="GPU share of each PBT trial (default: 1/population, at most 4 per GPU, when CUDA is used)")
-    p.add_argument("--cpus-per-trial", type=float, default=None, help="CPUs (and torch threads) per PBT trial (default 1)")
+                   help="GPU share of each PBT member (default: 1/population, at most 10 per GPU, when CUDA is used)")
+    p.add_argument("--cpus-per-trial", type=float, default=None, help="CPUs (and torch threads) per PBT member (default 1)")
     p.add_argument("--pbt-interval", type=int, default=None,
-                   help="epochs between PBT selections (default max-epochs/4, at most 25)")
+                   help="epochs per PBT generation, between selections (default max-epochs/4, at most 25)")
     p.add_argument("--pbt-burn-in", type=int, default=None, help="epochs before the first selection (default: one interval)")
     p.add_argument("--pbt-patience", type=int, default=None,
                    help="stop after this many generations without improvement (default 4)")
     p.add_argument("--pbt-min-improvement", type=float, default=None,
                    help="smallest improvement of the best loss that counts (default 5e-4)")
     p.add_argument("--pbt-quantile", type=float, default=None,
-                   help="fraction of the population replaced / copied at each selection (default 0.25)")
-    p.add_argument("--pbt-storage", default=None, metavar="PATH_OR_URI",
-                   help="where the search's checkpoints go (default RUN_DIR; shared path or s3:// on a cluster)")
+                   help="truncation selection: the worst fraction copies the best fraction after each generation (default 0.25)")
+    p.add_argument("--pbt-storage", default=None, metavar="PATH",
+                   help="local folder for the population's states (default RUN_DIR; states reach it through Ray)")
     p.add_argument("--pbt-shared-data", default=None, metavar="PATH",
                    help="a path every node sees, for the training data (default: Ray's object store)")
     p.add_argument("--pbt-restart", action="store_true", help="start the search afresh instead of resuming it")
     p.add_argument("--pbt-random-start", action="store_true",
-                   help="draw every member from the search space (default: member 0 starts from the preset)")
+                   help="draw every member from the search space (default: member 0 trains the preset and is never replaced)")
     p.add_argument("--pbt-config", default=None, metavar="FILE.json",
                    help="PBT settings as JSON (the fields of pipeline.PBTSettings, e.g. search_space); flags win")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to train")

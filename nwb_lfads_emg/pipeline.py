@@ -55,12 +55,13 @@ log = logging.getLogger("nwb_lfads_emg")
 class PBTSettings:
     """AutoLFADS (population-based training) settings of a job; `fit_pbt`'s arguments beyond the data.
 
-    `interval` (epochs between selections) defaults to max_epochs // 4 (at most 25); the number of
-    generations follows from the job's epoch limit. `search_space` maps a hyper-parameter to
-    [low, high] (or null to drop it) over AutoLFADS' default space.
+    `population` None: sized for the compute (`training.pbt.default_population`: 4-6 on CPU, 20+ on
+    CUDA; the choice is recorded in the history). `interval` (epochs per generation) defaults to
+    max_epochs // 4 (at most 25); the number of generations follows from the job's epoch limit.
+    `search_space` maps a hyper-parameter to [low, high] (or null to drop it) over AutoLFADS' space.
     """
 
-    population: int = 4
+    population: int | None = None
     ray_address: str | None = None
     gpus_per_trial: float | None = None
     cpus_per_trial: float = 1.0
@@ -267,8 +268,9 @@ def check_job(job: JobConfig, run_dir: str | Path | None = None) -> None:
     if job.max_epochs is not None and int(job.max_epochs) < 1:
         raise TrainingError(f"--max-epochs {job.max_epochs}: must be at least 1 (with no training the results "
                             "would be an untrained model labelled AutoLFADS)")
-    if job.pbt and int(job.population) < 2:
-        raise TrainingError(f"--population {job.population}: population-based training needs at least 2 members")
+    population = job.pbt_settings.population
+    if job.pbt and population is not None and int(population) < 2:
+        raise TrainingError(f"--population {population}: population-based training needs at least 2 members")
     if run_dir is not None:
         check_output_dir(run_dir, "--run-dir")
 
@@ -312,30 +314,14 @@ def fit(emg_input: EMGInput, run_dir: str | Path, job: JobConfig | None = None) 
     config = lfads_config(job, *emg_input.binned.data.shape, bin_ms=bin_ms)
     config.bin_ms = bin_ms  # ms settings (temporal shift) -> bins
     data = emg_input.binned.data
-    if job.pbt and len(emg_input.binned.segment_ranges) > 1:
-        raise TrainingError(f"{emg_input.location}: {emg_input.series_path}: --pbt on a recording with gaps "
-                            "between trials is not supported yet; train one model without --pbt")
+    breaks = [a for a, _ in emg_input.binned.segment_ranges[1:]]  # trials: no training window spans a gap
     if job.pbt:
         from .training.pbt import fit_pbt
-        from .training.search_space import autolfads_search_space
 
-        p = job.pbt_settings
-        interval, generations = pbt_schedule(job, config.max_epochs)
-        try:
-            space = autolfads_search_space({k: None if v is None else tuple(v) for k, v in p.search_space.items()})
-        except (TypeError, ValueError) as exc:
-            raise TrainingError(f"PBT search space {p.search_space}: {exc}") from None
-        result = fit_pbt(data, config, run_dir, population=p.population, ray_address=p.ray_address,
-                         gpus_per_trial=_gpus_per_trial(job), cpus_per_trial=p.cpus_per_trial,
-                         max_generations=generations, perturbation_interval=interval, burn_in=p.burn_in,
-                         seed=job.seed, progress=job.progress, shared_data_path=p.shared_data_path,
-                         search_space=space, patience_generations=p.patience_generations,
-                         min_improvement=p.min_improvement, quantile_fraction=p.quantile_fraction,
-                         storage_path=p.storage_path, resume=p.resume, start_from_config=p.start_from_config)
+        result = fit_pbt(data, config, run_dir, breaks=breaks, **pbt_arguments(job, config))
     else:
         from .training.trainer import fit as fit_single
 
-        breaks = [a for a, _ in emg_input.binned.segment_ranges[1:]]  # trials: no training window spans a gap
         result = fit_single(data, config, run_dir, device=job.device, seed=job.seed, progress=job.progress,
                             breaks=breaks)
     record = {
@@ -366,6 +352,24 @@ def _device_name(job: JobConfig) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def pbt_arguments(job: JobConfig, config: Any) -> dict[str, Any]:
+    """`fit_pbt`'s keyword arguments beyond the data and configuration, from the job's PBT settings."""
+    from .training.search_space import autolfads_search_space
+
+    p = job.pbt_settings
+    interval, generations = pbt_schedule(job, config.max_epochs)
+    try:
+        space = autolfads_search_space({k: None if v is None else tuple(v) for k, v in p.search_space.items()})
+    except (TypeError, ValueError) as exc:
+        raise TrainingError(f"PBT search space {p.search_space} (--pbt-config): {exc}") from None
+    return {"population": p.population, "ray_address": p.ray_address, "gpus_per_trial": _gpus_per_trial(job),
+            "cpus_per_trial": p.cpus_per_trial, "max_generations": generations, "perturbation_interval": interval,
+            "burn_in": p.burn_in, "seed": job.seed, "progress": job.progress, "shared_data_path": p.shared_data_path,
+            "search_space": space, "patience_generations": p.patience_generations,
+            "min_improvement": p.min_improvement, "quantile_fraction": p.quantile_fraction,
+            "storage_path": p.storage_path, "resume": p.resume, "start_from_config": p.start_from_config}
+
+
 def pbt_schedule(job: JobConfig, max_epochs: int) -> tuple[int, int]:
     """(epochs between PBT selections, number of generations) so a search trains at most `max_epochs`."""
     interval = job.pbt_settings.interval or max(1, min(25, max_epochs // 4))
@@ -373,7 +377,7 @@ def pbt_schedule(job: JobConfig, max_epochs: int) -> tuple[int, int]:
 
 
 def _gpus_per_trial(job: JobConfig) -> float:
-    """GPU share of each PBT trial: as given, else none on CPU and 1/population (at most 4 per GPU) on CUDA."""
+    """GPU share of each PBT member: as given, else none on CPU and 1/population (at most 10 per GPU) on CUDA."""
     if job.pbt_settings.gpus_per_trial is not None:
         return float(job.pbt_settings.gpus_per_trial)
     if job.device == "cpu":
@@ -384,7 +388,7 @@ def _gpus_per_trial(job: JobConfig) -> float:
         if job.device == "cuda":
             raise TrainingError("--device cuda: no CUDA device is visible to torch on this machine")
         return 0.0
-    return 1.0 / min(4, max(1, job.pbt_settings.population))
+    return 1.0 / min(10, max(1, job.pbt_settings.population or 20))
 
 
 def _model_dir(result: Any, run_dir: Path) -> Path:

@@ -34,6 +34,7 @@ from .pipeline import (
     choose_job_time_scales,
     lfads_config,
     load_run,
+    pbt_arguments,
     read,
     write,
 )
@@ -65,9 +66,6 @@ def fit_many(emg_inputs: list[EMGInput], run_dir: str | Path, job: JobConfig | N
 
     job = job or JobConfig()
     run_dir = Path(run_dir)
-    if job.pbt:
-        raise TrainingError(f"{run_dir}: --pbt with several sources is not available yet; train the stitched "
-                            "model without --pbt, or fit each source on its own with --pbt")
     first = emg_inputs[0]
     for e in emg_inputs:
         if abs(e.binned.bin_rate - first.binned.bin_rate) > 1e-6:
@@ -87,8 +85,14 @@ def fit_many(emg_inputs: list[EMGInput], run_dir: str | Path, job: JobConfig | N
     config = lfads_config(job, n_bins=sum(e.binned.n_bins for e in emg_inputs),
                           n_channels=max(len(e.muscles) for e in emg_inputs), bin_ms=bin_ms)
     config.bin_ms = bin_ms  # ms settings (temporal shift) -> bins
-    result = fit_sessions([e.binned.data for e in emg_inputs], [e.muscles for e in emg_inputs], config, run_dir,
-                          device=job.device, seed=job.seed, progress=job.progress, max_epochs=job.max_epochs)
+    data, muscles = [e.binned.data for e in emg_inputs], [e.muscles for e in emg_inputs]
+    if job.pbt:  # AutoLFADS on the stitched model: selection on the held-out loss pooled over sessions
+        from .training.pbt import fit_pbt
+
+        result = fit_pbt(data, config, run_dir, muscles=muscles, **pbt_arguments(job, config))
+    else:
+        result = fit_sessions(data, muscles, config, run_dir, device=job.device, seed=job.seed,
+                              progress=job.progress, max_epochs=job.max_epochs)
     sessions = [_session_entry(k, e) for k, e in enumerate(emg_inputs)]
     record = {
         "kind": KIND,
@@ -102,10 +106,10 @@ def fit_many(emg_inputs: list[EMGInput], run_dir: str | Path, job: JobConfig | N
         "source_url": first.dandi_url,
         "weights_sha256": result.weights_sha256,
         "best_val_loss": float(result.best_val_loss),
-        "model_dir": str(run_dir),
+        "model_dir": str(getattr(result, "model_dir", None) or run_dir),
         "metrics": result.metrics,
         "training_seconds": result.seconds,
-        "pbt_history": None,
+        "pbt_history": getattr(result, "pbt_history", None),
         "device": str(result.device),
     }
     (run_dir / JOB_FILE).write_text(json.dumps(record, indent=1, default=str))

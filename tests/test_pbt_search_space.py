@@ -169,3 +169,42 @@ def test_pbt_settings_from_flags_and_config_file(tmp_path, capsys):
     assert main(["fit", "x.nwb", "--run-dir", str(tmp_path / "r"), "--pbt", "--pbt-config", str(cfg)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "populaton" in err and "--pbt-config" in err and str(cfg) in err
+
+
+def test_truncation_selection_and_population_size():
+    import random
+
+    from nwb_lfads_emg.training.pbt import default_population, truncation_selection
+
+    values = {0: 0.5, 1: 0.9, 2: 0.1, 3: float("inf"), 4: 0.3, 5: 0.7, 6: 0.2, 7: 0.8}
+    rng = random.Random(0)
+    pairs = truncation_selection(values, 0.25, protected=[], rng=rng)
+    assert sorted(t for t, _ in pairs) == [1, 3]  # the worst quarter (a diverged member ranks last) ...
+    assert all(s in (2, 6) for _, s in pairs)  # ... copies members of the best quarter
+    assert sorted(t for t, _ in truncation_selection(values, 0.25, protected=[3], rng=rng)) == [1]
+    assert len(truncation_selection({0: 1.0, 1: 2.0}, 0.5, [], rng)) == 1  # at least one, at most half
+    assert truncation_selection({0: 2.0, 1: 1.0}, 0.25, [0], rng) == []  # the protected member is never replaced
+    assert default_population("cpu", 2)[0] == 4 and default_population("cpu", 64)[0] == 6
+    n, rule = default_population("cuda", 16, 1)
+    assert n == 20 and "CUDA" in rule and default_population("cuda", 16, 4)[0] == 40
+
+
+def test_job_checks_accept_the_default_population_and_refuse_one_member():
+    from nwb_lfads_emg.pipeline import JobConfig, PBTSettings, check_job, lfads_config, pbt_arguments
+
+    job = JobConfig(pbt=True, preset="demo")
+    check_job(job)  # population None: sized for the compute when the search starts
+    args = pbt_arguments(job, lfads_config(job))
+    assert args["population"] is None and args["start_from_config"] and args["quantile_fraction"] == 0.25
+    with pytest.raises(TrainingError, match="--population 1"):
+        check_job(JobConfig(pbt=True, pbt_settings=PBTSettings(population=1)))
+
+
+def test_space_widened_to_include_the_preset_but_keeps_the_shift_on():
+    from nwb_lfads_emg.training.search_space import widen_to_include
+
+    space = autolfads_search_space()
+    demo = preset("demo")  # lr 1e-2 above lfads-torch's 5e-3; temporal shift off (0)
+    wide, names = widen_to_include(space, {k: getattr(demo, k) for k in space})
+    assert names == ["lr"] and wide["lr"].high == demo.lr and wide["lr"].low == space["lr"].low
+    assert wide["temporal_shift_ms"] == space["temporal_shift_ms"] and demo.temporal_shift_ms == 0

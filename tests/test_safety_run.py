@@ -136,13 +136,16 @@ def test_planted_pickle_in_the_run_dir_is_refused_not_run(job, tmp_path):
     with pytest.raises(ckpt.UnsafeCheckpointError, match="model.pt: refused"):
         ckpt.read_weights(model_dir)
     pbt = pytest.importorskip("nwb_lfads_emg.training.pbt.trainable")
-    state_dir = tmp_path / "trial"
-    state_dir.mkdir()
-    torch.save({"trainer": _Planted(marker)}, state_dir / pbt._STATE_FILE)
+    state_dir = tmp_path / "pbt" / "member_01"
+    state_dir.mkdir(parents=True)
+    torch.save({"format": pbt.MEMBER_FORMAT, "trainer": _Planted(marker)}, state_dir / "gen_0001.pt")
     with pytest.raises(ckpt.UnsafeCheckpointError):
-        pbt.LFADSTrainable.load_checkpoint(None, str(state_dir))
+        pbt.load_member_state(state_dir / "gen_0001.pt")
+    blob = (state_dir / "gen_0001.pt").read_bytes()  # the same state as a worker receives it through Ray
+    with pytest.raises(ckpt.UnsafeCheckpointError):
+        pbt.train_member({"kind": "single", "config": {}, "seed": 0}, [[1.0]], blob, {}, 1, 1, 1, None, "cpu", 1)
     assert not marker.exists()
-    # Ray's own resume unpickles its state: only from a folder no one else may write
+    # a PBT search's record is resumed only from a folder no one else may write
     (tmp_path / "shared").mkdir(mode=0o777)
     os.chmod(tmp_path / "shared", 0o777)
     with pytest.raises(TrainingError, match="writable by others"):

@@ -3,10 +3,12 @@
 #
 # A single LFADS model needs its hyper-parameters (learning rate, dropout, the weights of the KL
 # and L2 penalties, ...) tuned to the data. **AutoLFADS** does that by population-based training
-# (PBT): a population of models trains in parallel; every few epochs the worst quarter copies the
-# weights of the best and perturbs their hyper-parameters, so the search follows good settings
-# while training. `nwb-lfads-emg` runs it on [Ray Tune](https://docs.ray.io/en/latest/tune/): on
-# your machine by default, on a cluster with `--ray-address`.
+# (PBT): a population of models trains in parallel in generations of a fixed number of epochs;
+# after each generation the worst quarter copies the weights of members of the best quarter and
+# perturbs their hyper-parameters, so the search follows good settings while training. One member
+# trains the preset itself and is never replaced, so the search cannot end worse than the preset.
+# `nwb-lfads-emg` runs it on [Ray](https://docs.ray.io/): on your machine by default, on a cluster
+# with `--ray-address`.
 #
 # **What you will see:** whether PyTorch sees a GPU; one model trained with `--device` set
 # accordingly; then a PBT search (progress per generation, which member copied which, a summary
@@ -16,8 +18,8 @@
 # with a population of 8: roughly 15-60 minutes on an 8-core laptop CPU, a few minutes on a Ray
 # cluster with GPUs (the search stops when the population stops improving). Fast mode
 # (`NWB_LFADS_EMG_TUTORIAL_FAST=1`) needs neither a GPU nor a cluster: a 15 s session, 2 epochs
-# for the single model and a population of 2 for 2 one-epoch generations on a local Ray, about
-# 1 minute (mostly starting Ray).
+# for the single model and `fit --pbt` with a population of 2 for 2 one-epoch generations on a
+# local Ray, about 1 minute (mostly starting Ray).
 
 # %%
 import json
@@ -71,8 +73,9 @@ print("trained on:", metrics["device"], "| best validation loss:", round(metrics
 # %% [markdown]
 # ## 2. AutoLFADS (PBT) on this machine
 #
-# `--pbt --population N` trains N models at once, one CPU core each (Ray starts in the background
-# and stops at the end). The search stops when the population's best validation loss stops
+# `--pbt --population N` trains N models, one CPU core each, as many at once as there are cores
+# (Ray starts in the background and stops at the end; without `--population` the population is
+# sized for the machine: 4-6 on a CPU, 20 on a GPU). The search stops when the population's best validation loss stops
 # improving for 4 generations of 25 epochs, or after 20 generations. If it is interrupted, run the
 # same command again with the same `--run-dir`: it resumes.
 #
@@ -91,17 +94,11 @@ if RAY_ADDRESS:
 if not FAST:
     run_cli(*pbt_command)
 else:
-    # Fast mode: the command's search has no epoch limit (`--max-epochs` applies to single models),
-    # so run the same search from Python with a tiny population and 2 one-epoch generations.
+    # Fast mode: only the training half (`fit`), a population of 2 for 2 one-epoch generations
     print("full mode runs:  $ nwb-lfads-emg " + " ".join(map(str, pbt_command)))
-    from nwb_lfads_emg.pipeline import JobConfig, lfads_config, read
-    from nwb_lfads_emg.training.pbt import fit_pbt
-
-    emg_input, _ = read(SOURCE, "EMG")
-    result = fit_pbt(emg_input.binned.data, lfads_config(JobConfig(preset="demo")), PBT_RUN,
-                     population=POPULATION, ray_address=RAY_ADDRESS, max_generations=2,
-                     perturbation_interval=1, progress=True)
-    print("best member:", result.best_trial, "| best validation loss:", round(result.best_val_loss, 4))
+    fast = ["fit", SOURCE, "--emg", "EMG", "--pbt", "--population", POPULATION, "--preset", "demo",
+            "--max-epochs", "2", "--pbt-interval", "1", "--run-dir", PBT_RUN]
+    run_cli(*fast, *(["--ray-address", RAY_ADDRESS] if RAY_ADDRESS else []))
 
 history = json.loads((PBT_RUN / "pbt_history.json").read_text())
 print("stopped:", history.get("stop_reason"), "| ran on:", history.get("ray"))
@@ -111,8 +108,8 @@ print("progress plot:", PBT_RUN / "pbt_progress.png", "| best model:", PBT_RUN /
 # ## 3. On a Ray cluster
 #
 # Start Ray on the machines (the same Python environment, with `nwb-lfads-emg` installed, on
-# every node), then point the command at the head node. With several machines, put `--run-dir` on
-# a filesystem that every node sees (the trials write their checkpoints there).
+# every node), then point the command at the head node. The members' states travel through Ray,
+# so `--run-dir` only needs to be on the machine that runs the command.
 #
 # ```bash
 # # on the head node
@@ -129,4 +126,4 @@ print("progress plot:", PBT_RUN / "pbt_progress.png", "| best model:", PBT_RUN /
 # `ray status` shows the cluster's CPUs and GPUs. Setting `RAY_ADDRESS=<head-ip>:6379` instead of
 # `--ray-address` works too (this notebook takes it from `TUTORIAL_RAY_ADDRESS` or `RAY_ADDRESS`).
 # From Python, `nwb_lfads_emg.training.pbt.fit_pbt(..., ray_address=..., gpus_per_trial=0.5)` also
-# sets how many trials share one GPU, the number of generations and their length.
+# sets how many members share one GPU, the number of generations and their length.

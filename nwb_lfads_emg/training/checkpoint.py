@@ -28,9 +28,7 @@ _PATTERN = re.compile(r"^epoch_(\d{6})\.pt$")
 
 def save_atomic(obj: Any, path: str | Path) -> Path:
     """torch.save to a private temporary file beside `path` (O_EXCL, random name), fsync, rename over `path`."""
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return write_atomic(path, buf.getvalue())
+    return write_atomic(path, dumps_checkpoint(obj))
 
 
 class UnsafeCheckpointError(TrainingError):
@@ -43,18 +41,33 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     Raises UnsafeCheckpointError for a file that would need arbitrary objects (loading it could run
     code) and TrainingError for an unreadable one; both name the file on one line.
     """
-    path = Path(path)
+    return _load(Path(path), str(path))
+
+
+def load_checkpoint_bytes(data: bytes, name: str) -> dict[str, Any]:
+    """`load_checkpoint` for a checkpoint held in memory (a PBT member's state sent through Ray); `name` says whose."""
+    return _load(io.BytesIO(data), name)
+
+
+def dumps_checkpoint(obj: Any) -> bytes:
+    """The bytes `save_atomic` would write for `obj`."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def _load(source: Path | io.BytesIO, name: str) -> dict[str, Any]:
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(source, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise UnsafeCheckpointError(
-            f"{path}: refused: the checkpoint holds Python objects other than tensors and plain data (loading "
+            f"{name}: refused: the checkpoint holds Python objects other than tensors and plain data (loading "
             "it could run code); delete it if you did not write it, or use a fresh --run-dir"
         ) from None
     except Exception as exc:  # noqa: BLE001 - truncated, not a torch file, unreadable
-        raise TrainingError(f"{path}: cannot read the checkpoint ({type(exc).__name__})") from None
+        raise TrainingError(f"{name}: cannot read the checkpoint ({type(exc).__name__})") from None
     if not isinstance(state, dict):
-        raise TrainingError(f"{path}: not an nwb-lfads-emg checkpoint (holds a {type(state).__name__})")
+        raise TrainingError(f"{name}: not an nwb-lfads-emg checkpoint (holds a {type(state).__name__})")
     return state
 
 

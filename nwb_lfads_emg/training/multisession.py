@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import math
 import time
 from collections.abc import Sequence
@@ -29,9 +30,19 @@ from ..lfads.model import lr_factor, ramp
 from ..lfads.readin import MultiSessionLFADS
 from . import checkpoint as ckpt
 from .segments import chop_blocks, split_blocks
-from .trainer import Trainer, _autocast, _write_metrics_csv, autocast_dtype, check_data, resolve_device
+from .trainer import (
+    Trainer,
+    _architecture,
+    _autocast,
+    _data_digest,
+    _write_metrics_csv,
+    autocast_dtype,
+    check_data,
+    resolve_device,
+)
 
 WEIGHTS_KIND = "multisession"
+STATE_FORMAT = "nwb-lfads-emg-multisession-trainer/1"
 
 
 class MultiSessionTrainer:
@@ -60,6 +71,7 @@ class MultiSessionTrainer:
             if arr.shape[1] != len(names):
                 raise TrainingError(f"session {k}: {arr.shape[1]} channels but {len(names)} muscle names")
             self.data.append(arr)
+        self.data_digest = hashlib.sha256("".join(_data_digest(a) for a in self.data).encode()).hexdigest()
         if config.num_threads:
             torch.set_num_threads(int(config.num_threads))
         self._cuda_devices = [self.device.index or 0] if self.device.type == "cuda" else []
@@ -196,6 +208,60 @@ class MultiSessionTrainer:
         self.model.train()
         return out_losses
 
+    # ------------------------------------------------------------------ state (resume, PBT)
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly: model, optimiser, scaler, epoch, RNGs, smoothing, best."""
+        return {
+            "format": STATE_FORMAT,
+            "config": dataclasses.asdict(self.config),
+            "seed": self.seed,
+            "data_digest": self.data_digest,
+            "muscles": self.model.session_muscles,
+            "readin_dim": int(self.model.readin_dim),
+            "session_ids": list(self.session_ids),
+            "epoch": self.epoch,
+            "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "scaler": self.scaler.state_dict(),
+            "torch_rng": self._rng_state.clone(),
+            "generator": self.generator.get_state(),
+            "val_smoothed": self.val_smoothed,
+            "best_val": self.best_val,
+            "best_epoch": self.best_epoch,
+            "best_state": self.best_state,
+            "bad_epochs": self.bad_epochs,
+            "metrics": copy.deepcopy(self.metrics),
+        }
+
+    def load_state_dict(self, state: dict[str, Any], check_data: bool = True) -> None:
+        """Restore a `state_dict()` of a trainer on the same sessions; its hyper-parameters replace the current ones."""
+        if state.get("format") != STATE_FORMAT:
+            raise TrainingError("checkpoint: not the state of a multi-session (stitched) trainer")
+        saved = LFADSConfig.from_dict(state["config"])
+        if _architecture(saved) != _architecture(self.config):
+            diff = sorted(k for k, v in _architecture(saved).items() if _architecture(self.config).get(k) != v)
+            raise TrainingError(f"checkpoint: made with a different configuration (differs in {', '.join(diff)})")
+        if [list(m) for m in state["muscles"]] != self.model.session_muscles or \
+                int(state["readin_dim"]) != int(self.model.readin_dim):
+            raise TrainingError("checkpoint: made for other sessions (their muscles or the read-in size differ)")
+        if check_data and state["data_digest"] != self.data_digest:
+            raise TrainingError("checkpoint: made from different data than given now")
+        self.set_hyperparameters({k: getattr(saved, k) for k in MUTABLE_HYPERPARAMETERS})
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.config.lr
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch = int(state["epoch"])
+        self._rng_state = state["torch_rng"].clone()
+        self.generator.set_state(state["generator"])
+        self.val_smoothed = state["val_smoothed"]
+        self.best_val = state["best_val"]
+        self.best_epoch = state["best_epoch"]
+        self.best_state = state["best_state"]
+        self.bad_epochs = state["bad_epochs"]
+        self.metrics = copy.deepcopy(state["metrics"])
+
     def best_model_state(self) -> dict[str, torch.Tensor]:
         """Weights with the best smoothed pooled validation loss (current weights if none recorded)."""
         if self.best_state is not None:
@@ -220,37 +286,57 @@ class MultiSessionFitResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _train(trainer: MultiSessionTrainer, limit: int, progress: bool, desc: str) -> float:
+def _train(trainer: MultiSessionTrainer, limit: int, progress: bool, desc: str,
+           run_dir: Path | None = None) -> float:
+    """Train to `limit` epochs or early stopping; with `run_dir`, a checkpoint after every epoch (resume)."""
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
-    with tqdm(total=limit, disable=not progress, desc=desc, unit="epoch") as bar:
+    with tqdm(total=limit, initial=min(trainer.epoch, limit), disable=not progress, desc=desc, unit="epoch") as bar:
         while trainer.epoch < limit and not trainer.should_stop:
             m = trainer.train_epoch()
             bar.update(1)
             bar.set_postfix(val=f"{m['val_loss_smoothed']:.4f}")
+            if run_dir is not None:
+                ckpt.save_checkpoint(run_dir, trainer.epoch, trainer.state_dict())
+                _write_metrics_csv(run_dir / "metrics.csv", _csv_rows(trainer.metrics))
     return time.perf_counter() - t0
+
+
+def _csv_rows(metrics: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in m.items() if k != "val_loss_per_session"} for m in metrics]
 
 
 def fit_sessions(data: Sequence[np.ndarray], muscles: Sequence[Sequence[str]], config: LFADSConfig,
                  run_dir: str | Path | None, device: str = "auto", seed: int = 0, progress: bool = True,
                  max_epochs: int | None = None, readin_dim: int | None = None) -> MultiSessionFitResult:
-    """Train one stitched LFADS on several sessions' (bins, channels) data; exports run_dir/model.pt."""
+    """Train one stitched LFADS on several sessions' (bins, channels) data; exports run_dir/model.pt.
+
+    With a `run_dir`, a checkpoint is written after every epoch and an interrupted fit resumes from
+    the newest readable one (same sessions, configuration and seed), like a single-session `fit`."""
     trainer = MultiSessionTrainer(data, muscles, config, device=device, seed=seed, readin_dim=readin_dim)
-    limit = int(max_epochs if max_epochs is not None else trainer.config.max_epochs)
-    seconds = _train(trainer, limit, progress, f"LFADS x{len(data)} sessions")
-    model = trainer.model.cpu()
-    model.load_state_dict(trainer.best_model_state())
-    model.eval()
-    sha = ""
     if run_dir is not None:
         run_dir = Path(run_dir)
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise TrainingError(f"{run_dir}: cannot create the run directory ({exc.strerror})") from None
-        _write_metrics_csv(run_dir / "metrics.csv", [{k: v for k, v in m.items() if k != "val_loss_per_session"}
-                                                     for m in trainer.metrics])
+        state = ckpt.load_latest(run_dir)
+        if state is not None:
+            if state.get("seed") != trainer.seed:
+                raise TrainingError(f"{run_dir}: holds a run with seed {state.get('seed')}, not {trainer.seed}")
+            try:
+                trainer.load_state_dict(state)
+            except TrainingError as exc:
+                raise TrainingError(f"{run_dir}: {exc}") from None
+    limit = int(max_epochs if max_epochs is not None else trainer.config.max_epochs)
+    seconds = _train(trainer, limit, progress, f"LFADS x{len(data)} sessions", run_dir)
+    model = trainer.model.cpu()
+    model.load_state_dict(trainer.best_model_state())
+    model.eval()
+    sha = ""
+    if run_dir is not None:
+        _write_metrics_csv(run_dir / "metrics.csv", _csv_rows(trainer.metrics))
         sha = export_multisession(run_dir / ckpt.WEIGHTS_FILE, model)
     return MultiSessionFitResult(model=model, config=trainer.config, metrics=list(trainer.metrics), run_dir=run_dir,
                                  best_val_loss=float(trainer.best_val), weights_sha256=sha, device=str(trainer.device),

@@ -123,6 +123,21 @@ def validate_space(space: Mapping[str, HyperParam], config: LFADSConfig) -> None
         raise ValueError("dropout must stay below 1")
 
 
+def widen_to_include(space: Mapping[str, HyperParam], values: Mapping[str, Any]
+                     ) -> tuple[dict[str, HyperParam], list[str]]:
+    """The space with each bound moved out to include `values` (a preset the search starts from, so
+    its copies can be perturbed both ways); a log-scaled range is never widened to 0 or below (the
+    temporal shift stays on). Returns (space, the names widened)."""
+    out, widened = dict(space), []
+    for name, p in space.items():
+        v = values.get(name)
+        if v is None or p.low <= v <= p.high or (p.log and v <= 0):
+            continue
+        out[name] = dataclasses.replace(p, low=min(p.low, float(v)), high=max(p.high, float(v)))
+        widened.append(name)
+    return out, widened
+
+
 def clip_to_space(values: Mapping[str, Any], space: Mapping[str, HyperParam]) -> dict[str, Any]:
     """Only the searched keys of `values`, each forced into its bounds."""
     return {name: p.clip(values[name]) for name, p in space.items()}

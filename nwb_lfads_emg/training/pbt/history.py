@@ -3,80 +3,13 @@ lineage, a text summary and the progress plot."""
 
 from __future__ import annotations
 
-import contextlib
-import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from ..search_space import HyperParam
-from .trainable import METRIC, _fmt, _member_of
-
-POLICY_FILE = "pbt_global.txt"  # Ray's log of exploit/explore steps in the experiment directory
-
-
-# ---------------------------------------------------------------------------- history
-def read_results(path: str | Path) -> dict[str, list[dict[str, Any]]]:
-    """The recorded results grouped by trial, in arrival order (a torn last line is skipped)."""
-    out: dict[str, list[dict[str, Any]]] = {}
-    p = Path(path)
-    if not p.is_file():
-        return out
-    for line in p.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        out.setdefault(str(row["trial_id"]), []).append(row)
-    return out
-
-
-def _clean_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Drop rows replayed after a resume (an iteration reported again without an exploit)."""
-    kept: list[dict[str, Any]] = []
-    for row in rows:
-        it = int(row.get("training_iteration", 0))
-        if kept and it <= int(kept[-1]["training_iteration"]):
-            if not row.get("exploited_from"):
-                kept = [r for r in kept if int(r["training_iteration"]) < it]
-            elif any(r.get("exploited_from") == row["exploited_from"] and r["training_iteration"] == it
-                     for r in kept):
-                continue  # the same copy restored again after a resume
-        kept.append(row)
-    return kept
-
-
-def _lines(path: Path) -> list[str]:
-    return [line for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
-
-
-def keep_policy_log(exp_path: Path, earlier_file: Path) -> None:
-    """Before a resume, add Ray's policy log (pbt_global.txt) to `earlier_file`.
-
-    Ray restores only an experiment's .json/.pkl files into the new session's staging directory, so
-    the first exploit after a resume starts a new pbt_global.txt there, and its upload replaces the
-    stored one: every step logged before the interruption would be lost from the history.
-    """
-    kept = set(_lines(earlier_file))
-    new = [line for line in _lines(Path(exp_path) / POLICY_FILE) if line not in kept]
-    if new:
-        with open(earlier_file, "a") as fh:
-            fh.write("".join(line + "\n" for line in new))
-
-
-def _read_policy_log(exp_path: Path, earlier_file: Path | None = None) -> list[dict[str, Any]]:
-    """Ray's own record of exploit/explore steps: those kept from before resumes, then pbt_global.txt."""
-    lines = _lines(earlier_file) if earlier_file is not None else []
-    # (a local experiment directory; not read from remote storage)
-    lines += [line for line in _lines(Path(exp_path) / POLICY_FILE) if line not in set(lines)]
-    out = []
-    for line in lines:
-        with contextlib.suppress(json.JSONDecodeError, ValueError):
-            target, source, target_it, source_it, old_cfg, new_cfg = json.loads(line)
-            out.append({"target_tag": target, "source_tag": source, "target_iteration": target_it,
-                        "source_iteration": source_it, "source_config": old_cfg, "new_config": new_cfg})
-    return out
+from .trainable import METRIC, _fmt, _member_of, member_name
 
 
 def _r(v: Any) -> Any:
@@ -85,31 +18,38 @@ def _r(v: Any) -> Any:
     return v
 
 
-def collect_history(results_file: str | Path, results: list[Any], exp_path: Path,
-                    space: Mapping[str, HyperParam], interval: int,
-                    earlier_policy_log: Path | None = None) -> dict[str, Any]:
-    """JSON-serialisable record: per trial its metric per epoch, hyper-parameter segments and exploits."""
+def _clean(obj: Any) -> Any:
+    """JSON-safe copy: floats rounded to 7 digits, non-finite ones as null."""
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    return _r(obj)
+
+
+# ---------------------------------------------------------------------------- history
+def build_history(state: dict[str, Any], space: Mapping[str, HyperParam], interval: int) -> dict[str, Any]:
+    """JSON-serialisable record from the population's record: per member its metric per epoch,
+    hyper-parameter segments and nodes; every exploit; the selection policy's own log."""
     trials: dict[str, Any] = {}
     exploits: list[dict[str, Any]] = []
-    recorded = read_results(results_file)
-    for res in results:
-        tid = str(res.metrics.get("trial_id") or "")
-        rows = _clean_rows(recorded.get(tid, []))
+    for name, rows in state["rows"].items():
         segments: list[dict[str, Any]] = []
         prev_hp: dict[str, Any] | None = None
         for row in rows:
             it = int(row["training_iteration"])
             hp = {k: _r(v) for k, v in (row.get("hp") or {}).items() if k in space}
             if row.get("exploited_from"):
-                exploits.append({"trial": tid, "source": row["exploited_from"], "iteration": it - 1,
+                exploits.append({"trial": name, "source": row["exploited_from"], "iteration": it - 1,
                                  "hp_before": prev_hp, "hp_after": hp})
             if not segments or hp != segments[-1]["hp"] or row.get("exploited_from"):
                 segments.append({"start": it, "end": it, "hp": hp, "exploited_from": row.get("exploited_from") or None})
             else:
                 segments[-1]["end"] = it
             prev_hp = hp
-        trials[tid] = {
-            "member": _member_of(tid),
+        member = next((m for m in state["members"] if member_name(m["member"]) == name), {})
+        trials[name] = {
+            "member": _member_of(name),
             "iterations": [int(r["training_iteration"]) for r in rows],
             METRIC: [_r(r.get(METRIC)) for r in rows],
             "val_loss": [_r(r.get("val_loss")) for r in rows],
@@ -117,14 +57,15 @@ def collect_history(results_file: str | Path, results: list[Any], exp_path: Path
             "initial_hp": segments[0]["hp"] if segments else {},
             "final_hp": segments[-1]["hp"] if segments else {},
             "nodes": sorted({str(r.get("node_id", "")) for r in rows if r.get("node_id")}),
-            "status": "error" if res.error is not None else "ok",
+            "status": "diverged" if member.get("diverged") else "ok",
         }
-    generations = max((max(t["iterations"], default=0) for t in trials.values()), default=0) // interval
+        if any(r.get("val_loss_per_session") for r in rows):  # a stitched model: the pooled loss's parts
+            trials[name]["val_loss_per_session"] = [_clean(r.get("val_loss_per_session")) for r in rows]
     return {
-        "metric": METRIC, "mode": "min", "population": len(results), "perturbation_interval": interval,
-        "generations": generations, "search_space": {k: p.to_dict() for k, p in space.items()},
-        "trials": trials, "exploits": exploits, "ray_policy_log": _read_policy_log(exp_path, earlier_policy_log),
-        "experiment_path": str(exp_path),
+        "metric": METRIC, "mode": "min", "population": len(state["members"]), "perturbation_interval": interval,
+        "generations": int(state["completed"]), "search_space": {k: p.to_dict() for k, p in space.items()},
+        "trials": trials, "exploits": exploits, "policy_log": _clean(state["policy_log"]),
+        "generation_log": _clean(state["generation_log"]),
     }
 
 
@@ -154,8 +95,13 @@ def summary_table(history: dict[str, Any]) -> str:
     for e in history["exploits"]:
         n_exploits[e["trial"]] = n_exploits.get(e["trial"], 0) + 1
     winner = history.get("winner", {}).get("trial")
-    lines = [f"AutoLFADS: {history['population']} members, {history['generations']} generations, "
-             f"{len(history['exploits'])} exploit/explore steps ({history.get('stop_reason', '')})",
+    lines = [f"AutoLFADS: {history['population']} members, {history['generations']} generations of "
+             f"{history['perturbation_interval']} epochs, {len(history['exploits'])} exploit/explore steps "
+             f"({history.get('stop_reason', '')})",
+             f"population: {history.get('population_rule') or 'given'}; selection: worst "
+             f"{history.get('quantile_fraction', 0.25):g} copy the best after each generation"
+             + (f"; member {history['anchor']['member']} trains the preset and is never replaced"
+                if history.get("anchor") else ""),
              f"{'member':>6} {'final ' + METRIC:>24} {'best':>10} {'exploits':>8} {'nodes':>5}"]
     for tid, t in sorted(history["trials"].items(), key=lambda kv: kv[1]["member"]):
         vals = [v for v in t[METRIC] if v is not None]
