@@ -19,7 +19,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 # Tests that must run in one worker, one after another, under `pytest -n N --dist loadgroup`:
 # the ones sharing the suite's one trained demo model (trained once per worker that needs it), and
 # the ones starting Ray clusters (two at once on one machine would compete for its CPUs and ports).
-_RAY_MODULES = {"test_pbt_local", "test_pbt_cluster"}
+_RAY_MODULES = {"test_pbt_local", "test_pbt_cluster", "test_pbt_multisession"}
 _RAY_TESTS = {"test_04_scale_out_pbt_ray_gpu"}
 
 
