@@ -534,12 +534,11 @@ def finish_baselines(emg_input: EMGInput, job: JobConfig) -> list[ActivationEsti
         if "diffusion" not in bayes_params and "jump" not in bayes_params:
             bayes_params.update(streams.tune_bayes() | {"chosen_by": "maximum marginal likelihood"})
         chosen = bayes_params.pop("chosen_by", "given")
-        scale = binned.scale[None, :]
         lowpass = np.empty(binned.data.shape, dtype=np.float32)
         bayes_est = np.empty(binned.data.shape, dtype=np.float32)
-        for k, (a, b) in enumerate(ranges):
-            lowpass[a:b] = streams.lowpass_bins(k, b - a, cutoff) / scale
-            bayes_est[a:b] = streams.bayes_bins(k, b - a, bayes_params) / scale
+        for k, (a, b) in enumerate(ranges):  # on the model's scale, block by block
+            streams.lowpass_bins(k, lowpass[a:b], cutoff, binned.scale)
+            streams.bayes_bins(k, bayes_est[a:b], bayes_params, binned.scale)
     finally:
         streams.close()
     return [
@@ -610,8 +609,8 @@ def build_results(emg_input: EMGInput, record: dict[str, Any], inference: Any,
     trained_on = {"trained_on": record.get("source_url") or shareable_location(record.get("source_location") or ""),
                   "trained_on_file_identifier": record["source_file_identifier"],
                   "trained_on_series_path": record["source_series_path"]}
-    autolfads = ActivationEstimate("AutoLFADS", inference.rates.astype(np.float32),
-                                   uncertainty=inference.rates_std.astype(np.float32),
+    autolfads = ActivationEstimate("AutoLFADS", np.asarray(inference.rates, dtype=np.float32),
+                                   uncertainty=np.asarray(inference.rates_std, dtype=np.float32),
                                    parameters={"n_posterior_samples": int(inference.n_samples), **trained_on,
                                                **input_source})
     for estimate in baselines:
@@ -627,8 +626,8 @@ def build_results(emg_input: EMGInput, record: dict[str, Any], inference: Any,
         muscles=emg_input.muscles,
         source_series_path=emg_input.series_path,
         electrode_indices=emg_input.electrode_indices,
-        factors=inference.factors.astype(np.float32),
-        inferred_inputs=inference.inferred_inputs.astype(np.float32),
+        factors=np.asarray(inference.factors, dtype=np.float32),
+        inferred_inputs=np.asarray(inference.inferred_inputs, dtype=np.float32),
         provenance=provenance,
     )
 

@@ -145,7 +145,7 @@ def bayes_filter_steps(
     refine: bool = True,
     max_batch: int = 1024,
 ) -> np.ndarray:
-    """MAP drive (M, ch) in scaled units from per-step sufficient statistics `s` (M, ch; sum of |e| or e^2
+    """MAP drive (M, ch; float32) in scaled units from per-step sufficient statistics `s` (M, ch; sum of |e| or e^2
     over the step's samples, scaled into (0, 1]) and sample counts `kk` (M,); steps last `dt` seconds.
 
     The recording's segments are filtered side by side in batches of at most `max_batch` columns
@@ -163,9 +163,13 @@ def bayes_filter_steps(
         warm = min(warm, m_steps - 1)  # the first segment's warm-up mirrors steps 1..warm
     n_seg = -(-m_steps // seg_len)
     per = max(1, max_batch // max(1, n_ch))  # segments per batch
-    parts = [_filter_segments(s, kk, dt, seg_len, warm, first, min(n_seg, first + per), n_levels, diffusion,
-                              jump, likelihood, refine) for first in range(0, n_seg, per)]
-    return np.concatenate(parts, axis=0)[:m_steps]
+    est = np.empty((m_steps, n_ch), dtype=np.float32)  # the filter's own precision: no rounding here
+    for first in range(0, n_seg, per):
+        part = _filter_segments(s, kk, dt, seg_len, warm, first, min(n_seg, first + per), n_levels, diffusion,
+                                jump, likelihood, refine)
+        a = first * seg_len
+        est[a: a + part.shape[0]] = part[: m_steps - a]
+    return est
 
 
 def _filter_segments(s: np.ndarray, kk: np.ndarray, dt: float, seg_len: int, warm: int, first: int, last: int,

@@ -217,8 +217,8 @@ class BaselineStreams:
         ll = bayes_log_marginal_sums(steps / scale[None, :], self.k_t, self.k_t / self.rate)
         return best_bayes(ll)
 
-    def bayes_bins(self, k: int, n_bins: int, params: dict[str, Any]) -> np.ndarray:
-        """The Bayesian filter's MAP of segment k on its `n_bins` bins (raw units, float64)."""
+    def bayes_bins(self, k: int, out: np.ndarray, params: dict[str, Any], out_scale: np.ndarray) -> None:
+        """The Bayesian filter's MAP of segment k on its bins, divided by `scale`, into `out` (bins, ch)."""
         seg = self.segments[k]
         steps = np.concatenate(seg.step_sums)
         kk = np.full(steps.shape[0], float(self.k_b))
@@ -229,36 +229,35 @@ class BaselineStreams:
         windows = np.concatenate(seg.window_sums)
         scale = _scale_from_windows(windows, self.n_win, seg.total, seg.n)
         squared = self.stat != "laplace"
-        s = (steps / (scale * scale if squared else scale)[None, :]).astype(np.float32)
+        steps /= (scale * scale if squared else scale)[None, :].astype(np.float32)
         opts = {key: params[key] for key in ("n_levels", "diffusion", "jump", "likelihood", "segment_s", "warmup_s",
                                              "refine") if key in params}
-        est = bayes_filter_steps(s, kk, self.k_b / self.rate, **opts) * scale[None, :]
-        return _steps_to_bins(est, kk.astype(np.int64), self.bin_samples, n_bins)
+        est = bayes_filter_steps(steps, kk, self.k_b / self.rate, **opts)
+        del steps
+        _steps_to_bins(est, scale, kk.astype(np.int64), self.bin_samples, out, out_scale)
 
-    def lowpass_bins(self, k: int, n_bins: int, cutoff_hz: float, order: int = 4, block_s: float = 120.0
-                     ) -> np.ndarray:
-        """Zero-phase Butterworth envelope of segment k at the decimated rate, on its `n_bins` bins (float64),
-        filtered in blocks with `10 / cutoff` s of signal either side (the filter's transients have decayed
-        to ~1e-10 there, so the blocks join as one filtering of the whole segment)."""
+    def lowpass_bins(self, k: int, out: np.ndarray, cutoff_hz: float, scale: np.ndarray, order: int = 4,
+                     block_s: float = 120.0) -> None:
+        """Zero-phase Butterworth envelope of segment k at the decimated rate, on its bins, divided by `scale`,
+        into `out` (bins, ch); filtered in blocks with `10 / cutoff` s of signal either side (the filter's
+        transients have decayed to ~1e-10 there, so the blocks join as one filtering of the whole segment)."""
         seg = self.segments[k]
+        n_bins = out.shape[0]
         fs = self.rate / self.d
         if not 0 < cutoff_hz < fs / 2:
             raise EMGDataError(f"lowpass_envelope: cutoff {cutoff_hz} Hz is outside (0, {fs / 2}) Hz")
         sos = sps.butter(order, cutoff_hz, btype="lowpass", fs=fs, output="sos")
         q = self.bin_samples // self.d
-        n_rows = min(seg.n_dec, n_bins * q)
+        if seg.n_dec < n_bins * q:  # cannot happen: the bins cover whole blocks of d samples
+            raise EMGDataError("low-pass baseline: fewer decimated samples than bins")
         pad = int(np.ceil(10.0 / cutoff_hz * fs))
         step = max(q, int(block_s * fs) // q * q)
-        out = np.empty((n_bins, self.n_ch))
         for a in range(0, n_bins * q, step):
             b = min(a + step, n_bins * q)
             lo, hi = max(0, a - pad), min(seg.n_dec, b + pad)
             rows = self._spilled(seg.spill_offset + lo, hi - lo)
             env = sps.sosfiltfilt(sos, rows, axis=0)[a - lo: b - lo]
-            out[a // q: b // q] = env.reshape((b - a) // q, q, self.n_ch).mean(axis=1)
-        if n_rows < n_bins * q:  # cannot happen: the bins cover whole blocks of d samples
-            raise EMGDataError("low-pass baseline: fewer decimated samples than bins")
-        return out
+            out[a // q: b // q] = env.reshape((b - a) // q, q, self.n_ch).mean(axis=1) / scale[None, :]
 
     def _spilled(self, row: int, count: int) -> np.ndarray:
         self.spill.flush()
@@ -272,15 +271,16 @@ class BaselineStreams:
             self.spill.close()
 
 
-def _steps_to_bins(est: np.ndarray, kk: np.ndarray, n_bin: int, n_bins: int, block: int = 20000) -> np.ndarray:
-    """Each step's value held over its samples, averaged per bin (as `bin_like` of the raw-rate output), by blocks."""
+def _steps_to_bins(est: np.ndarray, sc: np.ndarray, kk: np.ndarray, n_bin: int, out: np.ndarray,
+                   out_scale: np.ndarray, block: int = 20000) -> None:
+    """Each step's value (x `sc`) held over its samples, averaged per bin (as `bin_like` of the raw-rate
+    output) and divided by `out_scale`, into `out`, block by block."""
     starts = np.concatenate([[0], np.cumsum(kk)])
-    out = np.empty((n_bins, est.shape[1]))
+    n_bins = out.shape[0]
     for b0 in range(0, n_bins, block):
         b1 = min(n_bins, b0 + block)
         r0, r1 = b0 * n_bin, b1 * n_bin
         i0 = int(np.searchsorted(starts, r0, side="right")) - 1
         i1 = int(np.searchsorted(starts, r1, side="left"))
-        raw = np.repeat(est[i0:i1], kk[i0:i1], axis=0)[r0 - starts[i0]: r1 - starts[i0]]
-        out[b0:b1] = raw.reshape(b1 - b0, n_bin, est.shape[1]).mean(axis=1)
-    return out
+        raw = np.repeat(est[i0:i1] * sc[None, :], kk[i0:i1], axis=0)[r0 - starts[i0]: r1 - starts[i0]]
+        out[b0:b1] = raw.reshape(b1 - b0, n_bin, est.shape[1]).mean(axis=1) / out_scale[None, :]
