@@ -143,7 +143,7 @@ def bayes_filter_steps(
     segment_s: float | None = 30.0,
     warmup_s: float = 3.0,
     refine: bool = True,
-    max_batch: int = 1024,
+    max_batch: int = 512,
 ) -> np.ndarray:
     """MAP drive (M, ch; float32) in scaled units from per-step sufficient statistics `s` (M, ch; sum of |e| or e^2
     over the step's samples, scaled into (0, 1]) and sample counts `kk` (M,); steps last `dt` seconds.
@@ -184,8 +184,12 @@ def _filter_segments(s: np.ndarray, kk: np.ndarray, dt: float, seg_len: int, war
     rows = np.where(mirrored, -rows, rows)  # the first segment's warm-up mirrors the first steps
     beyond = rows >= m_steps
     rows_c = np.minimum(rows, m_steps - 1)
-    s_b = np.where(beyond[:, :, None], 0.0, s[rows_c]).reshape(seg_len + warm, n_seg * n_ch).astype(np.float32)
-    k_b = np.repeat(np.where(beyond, k, kk[rows_c]), n_ch, axis=1).astype(np.float32)  # (T, S*ch)
+    s_b = s[rows_c].astype(np.float32)
+    s_b[beyond] = 0.0
+    s_b = s_b.reshape(seg_len + warm, n_seg * n_ch)
+    k_b = np.where(beyond, k, kk[rows_c]).astype(np.float32)
+    del rows, rows_c, mirrored
+    k_b = np.repeat(k_b, n_ch, axis=1)  # (T, S*ch)
 
     # ---- levels, prior, transition
     levels = (np.arange(n_levels) + 1.0) / n_levels

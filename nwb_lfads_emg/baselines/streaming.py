@@ -237,7 +237,7 @@ class BaselineStreams:
         _steps_to_bins(est, scale, kk.astype(np.int64), self.bin_samples, out, out_scale)
 
     def lowpass_bins(self, k: int, out: np.ndarray, cutoff_hz: float, scale: np.ndarray, order: int = 4,
-                     block_s: float = 120.0) -> None:
+                     block_s: float = 30.0) -> None:
         """Zero-phase Butterworth envelope of segment k at the decimated rate, on its bins, divided by `scale`,
         into `out` (bins, ch); filtered in blocks with `10 / cutoff` s of signal either side (the filter's
         transients have decayed to ~1e-10 there, so the blocks join as one filtering of the whole segment)."""
@@ -251,7 +251,7 @@ class BaselineStreams:
         if seg.n_dec < n_bins * q:  # cannot happen: the bins cover whole blocks of d samples
             raise EMGDataError("low-pass baseline: fewer decimated samples than bins")
         pad = int(np.ceil(10.0 / cutoff_hz * fs))
-        step = max(q, int(block_s * fs) // q * q)
+        step = max(q, int(max(block_s * fs, 2 * pad)) // q * q)
         for a in range(0, n_bins * q, step):
             b = min(a + step, n_bins * q)
             lo, hi = max(0, a - pad), min(seg.n_dec, b + pad)
@@ -272,11 +272,12 @@ class BaselineStreams:
 
 
 def _steps_to_bins(est: np.ndarray, sc: np.ndarray, kk: np.ndarray, n_bin: int, out: np.ndarray,
-                   out_scale: np.ndarray, block: int = 20000) -> None:
+                   out_scale: np.ndarray, block_samples: int = 1 << 16) -> None:
     """Each step's value (x `sc`) held over its samples, averaged per bin (as `bin_like` of the raw-rate
     output) and divided by `out_scale`, into `out`, block by block."""
     starts = np.concatenate([[0], np.cumsum(kk)])
     n_bins = out.shape[0]
+    block = max(1, block_samples // n_bin)
     for b0 in range(0, n_bins, block):
         b1 = min(n_bins, b0 + block)
         r0, r1 = b0 * n_bin, b1 * n_bin
