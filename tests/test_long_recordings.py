@@ -137,3 +137,41 @@ def test_baselines_and_writeback_memory_is_bounded(twenty_minutes, tmp_path):
     assert old_peak > 2.5 * ceiling_mib, f"the whole-array path peaked at only {old_peak:.1f} MiB"
     for a, b in zip(old, estimates, strict=True):
         assert np.max(np.abs(a.data - b.data)) < TOLERANCE[a.method] * np.std(a.data), a.method
+
+
+def _tiny_config(**changes):  # type: ignore[no-untyped-def]
+    from nwb_lfads_emg.lfads.config import preset
+
+    c = preset("demo")
+    for key, value in dict(ic_enc_dim=8, ci_enc_dim=4, con_dim=4, co_dim=2, ic_dim=4, gen_dim=8, fac_dim=3,
+                           seg_len=20, seg_overlap=10, batch_size=8, val_fraction=0.2, val_blocks=4,
+                           **changes).items():
+        setattr(c, key, value)
+    return c
+
+
+def test_epoch_is_a_fixed_sample_of_the_whole_recording(monkeypatch):
+    """An epoch trains on `epoch_segments` segments drawn from all of a long recording (validation: as many,
+    spread over it); a recording with fewer segments trains exactly as with no limit."""
+    import torch
+
+    from nwb_lfads_emg.training.trainer import Trainer
+
+    data = np.random.default_rng(0).gamma(2.0, 0.5, size=(6000, 3)).astype(np.float32) + 0.01
+    seen: list[int] = []
+    original = Trainer._batch_masks
+    monkeypatch.setattr(Trainer, "_batch_masks", lambda self, x, sv: seen.append(x.shape[0]) or original(self, x, sv))
+    long = Trainer(data, _tiny_config(epoch_segments=40), device="cpu")
+    assert long.n_train_segments > 400
+    long.train_epoch()
+    assert sum(seen) == 40
+    assert long.x_val.shape[0] <= 40 and np.ptp(long.val_starts) > 0.6 * data.shape[0]  # spread over the recording
+
+    short = data[:600]
+    a = Trainer(short, _tiny_config(epoch_segments=None), device="cpu", seed=2)
+    b = Trainer(short, _tiny_config(epoch_segments=4096), device="cpu", seed=2)
+    assert a.n_train_segments < 4096
+    ma, mb = a.train_epoch(), b.train_epoch()
+    assert ma["train_loss"] == mb["train_loss"] and ma["val_loss"] == mb["val_loss"]
+    for (name, pa), pb in zip(a.model.state_dict().items(), b.model.state_dict().values(), strict=True):
+        assert torch.equal(pa, pb), name
