@@ -119,7 +119,8 @@ class JobConfig:
     n_posterior_samples: int | None = None  # None: training.inference.POSTERIOR_SAMPLES
     lowpass_cutoff_hz: float | None = None  # None: chosen per session by held-out prediction (baselines.tuning)
     bayes: dict[str, Any] = field(default_factory=dict)  # diffusion/jump not given: maximum marginal likelihood
-    chunk_s: float = 60.0
+    chunk_s: float = 10.0
+    """Seconds of raw EMG per read (the one pass's memory: 10 s x 32 ch at 2 kHz = 5 MB per float64 copy)."""
     progress: bool = True
     irregular: str = "raise"
     """Irregular timestamps: "raise" or "resample" onto a uniform grid (`--irregular`)."""
@@ -171,7 +172,7 @@ MIN_SEGMENT_SAMPLES = 32
 
 
 def read(source: str | Path, emg: str | None = None, cache_dir: str | None = None,
-         config: PreprocessConfig | None = None, chunk_s: float = 60.0, keep_open: bool = False,
+         config: PreprocessConfig | None = None, chunk_s: float | None = None, keep_open: bool = False,
          *, irregular: str = "raise", on_nonfinite: str = "raise", drop_dead: bool = False,
          baselines: JobConfig | None = None, spill_dir: str | Path | None = None) -> tuple[EMGInput, Any]:
     """Open a local file or DANDI asset, pick the EMG series, decide what it holds (raw EMG or an
@@ -184,6 +185,7 @@ def read(source: str | Path, emg: str | None = None, cache_dir: str | None = Non
     """
     from .sources import EMGReader, open_source
 
+    chunk_s = JobConfig.chunk_s if chunk_s is None else chunk_s
     opened = open_source(str(source), cache_dir=cache_dir)
     tap = None
     try:
