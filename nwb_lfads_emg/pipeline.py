@@ -120,7 +120,8 @@ class JobConfig:
     lowpass_cutoff_hz: float | None = None  # None: chosen per session by held-out prediction (baselines.tuning)
     bayes: dict[str, Any] = field(default_factory=dict)  # diffusion/jump not given: maximum marginal likelihood
     chunk_s: float = 10.0
-    """Seconds of raw EMG per read (the one pass's memory: 10 s x 32 ch at 2 kHz = 5 MB per float64 copy)."""
+    """Seconds of raw EMG per read, at most (the one pass's memory: 10 s x 32 ch at 2 kHz = 5 MB per float64
+    copy); fast, wide arrays read fewer seconds, `MAX_CHUNK_VALUES` samples x channels at most."""
     progress: bool = True
     irregular: str = "raise"
     """Irregular timestamps: "raise" or "resample" onto a uniform grid (`--irregular`)."""
@@ -169,6 +170,8 @@ class EMGInput:
 
 #: Segments (trials) shorter than this many samples are left out (a filter needs a few samples).
 MIN_SEGMENT_SAMPLES = 32
+#: Samples x channels of one read of the pass, at most (32 MB as float64; 30 kHz x 32 ch: 4.4 s).
+MAX_CHUNK_VALUES = 1 << 22
 
 
 def read(source: str | Path, emg: str | None = None, cache_dir: str | None = None,
@@ -195,6 +198,7 @@ def read(source: str | Path, emg: str | None = None, cache_dir: str | None = Non
         cfg = resolved_config(config, decision)
         used: list[int] | None = None
         n_bin = bin_samples_for(reader.rate, cfg.bin_ms)
+        chunk_s = min(chunk_s, MAX_CHUNK_VALUES / (reader.rate * max(1, len(reader.muscles))))
         if reader.timestamped:
             used = [k for k, (a, b) in enumerate(reader.segments) if b - a >= max(n_bin, MIN_SEGMENT_SAMPLES)]
         if baselines is not None:
