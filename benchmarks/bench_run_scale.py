@@ -134,6 +134,21 @@ def child(source: Path, workdir: Path) -> dict:
             "out_mb": (workdir / "out.nwb").stat().st_size / 1e6}
 
 
+def markdown_table(rows: list[dict]) -> str:
+    """One line per (size, label): raw size, wall time per stage, peak RSS of the run and of its write-back child."""
+    head = ("| session (32 ch) | raw float32 | code | read+preprocess | baselines | training | inference | write-back "
+            "| total | peak RSS (write-back child) |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in sorted((r for r in rows if "stages" in r), key=lambda r: (r["rate"], r["minutes"], r["label"] != "before")):
+        s = r["stages"]
+        lines.append(f"| {r['minutes']:g} min at {r['rate'] / 1000:g} kHz | {r['raw_float32_mb'] / 1000:.2f} GB | "
+                     f"{r['label']} | " + " | ".join(f"{s.get(k, 0.0):.0f} s" for k in
+                                                     ("read+preprocess", "baselines", "training", "inference",
+                                                      "write-back"))
+                     + f" | {r['wall_s']:.0f} s | {r['peak_rss_mb'] / 1000:.2f} GB ({r['child_peak_rss_mb'] / 1000:.2f} GB) |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="10m@2000,30m@2000,60m@2000,10m@30000",
@@ -143,8 +158,13 @@ def main() -> None:
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--label", default="")
     ap.add_argument("--json", default=None, help="append the results to this JSON file")
+    ap.add_argument("--table", nargs="+", default=None, metavar="JSON",
+                    help="print the README's markdown table from --json files (e.g. before.json after.json)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.table:
+        print(markdown_table([r for f in args.table for r in json.loads(Path(f).read_text())]))
+        return
     if args.child:
         print(json.dumps(child(Path(args.child), Path(args.workdir))), flush=True)
         return
@@ -177,10 +197,10 @@ def main() -> None:
               + f"  peak RSS {res['peak_rss_mb']:6.0f} MB (write child {res['child_peak_rss_mb']:.0f} MB)",
               flush=True)
         subprocess.run(["rm", "-rf", str(job_dir)], check=False)
-    if args.json:
-        path = Path(args.json)
-        old = json.loads(path.read_text()) if path.exists() else []
-        path.write_text(json.dumps(old + rows, indent=1))
+        if args.json:  # after every size: a long series of runs keeps what it measured
+            path = Path(args.json)
+            old = json.loads(path.read_text()) if path.exists() else []
+            path.write_text(json.dumps(old + [res], indent=1))
 
 
 if __name__ == "__main__":
