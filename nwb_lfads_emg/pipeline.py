@@ -120,7 +120,9 @@ class JobConfig:
     n_posterior_samples: int | None = None  # None: training.inference.POSTERIOR_SAMPLES
     lowpass_cutoff_hz: float | None = None  # None: chosen per session by held-out prediction (baselines.tuning)
     bayes: dict[str, Any] = field(default_factory=dict)  # diffusion/jump not given: maximum marginal likelihood
-    chunk_s: float = 60.0
+    chunk_s: float = 10.0
+    """Seconds of raw EMG per read, at most (the one pass's memory: 10 s x 32 ch at 2 kHz = 5 MB per float64
+    copy); fast, wide arrays read fewer seconds, `MAX_CHUNK_VALUES` samples x channels at most."""
     progress: bool = True
     irregular: str = "raise"
     """Irregular timestamps: "raise" or "resample" onto a uniform grid (`--irregular`)."""
@@ -163,43 +165,56 @@ class EMGInput:
     is_remote: bool
     segments: list[int] | None = None
     """Indices of the reader's segments (trials) that were used, when the series has gaps."""
+    streams: Any = None
+    """What the baselines need of the raw series, gathered in the same pass (`baselines.streaming`), if asked."""
 
 
 #: Segments (trials) shorter than this many samples are left out (a filter needs a few samples).
 MIN_SEGMENT_SAMPLES = 32
+#: Samples x channels of one read of the pass, at most (32 MB as float64; 30 kHz x 32 ch: 4.4 s).
+MAX_CHUNK_VALUES = 1 << 22
 
 
 def read(source: str | Path, emg: str | None = None, cache_dir: str | None = None,
-         config: PreprocessConfig | None = None, chunk_s: float = 60.0, keep_open: bool = False,
-         *, irregular: str = "raise", on_nonfinite: str = "raise", drop_dead: bool = False
-         ) -> tuple[EMGInput, Any]:
+         config: PreprocessConfig | None = None, chunk_s: float | None = None, keep_open: bool = False,
+         *, irregular: str = "raise", on_nonfinite: str = "raise", drop_dead: bool = False,
+         baselines: JobConfig | None = None, spill_dir: str | Path | None = None) -> tuple[EMGInput, Any]:
     """Open a local file or DANDI asset, pick the EMG series, decide what it holds (raw EMG or an
     envelope, `decide_input`) and preprocess it chunk by chunk, each contiguous segment on its own.
 
-    Returns the preprocessed input and (opened source, reader) when `keep_open`, else None.
+    With `baselines` (the job) the same pass also gathers what the baselines need (`EMGInput.streams`,
+    for `finish_baselines`; the low-pass input spills to an unlinked file in `spill_dir`), so the raw
+    series is read once and never held whole. Returns the preprocessed input and (opened source,
+    reader) when `keep_open`, else None.
     """
     from .sources import EMGReader, open_source
 
+    chunk_s = JobConfig.chunk_s if chunk_s is None else chunk_s
     opened = open_source(str(source), cache_dir=cache_dir)
+    tap = None
     try:
         reader = EMGReader(opened, emg, on_nonfinite=on_nonfinite, drop_dead=drop_dead, irregular=irregular)
         config = config or PreprocessConfig()
         decision = decide_input(reader.rate, config, reader.texts(), reader.head())
         cfg = resolved_config(config, decision)
         used: list[int] | None = None
+        n_bin = bin_samples_for(reader.rate, cfg.bin_ms)
+        chunk_s = min(chunk_s, MAX_CHUNK_VALUES / (reader.rate * max(1, len(reader.muscles))))
         if reader.timestamped:
-            n_bin = bin_samples_for(reader.rate, cfg.bin_ms)
             used = [k for k, (a, b) in enumerate(reader.segments) if b - a >= max(n_bin, MIN_SEGMENT_SAMPLES)]
+        if baselines is not None:
+            tap = baseline_streams(reader, n_bin, decision.kind == "envelope", used, baselines, spill_dir)
+        if reader.timestamped:
             left_out = len(reader.segments) - len(used)
             if left_out:
                 log.warning(f"{opened.location}: {reader.series_path}: {left_out} of {len(reader.segments)} "
                             f"segments are shorter than {max(n_bin, MIN_SEGMENT_SAMPLES)} samples; left out")
             binned = preprocess_segments([reader.iter_chunks(chunk_s, segment=k) for k in used], reader.rate, cfg,
                                          starting_times=[reader.segment_times(k)[0] for k in used],
-                                         muscles=reader.muscles)
+                                         muscles=reader.muscles, tap=tap)
         else:
             binned = preprocess_chunks(reader.iter_chunks(chunk_s), reader.rate, cfg,
-                                       starting_time=reader.starting_time, muscles=reader.muscles)
+                                       starting_time=reader.starting_time, muscles=reader.muscles, tap=tap)
         binned.decision = decision
         emg_input = EMGInput(
             binned=binned,
@@ -211,14 +226,28 @@ def read(source: str | Path, emg: str | None = None, cache_dir: str | None = Non
             dandi_url=opened.dandi_url,
             is_remote=opened.is_remote,
             segments=used,
+            streams=tap,
         )
     except BaseException:
         opened.close()
+        if tap is not None:
+            tap.close()
         raise
     if not keep_open:
         opened.close()
         return emg_input, None
     return emg_input, (opened, reader)
+
+
+def baseline_streams(reader: Any, bin_samples: int, envelope: bool, used: list[int] | None, job: JobConfig,
+                     spill_dir: str | Path | None) -> Any:
+    """The collector of the baselines' inputs for one read pass (`baselines.streaming.BaselineStreams`)."""
+    from .baselines.streaming import LOWPASS_MIN_RATE, BaselineStreams
+
+    total = reader.n_samples if used is None else sum(b - a for a, b in (reader.segments[k] for k in used))
+    lowpass_rate = max(LOWPASS_MIN_RATE, 4.0 * float(job.lowpass_cutoff_hz or 0.0))  # a given cutoff: far below Nyquist
+    return BaselineStreams(reader.rate, len(reader.muscles), bin_samples, total, envelope=envelope,
+                           bayes=job.bayes, spill_dir=spill_dir, lowpass_rate=lowpass_rate)
 
 
 def choose_job_time_scales(source: str | Path, emg: str | None, cache_dir: str | None, job: JobConfig) -> None:
@@ -447,7 +476,10 @@ def infer(run_dir: str | Path, emg_input: EMGInput, n_samples: int | None = None
 
 def baseline_estimates(emg_da: Any, binned: Binned, job: JobConfig) -> list[ActivationEstimate]:
     """Low-pass envelope and Bayesian filter of the rectified EMG (or of the envelope itself), on the
-    model's bins and scale. `emg_da` is the EMG as a DataArray, or a list of them, one per segment."""
+    model's bins and scale. `emg_da` is the EMG as a DataArray, or a list of them, one per segment.
+
+    The whole-array reference of `finish_baselines` (which `run` and `annotate` use): it holds the raw
+    series and float64 copies of it, so it suits short recordings only."""
     from .baselines.bayes import bayes_filter
     from .baselines.lowpass import lowpass_envelope
     from .baselines.tuning import select_cutoff_cv, tune_bayes
@@ -485,6 +517,47 @@ def baseline_estimates(emg_da: Any, binned: Binned, job: JobConfig) -> list[Acti
                                        "cutoff_chosen_by": "held-out prediction of rectified EMG" if tuned
                                        else "given (--lowpass-hz)"}),
         ActivationEstimate("BayesianFilter", bayes_est.astype(np.float32),
+                           parameters={"likelihood": "laplace", **bayes_params, "parameters_chosen_by": chosen}),
+    ]
+
+
+def finish_baselines(emg_input: EMGInput, job: JobConfig) -> list[ActivationEstimate]:
+    """Low-pass envelope and Bayesian filter from what the read pass gathered (`read(..., baselines=job)`), on
+    the model's bins and scale, segment by segment; memory follows the bins, not the raw series.
+
+    Same parameters and estimates as `baseline_estimates` on the whole raw series (kept as the reference),
+    to float32 rounding, except that input faster than 2 kHz is low-passed after averaging to >= 2 kHz, and
+    that on recordings over 10 minutes the low-pass cutoff is chosen on 10 minutes spread over the recording.
+    """
+    streams = emg_input.streams
+    binned = emg_input.binned
+    if streams is None:
+        raise TrainingError(f"{emg_input.location}: baselines: the input was read without baselines=job")
+    try:
+        check_lowpass(job, binned.raw_rate)
+        ranges = binned.segment_ranges
+        if len(streams.segments) != len(ranges):
+            raise TrainingError(f"baselines: {len(streams.segments)} EMG segments for {len(ranges)} binned segments")
+        tuned = job.lowpass_cutoff_hz is None
+        cutoff = streams.choose_cutoff() if tuned else float(job.lowpass_cutoff_hz)  # type: ignore[arg-type]
+        bayes_params = dict(job.bayes)
+        if "diffusion" not in bayes_params and "jump" not in bayes_params:
+            bayes_params.update(streams.tune_bayes() | {"chosen_by": "maximum marginal likelihood"})
+        chosen = bayes_params.pop("chosen_by", "given")
+        lowpass = np.empty(binned.data.shape, dtype=np.float32)
+        bayes_est = np.empty(binned.data.shape, dtype=np.float32)
+        for k, (a, b) in enumerate(ranges):  # on the model's scale, block by block
+            streams.lowpass_bins(k, lowpass[a:b], cutoff, binned.scale)
+            streams.bayes_bins(k, bayes_est[a:b], bayes_params, binned.scale)
+    finally:
+        streams.close()
+    return [
+        ActivationEstimate("LowPass", lowpass,
+                           parameters={"cutoff_hz": cutoff, "order": 4, "zero_phase": True,
+                                       "cutoff_chosen_by": "held-out prediction of rectified EMG" if tuned
+                                       else "given (--lowpass-hz)",
+                                       "filtered_at_hz": binned.raw_rate / streams.d}),
+        ActivationEstimate("BayesianFilter", bayes_est,
                            parameters={"likelihood": "laplace", **bayes_params, "parameters_chosen_by": chosen}),
     ]
 
@@ -546,8 +619,8 @@ def build_results(emg_input: EMGInput, record: dict[str, Any], inference: Any,
     trained_on = {"trained_on": record.get("source_url") or shareable_location(record.get("source_location") or ""),
                   "trained_on_file_identifier": record["source_file_identifier"],
                   "trained_on_series_path": record["source_series_path"]}
-    autolfads = ActivationEstimate("AutoLFADS", inference.rates.astype(np.float32),
-                                   uncertainty=inference.rates_std.astype(np.float32),
+    autolfads = ActivationEstimate("AutoLFADS", np.asarray(inference.rates, dtype=np.float32),
+                                   uncertainty=np.asarray(inference.rates_std, dtype=np.float32),
                                    parameters={"n_posterior_samples": int(inference.n_samples), **trained_on,
                                                **input_source})
     for estimate in baselines:
@@ -563,8 +636,8 @@ def build_results(emg_input: EMGInput, record: dict[str, Any], inference: Any,
         muscles=emg_input.muscles,
         source_series_path=emg_input.series_path,
         electrode_indices=emg_input.electrode_indices,
-        factors=inference.factors.astype(np.float32),
-        inferred_inputs=inference.inferred_inputs.astype(np.float32),
+        factors=np.asarray(inference.factors, dtype=np.float32),
+        inferred_inputs=np.asarray(inference.inferred_inputs, dtype=np.float32),
         provenance=provenance,
     )
 
@@ -681,21 +754,27 @@ def _annotate(source: str | Path, run_dir: str | Path, out: str | Path | None, i
     record = load_run(run_dir)
     job = job or JobConfig.from_dict(record["job"])  # a caller's job (and its preprocessing) is used as given
     emg_input, handle = read(source, emg, cache_dir, job.preprocess, job.chunk_s, keep_open=True,
-                             **_read_options(job))
-    opened, reader = handle
+                             **_read_options(job), baselines=job, spill_dir=run_dir)
+    return _annotate_input(source, run_dir, emg_input, handle[0], out, in_place, overwrite, job, destination)
+
+
+def _annotate_input(source: str | Path, run_dir: str | Path, emg_input: EMGInput, opened: Any,
+                    out: str | Path | None, in_place: bool, overwrite: bool, job: JobConfig,
+                    destination: Destination) -> Path:
+    """Infer, finish the baselines gathered by the read pass, write back; closes the source (and the streams)."""
+    record = load_run(run_dir)
     try:
         _check_destination(source, out, in_place, emg_input)
         inference = infer(run_dir, emg_input, job.n_posterior_samples, job.device, job.seed)
-        if emg_input.segments is None:
-            emg_da: Any = reader.to_dataarray()
-        else:
-            emg_da = [reader.to_dataarray(segment=k) for k in emg_input.segments]
-        baselines = baseline_estimates(emg_da, emg_input.binned, job)
+        baselines = finish_baselines(emg_input, job)
         results = build_results(emg_input, record, inference, baselines)
+        del inference
         if emg_input.is_remote:
             return write(source, emg_input, results, out, in_place, overwrite, opened.nwbfile)
     finally:
         opened.close()
+        if emg_input.streams is not None:
+            emg_input.streams.close()
     return write(source, emg_input, results, out, in_place, overwrite, stamp=destination.stamp)
 
 
@@ -731,11 +810,18 @@ def run(source: str | Path, run_dir: str | Path, out: str | Path | None = None, 
         if in_place and not overwrite:
             _refuse_if_annotated(source)
         choose_job_time_scales(source, emg, cache_dir, job)
-        emg_input, _ = read(source, emg, cache_dir, job.preprocess, job.chunk_s, **_read_options(job))
-        _check_destination(source, out, in_place, emg_input)
-        check_lowpass(job, emg_input.binned.raw_rate)
-        fit(emg_input, run_dir, job)
-        return _annotate(source, run_dir, out, in_place, emg, overwrite, cache_dir, job, destination)
+        # one pass over the raw series: the model's bins and the baselines' inputs (the source stays open)
+        emg_input, handle = read(source, emg, cache_dir, job.preprocess, job.chunk_s, keep_open=True,
+                                 **_read_options(job), baselines=job, spill_dir=run_dir)
+        try:
+            _check_destination(source, out, in_place, emg_input)
+            check_lowpass(job, emg_input.binned.raw_rate)
+            fit(emg_input, run_dir, job)
+        except BaseException:
+            handle[0].close()
+            emg_input.streams.close()
+            raise
+        return _annotate_input(source, run_dir, emg_input, handle[0], out, in_place, overwrite, job, destination)
 
 
 def _refuse_if_annotated(source: str | Path) -> None:
@@ -761,6 +847,6 @@ def _refuse_if_annotated(source: str | Path) -> None:
 
 __all__ = [
     "JobConfig", "PBTSettings", "EMGInput", "read", "choose_job_time_scales", "fit", "infer", "annotate", "run",
-    "write", "baseline_estimates", "build_results", "load_run", "lfads_config", "check_job", "check_destination",
+    "write", "baseline_estimates", "finish_baselines", "build_results", "load_run", "lfads_config", "check_job", "check_destination",
     "Destination", "NwbLfadsEmgError",
 ]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from typing import Protocol
 
 import numpy as np
 import scipy.signal as sps
@@ -180,6 +181,15 @@ class _Stage1:
         if self.rectify:
             y = np.abs(y)
         return self.aa(y) if antialias else y
+
+
+class Tap(Protocol):
+    """Receives the rectified EMG (raw rate, before the anti-alias low-pass) of every chunk of a pass:
+    what the baselines need is gathered in the same pass as the model's bins (`baselines.streaming`)."""
+
+    def start_segment(self) -> None: ...
+    def feed(self, rectified: np.ndarray) -> None: ...
+    def end_segment(self, kept: bool = True) -> None: ...
 
 
 class _Binner:
@@ -462,6 +472,7 @@ def _bin_chunks(
     config: PreprocessConfig,
     starting_time: float | None,
     muscles: Sequence[str] | None,
+    tap: Tap | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, float, int, float, list[str]] | None:
     """Stage 1 and binning of consecutive chunks: (bins, bin start times or None, rate, samples per
     bin, start time, muscles), or None when the chunks hold no data."""
@@ -506,7 +517,10 @@ def _bin_chunks(
             expected_t = float(t[-1]) + 1.0 / rate
         timed = timed and t is not None
         assert binner is not None
-        out = binner(stage1(data, antialias=True), t if timed else None)
+        rectified = stage1(data)
+        if tap is not None:
+            tap.feed(rectified)
+        out = binner(stage1.aa(rectified), t if timed else None)
         if out.shape[0]:
             pieces.append(out)
     if pending is not None and stage1 is None:
@@ -532,10 +546,16 @@ def preprocess_chunks(
     starting_time: float | None = None,
     muscles: Sequence[str] | None = None,
     stats: ChannelStats | None = None,
+    tap: Tap | None = None,
 ) -> Binned:
-    """Same as `preprocess` on the concatenation of consecutive chunks, holding only the bins in memory."""
+    """Same as `preprocess` on the concatenation of consecutive chunks, holding only the bins in memory
+    (`tap` also gets each chunk's rectified EMG)."""
     config = _with_bins(_checked(config), rate)
-    got = _bin_chunks(chunks, rate, config, starting_time, muscles)
+    if tap is not None:
+        tap.start_segment()
+    got = _bin_chunks(chunks, rate, config, starting_time, muscles, tap)
+    if tap is not None:
+        tap.end_segment(got is not None)
     if got is None:
         raise EMGDataError("EMG chunks: no data, or less than one bin in all")
     binned, _, r, n_bin, t0, names = got
@@ -549,6 +569,7 @@ def preprocess_segments(
     starting_times: Sequence[float] | None = None,
     muscles: Sequence[str] | None = None,
     stats: ChannelStats | None = None,
+    tap: Tap | None = None,
 ) -> Binned:
     """Preprocess contiguous segments (trials separated by gaps) each on its own (filters restart,
     bins never straddle a gap) with one clip level and scale for all; `Binned.segments` gives each
@@ -562,7 +583,11 @@ def preprocess_segments(
     offset = 0
     for k, chunks in enumerate(segments):
         t_k = None if starting_times is None else float(starting_times[k])
-        got = _bin_chunks(chunks, rate, config, t_k, muscles)
+        if tap is not None:
+            tap.start_segment()
+        got = _bin_chunks(chunks, rate, config, t_k, muscles, tap)
+        if tap is not None:
+            tap.end_segment(got is not None)
         if got is None:
             continue
         binned, starts, _, n_bin, t0, names = got

@@ -27,11 +27,11 @@ from .pipeline import (
     _job_dict,
     _read_options,
     _refuse_if_annotated,
-    baseline_estimates,
     build_results,
     check_destination,
     check_job,
     choose_job_time_scales,
+    finish_baselines,
     lfads_config,
     load_run,
     pbt_arguments,
@@ -202,17 +202,18 @@ def _annotate_session(source: str | Path, run_dir: str | Path, out: str | Path |
     if adapt_epochs is not None:
         job.max_epochs = int(adapt_epochs)
     emg_input, handle = read(source, emg, cache_dir, job.preprocess, job.chunk_s, keep_open=True,
-                             **_read_options(job))
-    opened, reader = handle
+                             **_read_options(job), baselines=job, spill_dir=run_dir)
+    opened, _ = handle
     try:
         _check_destination(source, out, in_place, emg_input)
         inference, used, adapt_metrics = infer_session(run_dir, emg_input, job, adapt, record)
-        baselines = baseline_estimates(reader.to_dataarray(), emg_input.binned, job)
+        baselines = finish_baselines(emg_input, job)  # gathered by the read pass
         results = _results(emg_input, record, inference, baselines, used, adapt_metrics)
         if emg_input.is_remote:
             return write(source, emg_input, results, out, in_place, overwrite, opened.nwbfile)
     finally:
         opened.close()
+        emg_input.streams.close()
     return write(source, emg_input, results, out, in_place, overwrite, stamp=destination.stamp)
 
 

@@ -125,10 +125,34 @@ def bayes_filter(
         k_list.append(np.array([float(n - n_full * k)]))
     s = np.concatenate(s_list, axis=0)  # (M, ch)
     kk = np.concatenate(k_list)  # (M,)
-    m_steps = s.shape[0]
-    dt = k / rate
+    est = bayes_filter_steps(s, kk, k / rate, n_levels, diffusion, jump, likelihood, segment_s, warmup_s,
+                             refine) * sc[None, :]
+    if output == "raw":
+        est = np.repeat(est, kk.astype(int), axis=0)
+    return est[:, 0] if squeeze else est
 
-    # ---- segments filtered side by side; each preceded by a warm-up over the data before it
+
+def bayes_filter_steps(
+    s: np.ndarray,
+    kk: np.ndarray,
+    dt: float,
+    n_levels: int = 50,
+    diffusion: float = DEFAULT_DIFFUSION,
+    jump: float = DEFAULT_JUMP,
+    likelihood: str = "laplace",
+    segment_s: float | None = 30.0,
+    warmup_s: float = 3.0,
+    refine: bool = True,
+    max_batch: int = 512,
+) -> np.ndarray:
+    """MAP drive (M, ch; float32) in scaled units from per-step sufficient statistics `s` (M, ch; sum of |e| or e^2
+    over the step's samples, scaled into (0, 1]) and sample counts `kk` (M,); steps last `dt` seconds.
+
+    The recording's segments are filtered side by side in batches of at most `max_batch` columns
+    (segments x channels), so memory follows the batch, not the recording (each column is independent).
+    """
+    s = np.asarray(s)
+    m_steps, n_ch = s.shape
     if segment_s is None or m_steps <= 1:
         seg_len, warm = m_steps, 0
     else:
@@ -136,21 +160,36 @@ def bayes_filter(
         warm = min(max(0, int(round(warmup_s / dt))), m_steps)
         if seg_len >= m_steps:
             seg_len, warm = m_steps, 0
+        warm = min(warm, m_steps - 1)  # the first segment's warm-up mirrors steps 1..warm
     n_seg = -(-m_steps // seg_len)
-    if warm:  # mirror the first steps so the first segment has a warm-up too
-        s_pad = np.concatenate([s[1: warm + 1][::-1], s], axis=0)
-        k_pad = np.concatenate([kk[1: warm + 1][::-1], kk])
-        warm = s_pad.shape[0] - m_steps
-    else:
-        s_pad, k_pad = s, kk
-    total = n_seg * seg_len + warm
-    if total > s_pad.shape[0]:  # pad the end (discarded)
-        extra = total - s_pad.shape[0]
-        s_pad = np.concatenate([s_pad, np.zeros((extra, n_ch))], axis=0)
-        k_pad = np.concatenate([k_pad, np.full(extra, float(k))])
-    t_idx = np.arange(seg_len + warm)[:, None] + (np.arange(n_seg) * seg_len)[None, :]  # (T, S)
-    s_b = s_pad[t_idx].reshape(seg_len + warm, n_seg * n_ch).astype(np.float32)  # (T, S*ch)
-    k_b = np.repeat(k_pad[t_idx], n_ch, axis=1).astype(np.float32)  # (T, S*ch)
+    per = max(1, max_batch // max(1, n_ch))  # segments per batch
+    est = np.empty((m_steps, n_ch), dtype=np.float32)  # the filter's own precision: no rounding here
+    for first in range(0, n_seg, per):
+        part = _filter_segments(s, kk, dt, seg_len, warm, first, min(n_seg, first + per), n_levels, diffusion,
+                                jump, likelihood, refine)
+        a = first * seg_len
+        est[a: a + part.shape[0]] = part[: m_steps - a]
+    return est
+
+
+def _filter_segments(s: np.ndarray, kk: np.ndarray, dt: float, seg_len: int, warm: int, first: int, last: int,
+                     n_levels: int, diffusion: float, jump: float, likelihood: str, refine: bool) -> np.ndarray:
+    """Steps of segments [first, last) (each `seg_len` steps after `warm` steps of warm-up), (steps, ch)."""
+    m_steps, n_ch = s.shape
+    n_seg = last - first
+    k = float(kk[0]) if len(kk) else 1.0
+    # rows of (mirrored warm-up) + data + (end padding) needed by these segments
+    rows = np.arange(seg_len + warm)[:, None] + (np.arange(first, last) * seg_len)[None, :] - warm  # (T, S)
+    mirrored = rows < 0
+    rows = np.where(mirrored, -rows, rows)  # the first segment's warm-up mirrors the first steps
+    beyond = rows >= m_steps
+    rows_c = np.minimum(rows, m_steps - 1)
+    s_b = s[rows_c].astype(np.float32)
+    s_b[beyond] = 0.0
+    s_b = s_b.reshape(seg_len + warm, n_seg * n_ch)
+    k_b = np.where(beyond, k, kk[rows_c]).astype(np.float32)
+    del rows, rows_c, mirrored
+    k_b = np.repeat(k_b, n_ch, axis=1)  # (T, S*ch)
 
     # ---- levels, prior, transition
     levels = (np.arange(n_levels) + 1.0) / n_levels
@@ -218,8 +257,4 @@ def bayes_filter(
                 pmax_log[:] = 0.0
     est = (out_idx + 1 + out_frac) / n_levels  # (T, S*ch)
     est = est[warm:].reshape(seg_len, n_seg, n_ch).transpose(1, 0, 2).reshape(n_seg * seg_len, n_ch)
-    est = est[:m_steps] * sc[None, :]
-    if output == "raw":
-        est = np.repeat(est, np.concatenate([np.full(n_full, k), [n - n_full * k]])[: m_steps].astype(int),
-                        axis=0)
-    return est[:, 0] if squeeze else est
+    return est

@@ -42,9 +42,21 @@ def cutoff_cv_scores(rectified: np.ndarray, rate: float, cutoffs: Sequence[float
     x = np.abs(np.asarray(rectified, dtype=np.float64))
     if x.ndim == 1:
         x = x[:, None]
-    k = max(1, int(round(rate / work_rate)))
-    y = _block_means(x, k)
-    fs = rate / k
+    k = cv_decimation(rate, work_rate)
+    return cutoff_cv_scores_decimated(_block_means(x, k), rate / k, cutoffs, block_s, n_folds, order, guard_s)
+
+
+def cv_decimation(rate: float, work_rate: float = 500.0) -> int:
+    """Raw samples averaged into one sample of the cutoff search's working signal (about `work_rate` Hz)."""
+    return max(1, int(round(rate / work_rate)))
+
+
+def cutoff_cv_scores_decimated(y: np.ndarray, fs: float, cutoffs: Sequence[float] = CV_CUTOFFS,
+                               block_s: float = 0.01, n_folds: int = 5, order: int = 4, guard_s: float = 0.005,
+                               channel_group: int = 8) -> dict[float, float]:
+    """`cutoff_cv_scores` on rectified EMG already averaged to `fs` Hz (`y`, time x channels; what a chunked
+    pass keeps). Channels are scored `channel_group` at a time (each channel's score is its own)."""
+    y = np.asarray(y, dtype=np.float64)
     blk = max(1, int(round(block_s * fs)))
     n = y.shape[0]
     if n < 4 * n_folds * (blk + 2 * int(round(guard_s * fs))):
@@ -65,11 +77,15 @@ def cutoff_cv_scores(rectified: np.ndarray, rate: float, cutoffs: Sequence[float
         err = 0.0
         for f in range(n_folds):
             m = (fold != f).astype(np.float64)[:, None]
-            num = sps.sosfiltfilt(sos, y * m, axis=0, padtype="even")
-            den = sps.sosfiltfilt(sos, np.broadcast_to(m, y.shape), axis=0, padtype="even")
+            den = sps.sosfiltfilt(sos, m, axis=0, padtype="even")  # the same for every channel
             held = (fold == f) & scored
-            pred = num[held] / np.maximum(den[held], 1e-3)
-            err += float(np.mean(np.mean((pred - y[held]) ** 2, axis=0) / var))
+            per_channel = []
+            for j in range(0, y.shape[1], channel_group):
+                yj = y[:, j:j + channel_group]
+                num = sps.sosfiltfilt(sos, yj * m, axis=0, padtype="even")
+                pred = num[held] / np.maximum(den[held], 1e-3)
+                per_channel.append(np.mean((pred - yj[held]) ** 2, axis=0))
+            err += float(np.mean(np.concatenate(per_channel) / var))
         scores[float(c)] = err / n_folds
     if not scores:
         raise EMGDataError(f"cutoff_cv_scores: no usable cutoff in {list(cutoffs)} at {fs} Hz")
@@ -99,7 +115,16 @@ def bayes_log_marginal(rectified: np.ndarray, rate: float, diffusions: Sequence[
     if m < 2:
         raise EMGDataError("bayes_log_marginal: too little EMG to tune the Bayesian filter")
     s = x[: m * k].reshape(m, k, x.shape[1]).sum(axis=1)  # (M, ch) sufficient statistic
-    dt = k / rate
+    return bayes_log_marginal_sums(s, k, k / rate, diffusions, jumps, n_levels)
+
+
+def bayes_log_marginal_sums(s: np.ndarray, k: int, dt: float, diffusions: Sequence[float] = BAYES_DIFFUSIONS,
+                            jumps: Sequence[float] = BAYES_JUMPS, n_levels: int = 50) -> np.ndarray:
+    """`bayes_log_marginal` from the per-step sums of the scaled rectified EMG (`s`, steps x channels; `k`
+    samples of `dt` s in all per step): what a chunked pass keeps of the session's first minutes."""
+    m = s.shape[0]
+    if m < 2:
+        raise EMGDataError("bayes_log_marginal: too little EMG to tune the Bayesian filter")
     levels = (np.arange(n_levels) + 1.0) / n_levels
     grid = [(d, j) for d in diffusions for j in jumps]
     g = len(grid)
@@ -127,6 +152,12 @@ def tune_bayes(rectified: np.ndarray, rate: float, diffusions: Sequence[float] =
         ll = bayes_log_marginal(rectified, rate, diffusions, jumps, **kwargs)  # type: ignore[arg-type]
     except EMGDataError:
         return {"diffusion": DEFAULT_DIFFUSION, "jump": DEFAULT_JUMP}
+    return best_bayes(ll, diffusions, jumps)
+
+
+def best_bayes(ll: np.ndarray, diffusions: Sequence[float] = BAYES_DIFFUSIONS,
+               jumps: Sequence[float] = BAYES_JUMPS) -> dict[str, float]:
+    """{"diffusion", "jump"} at the maximum of a `bayes_log_marginal` grid."""
     i, j = np.unravel_index(int(np.argmax(ll)), ll.shape)
     return {"diffusion": float(diffusions[i]), "jump": float(jumps[j])}
 

@@ -89,6 +89,11 @@ class LFADSConfig:
     seg_overlap: int = 50
     val_fraction: float = 0.2
     val_blocks: int = 5
+    epoch_segments: int | None = 4096
+    """Training segments per epoch, drawn at random from all of the recording's (None: all of them), so an
+    epoch's cost does not grow with the recording; at most as many validation segments are scored, evenly
+    spread over the validation blocks. A recording with fewer segments (below ~10 min at 5 ms bins and the
+    demo's 60-bin segments) trains and validates on all of them every epoch."""
     # --- compute
     precision: str = "auto"  # "auto" (bf16/fp16 autocast on CUDA, fp32 on CPU), "fp32", "bf16", "fp16"
     compile: bool = False
@@ -112,6 +117,8 @@ class LFADSConfig:
         """Raise ValueError on inconsistent settings."""
         if self.likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {LIKELIHOODS}, not {self.likelihood!r}")
+        if self.epoch_segments is not None and int(self.epoch_segments) < 1:
+            raise ValueError(f"epoch_segments ({self.epoch_segments}) must be at least 1 (or None: all segments)")
         if not 0 <= self.seg_overlap < self.seg_len:
             raise ValueError(f"seg_overlap ({self.seg_overlap}) must be in [0, seg_len={self.seg_len})")
         if not 0.0 <= self.cd_rate < 1.0 or not 0.0 <= self.dropout < 1.0 or not 0.0 <= self.sv_rate < 1.0:

@@ -243,7 +243,9 @@ class Decoder(nn.Module):
             ci_proj = F.linear(ci, self.con.weight_ih[:, : self.ci_dim], self.con.bias_ih)
             if sample:
                 eps = torch.randn(batch, n_steps, self.co_dim, device=ic_sample.device, dtype=ci_proj.dtype)
-            if self.fast and not torch.is_autocast_enabled() and ci_proj.shape[1] == n_steps:
+            # the fused loop keeps every step's intermediates for its backward: only worth it with gradients
+            if self.fast and torch.is_grad_enabled() and not torch.is_autocast_enabled() \
+                    and ci_proj.shape[1] == n_steps:
                 con, gen = self.con, self.gen
                 fac, co_mean, co_log_var, u = _DecoderLoop.apply(
                     ci_proj, eps if eps is not None else ci_proj.new_zeros(0), f, c, g, fac_w,

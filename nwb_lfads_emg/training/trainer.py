@@ -142,6 +142,9 @@ class Trainer:
         sv_tr, _ = chop_blocks(sv_np, self.train_blocks, c.seg_len, c.seg_overlap)
         x_va, self.val_starts = chop_blocks(self.data, self.val_blocks, c.seg_len, c.seg_overlap)
         sv_va, _ = chop_blocks(sv_np, self.val_blocks, c.seg_len, c.seg_overlap)
+        if c.epoch_segments and x_va.shape[0] > c.epoch_segments:  # a long recording: an even spread of them
+            keep = np.unique(np.linspace(0, x_va.shape[0] - 1, int(c.epoch_segments)).round().astype(np.int64))
+            x_va, sv_va, self.val_starts = x_va[keep], sv_va[keep], self.val_starts[keep]
         dev = self.device
         self.x_train = torch.from_numpy(x_tr).to(dev)
         self.sv_train = torch.from_numpy(sv_tr).to(dev)
@@ -253,11 +256,13 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr_now
         order = torch.randperm(self.n_train_segments, generator=self.generator)
+        if c.epoch_segments:  # a fixed number drawn from the whole recording (all of a short one)
+            order = order[: int(c.epoch_segments)]
         sums = {k: torch.zeros((), device=self.device) for k in ("loss", "recon", "kl_ic", "kl_co", "l2")}
         sv_sum = torch.zeros((), device=self.device)
         sv_count = torch.zeros((), device=self.device)
         n_batches = 0
-        for i in range(0, self.n_train_segments, c.batch_size):
+        for i in range(0, len(order), c.batch_size):
             idx = order[i : i + c.batch_size].to(self.device)
             x, sv = self.x_train[idx], self.sv_train[idx]
             x_in, x_tgt, keep, grad_mask, heldin = self._batch_masks(x, sv)

@@ -1,0 +1,207 @@
+"""Benchmark: the whole `run --preset demo --max-epochs 1` as the recording grows; time per stage, peak RSS.
+
+    nice -n 15 python benchmarks/bench_run_scale.py [--sizes 10m@2000,30m@2000,60m@2000,10m@30000]
+        [--channels 32] [--workdir DIR] [--label after] [--json results.json]
+
+Each size is a simulated session (`simulate_session`, 32 muscles, `--base-s` seconds simulated once per
+rate and tiled to the length) written as a Myomatrix-like NWB file (int16 ElectricalSeries with a
+conversion, 1 s x channels gzip chunks, block by block so the writer's memory stays flat). Each run is
+its own process (`pipeline.run`, the API the CLI calls), so its peak RSS (`ru_maxrss`, the write-back's
+forked child counted separately) is its own. The stages are timed by wrapping the pipeline's functions
+(exclusive time, nested wrapped calls subtracted): read+preprocess (`read`, the raw series loaded for
+the baselines), baselines, training (`fit`), inference (`infer`), write-back (`write`); "other" is the
+rest (locks, checks, provenance). The same script times any revision of the package: put its folder
+first on PYTHONPATH (a checkout of main gives the BEFORE column).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+STAGES = {  # stage -> (module, attribute) wrapped when present in the revision under test
+    "read+preprocess": [("nwb_lfads_emg.pipeline", "read"), ("nwb_lfads_emg.pipeline", "read_pass"),
+                        ("nwb_lfads_emg.sources.reader", "EMGReader.to_dataarray")],
+    "baselines": [("nwb_lfads_emg.pipeline", "baseline_estimates"),
+                  ("nwb_lfads_emg.pipeline", "finish_baselines")],
+    "training": [("nwb_lfads_emg.pipeline", "fit")],
+    "inference": [("nwb_lfads_emg.pipeline", "infer")],
+    "write-back": [("nwb_lfads_emg.pipeline", "write")],
+}
+
+
+def write_session(path: Path, minutes: float, rate: float, n_ch: int, base_s: float) -> int:
+    """A simulated session of `minutes` (a `base_s` simulation tiled), written block by block; bytes of raw int16."""
+    from datetime import datetime, timezone
+
+    from hdmf.backends.hdf5 import H5DataIO
+    from hdmf.data_utils import DataChunkIterator
+    from pynwb import NWBHDF5IO, NWBFile
+    from pynwb.ecephys import ElectricalSeries
+    from pynwb.file import Subject
+
+    from nwb_lfads_emg.simulate import SimulationConfig, simulate_session
+
+    cfg = SimulationConfig(n_muscles=n_ch, duration_s=base_s, emg_rate=rate, seed=0)
+    session = simulate_session(cfg)
+    conversion = cfg.emg_amplitude_v * 20 / 32767
+    base = np.clip(np.round(session.emg / conversion), -32767, 32767).astype(np.int16)
+    del session
+    n = int(round(minutes * 60 * rate))
+    block = int(rate) * 10
+
+    def blocks():
+        done = 0
+        while done < n:
+            a = done % base.shape[0]
+            take = min(block, n - done, base.shape[0] - a)
+            yield from base[a:a + take]
+            done += take
+
+    nwb = NWBFile(session_description=f"Simulated {minutes:g} min, {n_ch}-muscle EMG at {rate:g} Hz (benchmark).",
+                  identifier=f"bench-run-scale-{path.stem}", session_start_time=datetime(2026, 1, 1, tzinfo=timezone.utc))
+    nwb.subject = Subject(subject_id="bench", species="Rattus norvegicus", sex="M", age="P90D")
+    dev = nwb.create_device(name="EMGAmplifier", description="Simulated bipolar EMG amplifier.")
+    grp = nwb.create_electrode_group(name="EMG", description="Bipolar intramuscular EMG electrodes.",
+                                     location="hindlimb", device=dev)
+    for k in range(n_ch):
+        nwb.add_electrode(location=f"M{k:02d}", group=grp)
+    region = nwb.create_electrode_table_region(list(range(n_ch)), "one bipolar EMG channel per muscle")
+    it = DataChunkIterator(data=blocks(), maxshape=(n, n_ch), dtype=np.dtype("int16"), buffer_size=block)
+    nwb.add_acquisition(ElectricalSeries(
+        name="EMG", description="Raw EMG (simulated), one bipolar channel per muscle.",
+        data=H5DataIO(it, chunks=(int(rate), n_ch), compression="gzip", compression_opts=1),
+        electrodes=region, rate=rate, starting_time=0.0, conversion=conversion))
+    with NWBHDF5IO(str(path), "w") as io:
+        io.write(nwb)
+    return n * n_ch * 2
+
+
+def _wrap_stages(times: dict[str, float]) -> None:
+    """Wrap the pipeline's stage functions with exclusive timers (nested wrapped calls subtracted)."""
+    import importlib
+
+    stack: list[list[float]] = []
+
+    def timed(stage: str, fn):  # type: ignore[no-untyped-def]
+        def inner(*args, **kwargs):  # type: ignore[no-untyped-def]
+            stack.append([time.perf_counter(), 0.0])
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                start, nested = stack.pop()
+                spent = time.perf_counter() - start
+                times[stage] = times.get(stage, 0.0) + spent - nested
+                if stack:
+                    stack[-1][1] += spent
+        return inner
+
+    for stage, targets in STAGES.items():
+        for module_name, attr in targets:
+            module = importlib.import_module(module_name)
+            owner, name = module, attr
+            if "." in attr:
+                cls, name = attr.split(".")
+                owner = getattr(module, cls)
+            if hasattr(owner, name):
+                setattr(owner, name, timed(stage, getattr(owner, name)))
+
+
+def child(source: Path, workdir: Path) -> dict:
+    """One `run --preset demo --max-epochs 1` in this process; stage times and peak RSS."""
+    from nwb_lfads_emg import pipeline
+
+    times: dict[str, float] = {}
+    _wrap_stages(times)
+    job = pipeline.JobConfig(preset="demo", max_epochs=1, progress=False, seed=0)
+    t0 = time.perf_counter()
+    pipeline.run(str(source), workdir / "run", out=workdir / "out.nwb", job=job)
+    wall = time.perf_counter() - t0
+    times["other"] = wall - sum(times.values())
+    self_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    child_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return {"wall_s": wall, "stages": times, "peak_rss_mb": self_kb / 1024, "child_peak_rss_mb": child_kb / 1024,
+            "cpu_s": sum(resource.getrusage(resource.RUSAGE_SELF)[:2]),
+            "out_mb": (workdir / "out.nwb").stat().st_size / 1e6}
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """One line per (size, label): raw size, wall time per stage, peak RSS of the run and of its write-back child."""
+    head = ("| session (32 ch) | raw float32 | code | read+preprocess | baselines | training | inference | write-back "
+            "| total | peak RSS (write-back child) |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in sorted((r for r in rows if "stages" in r), key=lambda r: (r["rate"], r["minutes"], r["label"] != "before")):
+        s = r["stages"]
+        lines.append(f"| {r['minutes']:g} min at {r['rate'] / 1000:g} kHz | {r['raw_float32_mb'] / 1000:.2f} GB | "
+                     f"{r['label']} | " + " | ".join(f"{s.get(k, 0.0):.0f} s" for k in
+                                                     ("read+preprocess", "baselines", "training", "inference",
+                                                      "write-back"))
+                     + f" | {r['wall_s']:.0f} s | {r['peak_rss_mb'] / 1000:.2f} GB ({r['child_peak_rss_mb'] / 1000:.2f} GB) |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="10m@2000,30m@2000,60m@2000,10m@30000",
+                    help="comma-separated MINUTESm@RATE")
+    ap.add_argument("--channels", type=int, default=32)
+    ap.add_argument("--base-s", type=float, default=120.0, help="seconds simulated per rate, tiled to each length")
+    ap.add_argument("--workdir", default=None)
+    ap.add_argument("--label", default="")
+    ap.add_argument("--json", default=None, help="append the results to this JSON file")
+    ap.add_argument("--table", nargs="+", default=None, metavar="JSON",
+                    help="print the README's markdown table from --json files (e.g. before.json after.json)")
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.table:
+        print(markdown_table([r for f in args.table for r in json.loads(Path(f).read_text())]))
+        return
+    if args.child:
+        print(json.dumps(child(Path(args.child), Path(args.workdir))), flush=True)
+        return
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench_run_scale_"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for spec in args.sizes.split(","):
+        minutes, rate = spec.split("m@")
+        minutes, rate = float(minutes), float(rate)
+        src = workdir / f"emg_{minutes:g}min_{rate:g}Hz_{args.channels}ch.nwb"
+        if not src.exists():
+            t = time.perf_counter()
+            write_session(src, minutes, rate, args.channels, args.base_s)
+            print(f"# wrote {src.name} in {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
+        raw_mb = minutes * 60 * rate * args.channels * 4 / 1e6
+        job_dir = Path(tempfile.mkdtemp(prefix="job_", dir=workdir))
+        proc = subprocess.run([sys.executable, __file__, "--child", str(src), "--workdir", str(job_dir)],
+                              capture_output=True, text=True, env=os.environ.copy())
+        if proc.returncode != 0:
+            print(proc.stderr[-3000:], file=sys.stderr)
+            rows.append({"size": spec, "failed": proc.returncode})
+            continue
+        res = json.loads(proc.stdout.strip().splitlines()[-1])
+        res.update(size=spec, minutes=minutes, rate=rate, channels=args.channels, raw_float32_mb=raw_mb,
+                   file_mb=src.stat().st_size / 1e6, label=args.label)
+        rows.append(res)
+        s = res["stages"]
+        print(f"{args.label:8s} {minutes:5g} min {rate:6g} Hz {args.channels} ch  raw f32 {raw_mb:7.0f} MB  "
+              f"wall {res['wall_s']:6.1f} s  " + "  ".join(f"{k} {v:6.1f}" for k, v in s.items())
+              + f"  peak RSS {res['peak_rss_mb']:6.0f} MB (write child {res['child_peak_rss_mb']:.0f} MB)",
+              flush=True)
+        subprocess.run(["rm", "-rf", str(job_dir)], check=False)
+        if args.json:  # after every size: a long series of runs keeps what it measured
+            path = Path(args.json)
+            old = json.loads(path.read_text()) if path.exists() else []
+            path.write_text(json.dumps(old + [res], indent=1))
+
+
+if __name__ == "__main__":
+    main()
