@@ -87,7 +87,7 @@ def _normalised(raw: np.ndarray, preprocess: Any) -> tuple[np.ndarray, np.ndarra
 
 def select_time_scales(probe: np.ndarray, probe_ms: float, preprocess: Any, device: str = "cpu", seed: int = 0,
                        steps: int | None = None, max_epochs: int | None = None, held_out_rate: float = 0.1,
-                       max_seconds: float = 300.0) -> dict[str, Any] | None:
+                       max_seconds: float = 300.0, trace: list | None = None) -> dict[str, Any] | None:
     """Bin width and segment length chosen by held-out prediction on a common time base, or None when the
     recording is too short for two candidates.
 
@@ -96,7 +96,8 @@ def select_time_scales(probe: np.ndarray, probe_ms: float, preprocess: Any, devi
     cells (one channel over the coarsest candidate's bin) are hidden from every candidate; after a
     short run (`steps` gradient steps, default 150 on CPU / 600 on CUDA, at most `max_epochs` epochs)
     each predicts the hidden cells' mean rectified EMG, and the best held-out R^2 wins. No behaviour
-    and no truth are used. At most the first `max_seconds` of the recording are used.
+    and no truth are used. At most the first `max_seconds` of the recording are used. `trace`, when
+    given, receives (bin ms, cell means of the candidate's rates in raw units) per candidate (benchmarks).
     """
     import time
 
@@ -134,6 +135,8 @@ def select_time_scales(probe: np.ndarray, probe_ms: float, preprocess: Any, devi
                                                                          config.max_epochs // 3))
         rates, _ = train_held_out(x, config, mask, device=device, seed=seed)
         pred = (rates[: n_cells * per_cell] * scale[None, :]).reshape(n_cells, per_cell, n_ch).mean(1)
+        if trace is not None:
+            trace.append((float(bin_ms), pred))
         r2 = []
         for c in range(n_ch):
             h = hidden[:, c]
