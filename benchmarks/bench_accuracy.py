@@ -10,7 +10,7 @@ behaviour: an upper reference, not a method a user can run).
 
     python benchmarks/bench_accuracy.py                         # everything (long on 2 CPU cores)
     python benchmarks/bench_accuracy.py --real 3Amar 3Apie --sim none
-    python benchmarks/bench_accuracy.py --real none --sim motor_units:locomotion --seeds 0 1 2
+    python benchmarks/bench_accuracy.py --real none --sim motor_units:locomotion carrier-20-80:isometric --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -27,9 +27,35 @@ DATA = ROOT.parent / "shared" / "data"
 METHODS = ("AutoLFADS", "LowPass", "BayesianFilter", "LowPassOracle")
 
 
+ROWS: list[tuple[str, dict[str, float], float, str]] = []
+
+
 def _row(label: str, scores: dict[str, float], seconds: float, extra: str = "") -> None:
+    ROWS.append((label, scores, seconds, extra))
     cells = "  ".join(f"{scores.get(m, float('nan')):>13.3f}" for m in METHODS)
     print(f"{label:<34} {cells}  {seconds:7.0f} s  {extra}", flush=True)
+
+
+def _markdown() -> str:
+    """The table as the README shows it: best per row in bold, AutoLFADS' margin over each baseline."""
+    head = "| session | " + " | ".join(METHODS) + " | AutoLFADS - LowPass / Bayes / oracle | time scales |"
+    lines = [head, "|" + "---|" * (len(METHODS) + 3)]
+    for label, scores, seconds, extra in ROWS:
+        best = max(METHODS, key=lambda m: scores.get(m, float("-inf")))
+        cells = [f"**{scores[m]:.3f}**" if m == best else f"{scores.get(m, float('nan')):.3f}" for m in METHODS]
+        a = scores.get("AutoLFADS", float("nan"))
+        margins = " / ".join(f"{a - scores.get(m, float('nan')):+.3f}" for m in METHODS[1:])
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {margins} | {extra}, {seconds:.0f} s |")
+    return "\n".join(lines)
+
+
+def _time_scales(record: dict) -> str:
+    ts = record["job"]["time_scales"]
+    text = f"bins {ts['bin_ms']:g} ms, segments {ts['segment_ms'] / 1000:g} s"
+    if ts.get("candidates"):
+        text += " (held-out R^2 " + ", ".join(f"{c['bin_ms']:g} ms {c['held_out_r2']:.3f}"
+                                              for c in ts["candidates"]) + ")"
+    return text + f", {len(record['metrics'])} epochs"
 
 
 def _scores(table: object, analysis: str, target: str | None) -> dict[str, float]:
@@ -67,10 +93,8 @@ def bench_real(names: list[str], work: Path, max_epochs: int | None) -> None:
             target = "knee_angle"
         out, record = _annotate(src, work, max_epochs, 0)
         table = evaluate_file(out)
-        ts = record["job"]["time_scales"]
         _row(f"{name} decode {target}", _scores(table, "decode_linear", target), time.perf_counter() - t0,
-             f"bins {ts['bin_ms']:.0f} ms, segments {ts['segment_ms'] / 1000:.1f} s, "
-             f"{len(record['metrics'])} epochs")
+             _time_scales(record))
 
 
 def bench_sim(specs: list[str], seeds: list[int], work: Path, max_epochs: int | None) -> None:
@@ -78,24 +102,25 @@ def bench_sim(specs: list[str], seeds: list[int], work: Path, max_epochs: int | 
     from nwb_lfads_emg.simulate import SimulationConfig, simulate_session, write_session_nwb
 
     for spec in specs:
-        model, task = spec.split(":")
+        label, task = spec.split(":")
+        model, _, band = label.partition("-")  # "carrier-30-250": the carrier model with that band (Hz)
+        extra = {"carrier_band_hz": tuple(float(f) for f in band.split("-"))} if band else {}
         for seed in seeds:
             t0 = time.perf_counter()
-            cfg = SimulationConfig(emg_model=model, task=task, seed=seed, duration_s=60.0)
-            src = write_session_nwb(simulate_session(cfg), work / f"sim_{model}_{task}_{seed}.nwb")
+            cfg = SimulationConfig(emg_model=model, task=task, seed=seed, duration_s=60.0, **extra)
+            src = write_session_nwb(simulate_session(cfg), work / f"sim_{label}_{task}_{seed}.nwb")
             out, record = _annotate(src, work, max_epochs, 0)
             table = evaluate_file(out)
-            ts = record["job"]["time_scales"]
-            _row(f"sim {model} {task} seed {seed}", _scores(table, "vs_truth", None), time.perf_counter() - t0,
-                 f"bins {ts['bin_ms']:.1f} ms, segments {ts['segment_ms'] / 1000:.1f} s, "
-                 f"{len(record['metrics'])} epochs")
+            _row(f"sim {label} {task} seed {seed}", _scores(table, "vs_truth", None), time.perf_counter() - t0,
+                 _time_scales(record))
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--real", nargs="*", default=["3Amar", "3Asen", "3Apie", "subject01:VL", "subject02:VL"])
     p.add_argument("--sim", nargs="*", default=["motor_units:locomotion", "motor_units:isometric",
-                                                "carrier:locomotion", "carrier:isometric"])
+                                                "carrier-30-250:locomotion", "carrier-30-250:isometric",
+                                                "carrier-20-80:locomotion", "carrier-20-80:isometric"])
     p.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
     p.add_argument("--max-epochs", type=int, default=None, help="cap the auto preset's epochs (default: none)")
     args = p.parse_args()
@@ -106,6 +131,7 @@ def main() -> None:
         work = Path(tmp)
         bench_real(real, work, args.max_epochs)
         bench_sim(sims, args.seeds, work, args.max_epochs)
+    print("\n" + _markdown(), flush=True)
 
 
 if __name__ == "__main__":

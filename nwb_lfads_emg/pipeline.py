@@ -254,8 +254,11 @@ def choose_job_time_scales(source: str | Path, emg: str | None, cache_dir: str |
     """Settle the job's bin width and segment length (into `job.preprocess`, `job.segment_ms`, `job.time_scales`).
 
     Values the user gave (`job.bin_ms`, `job.segment_ms`) are kept. With the auto preset the others
-    come from the recording: it is read once at fine (2 ms) bins to find its envelope's bandwidth
-    (`timescales.choose_time_scales`). Other presets keep their own segments and 5 ms bins.
+    come from the recording, read once at fine (2 ms) bins: when neither is given, by held-out
+    prediction of a few candidates' short runs on a common time base (`timescales.select_time_scales`;
+    `--max-epochs` caps those runs too), else (or when the recording is too short for two candidates)
+    from its envelope's bandwidth (`timescales.choose_time_scales`). Other presets keep their own
+    segments and 5 ms bins.
     """
     if job.bin_ms is not None:
         job.preprocess = replace(job.preprocess, bin_ms=float(job.bin_ms))
@@ -264,15 +267,24 @@ def choose_job_time_scales(source: str | Path, emg: str | None, cache_dir: str |
     if job.preset != "auto" or (job.bin_ms is not None and job.segment_ms is not None):
         job.time_scales = {"bin_ms": job.preprocess.bin_ms, "segment_ms": job.segment_ms, "chosen_by": "given"}
         return
-    from .timescales import choose_time_scales
+    from .timescales import choose_time_scales, select_time_scales
 
     probe_ms = _probe_bin_ms(source, emg, cache_dir, job)
     probe, _ = read(source, emg, cache_dir, replace(job.preprocess, bin_ms=probe_ms, clip_percentile=None),
                     job.chunk_s, **_read_options(job))
     b = probe.binned
     rect = np.asarray(b.data, dtype=np.float64) * np.asarray(b.scale)[None, :]
-    chosen = choose_time_scales(rect, b.bin_rate).to_dict() | {"chosen_by": "data", "raw_rate": b.raw_rate,
-                                                              "probe_bin_ms": probe_ms}
+    probe_ms = 1000.0 / float(b.bin_rate)
+    selected = None
+    if job.bin_ms is None and job.segment_ms is None and len(b.segment_ranges) == 1:
+        selected = select_time_scales(rect, probe_ms, job.preprocess, _device_name(job), job.seed,
+                                      max_epochs=job.max_epochs)
+    if selected is not None:
+        chosen = selected | {"chosen_by": "data", "method": "held-out prediction", "raw_rate": b.raw_rate,
+                             "probe_bin_ms": probe_ms, "duration_s": rect.shape[0] * probe_ms / 1000.0}
+    else:
+        chosen = choose_time_scales(rect, b.bin_rate).to_dict() | {
+            "chosen_by": "data", "method": "envelope bandwidth", "raw_rate": b.raw_rate, "probe_bin_ms": probe_ms}
     chosen["bin_ms"] = max(float(chosen["bin_ms"]), probe_ms)  # never finer than the input's own samples
     if job.bin_ms is not None:
         chosen["bin_ms"], chosen["bin_ms_given"] = float(job.bin_ms), True

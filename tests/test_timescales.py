@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from nwb_lfads_emg.lfads.auto import auto_config
-from nwb_lfads_emg.timescales import choose_time_scales
+from nwb_lfads_emg.timescales import choose_time_scales, time_scale_candidates
 
 RATE = 1000.0
 
@@ -35,6 +35,37 @@ def test_slower_envelopes_get_wider_bins_and_longer_segments():
         assert ts.segment_ms >= 1000.0 or ts.segment_ms / ts.bin_ms >= 100
     short = choose_time_scales(_rectified(5.0, 4.0), RATE)  # a short recording still gets >= 10 segments
     assert short.segment_ms <= 4000.0 / 10 + short.bin_ms
+
+
+def test_time_scale_candidates_tile_a_common_bin():
+    cands = time_scale_candidates(2.0, 60.0)
+    assert [b for _, b, _ in cands] == [4.0, 8.0, 16.0, 32.0]
+    assert all(s == 100 * b for _, b, s in cands) and all(cands[-1][0] % k == 0 for k, _, _ in cands)
+    short = time_scale_candidates(2.0, 10.0)  # segments at most a fifth of the recording: 2 s
+    assert [b for _, b, _ in short] == [4.0, 8.0, 16.0]
+    assert time_scale_candidates(25.0, 60.0) == [(1, 25.0, 2500.0)]  # a coarse envelope input: one candidate
+
+
+def test_held_out_entries_never_reach_the_predictions():
+    """The selection's score is honest: what a candidate predicts at hidden entries does not depend on them."""
+    from nwb_lfads_emg.lfads.auto import auto_config
+    from nwb_lfads_emg.training.selection import masked_rates
+    from nwb_lfads_emg.training.trainer import Trainer
+
+    rng = np.random.default_rng(0)
+    data = rng.gamma(2.0, 0.5, size=(400, 3)).astype(np.float32)
+    mask = np.zeros_like(data, dtype=bool)
+    mask[40:48, 1] = mask[200:208, 2] = True
+    cfg = auto_config(400, 3, 10.0, 400.0, steps=1)
+    cfg.val_fraction, cfg.sv_rate = 0.0, float(mask.mean())
+    trainer = Trainer(data, cfg, device="cpu", seed=0, sv_mask=mask)
+    trainer.train_epoch()
+    before = masked_rates(trainer, mask)
+    trainer.data = data.copy()
+    trainer.data[mask] *= 10.0
+    np.testing.assert_allclose(masked_rates(trainer, mask), before, rtol=1e-5, atol=1e-6)
+    trainer.data[100, 0] *= 10.0  # a visible entry does change them
+    assert not np.allclose(masked_rates(trainer, mask), before, rtol=1e-5, atol=1e-6)
 
 
 def test_auto_config_from_size_and_device():
@@ -64,8 +95,11 @@ def test_cli_run_on_real_recording_records_the_time_scales(shared_data_dir, tmp_
     record = json.loads((run_dir / "job.json").read_text())
     ts = record["job"]["time_scales"]
     assert record["job"]["preset"] == "auto" and ts["chosen_by"] == "data"
+    assert ts["method"] == "held-out prediction" and len(ts["candidates"]) >= 3
+    best = max(ts["candidates"], key=lambda c: c["held_out_r2"])  # the best held-out score won, and was used
+    assert (ts["bin_ms"], ts["segment_ms"]) == (best["bin_ms"], best["segment_ms"])
+    assert all(c["epochs"] <= 2 for c in ts["candidates"])  # --max-epochs caps the selection's runs too
     assert ts["bin_ms"] == pytest.approx(1000.0 / record["bin_rate"])  # the model ran on the chosen bins
-    assert ts["bin_ms"] > 5.0 and ts["segment_ms"] >= 1000.0  # a slow standing task: coarser than the demo's
     config = json.loads((run_dir / "config.json").read_text())
     assert config["seg_len"] == round(ts["segment_ms"] / ts["bin_ms"])
     table = evaluate_file(out)

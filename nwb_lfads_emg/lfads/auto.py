@@ -7,12 +7,12 @@ import math
 from .config import LFADSConfig, preset
 
 
-def auto_config(n_bins: int, n_channels: int, bin_ms: float, segment_ms: float, device: str = "cpu"
-                ) -> LFADSConfig:
+def auto_config(n_bins: int, n_channels: int, bin_ms: float, segment_ms: float, device: str = "cpu",
+                steps: int | None = None) -> LFADSConfig:
     """Sizes, segments, epochs and held-out blocks for `n_bins` bins of `n_channels` channels.
 
     CPU: the demo preset's widths on one thread, about `steps` = 1000 gradient steps (about as long
-    as the demo); CUDA: the default preset's widths and 4000 steps. Factors follow the channel count
+    as the demo); CUDA: the default preset's widths and 4000 steps (`steps` overrides: a short run). Factors follow the channel count
     (4-16). Recordings under 5 minutes hold out 20 % in 5 blocks for early stopping (the smoothed
     held-out loss picks the weights), longer ones rely on sample validation.
     """
@@ -30,8 +30,11 @@ def auto_config(n_bins: int, n_channels: int, bin_ms: float, segment_ms: float, 
     n_segments = max(1, int(train_bins / max(cfg.seg_len - cfg.seg_overlap, 1)))
     cfg.batch_size = int(min(cfg.batch_size if not gpu else 128, max(8, n_segments // 4)))
     steps_per_epoch = math.ceil(n_segments / cfg.batch_size)
-    steps = 4000 if gpu else 1000
-    cfg.max_epochs = int(min(max(steps // steps_per_epoch, 40), 400))
+    if steps is None:
+        steps = 4000 if gpu else 1000
+        cfg.max_epochs = int(min(max(steps // steps_per_epoch, 40), 400))
+    else:
+        cfg.max_epochs = max(1, math.ceil(steps / steps_per_epoch))
     cfg.patience = max(20, cfg.max_epochs // 5)
     cfg.kl_increase_epoch = cfg.l2_increase_epoch = max(5, cfg.max_epochs // 7)
     cfg.validate()

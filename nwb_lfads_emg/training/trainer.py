@@ -104,7 +104,7 @@ class Trainer:
     """Owns the model, optimiser, data segments and RNG of one run; advance it with `train_epoch()`."""
 
     def __init__(self, data: np.ndarray, config: LFADSConfig, device: str | torch.device = "auto",
-                 seed: int = 0, breaks: list[int] | None = None) -> None:
+                 seed: int = 0, breaks: list[int] | None = None, sv_mask: np.ndarray | None = None) -> None:
         try:
             config.validate()
         except ValueError as exc:
@@ -116,6 +116,10 @@ class Trainer:
         self.n_bins, self.n_channels = self.data.shape
         self.data_digest = _data_digest(self.data)
         self.breaks = sorted(int(b) for b in (breaks or []))  # bins where the recording has a gap (trials)
+        # held-out entries given by the caller (time-scale selection hides the same stretches at every bin width)
+        self._sv_given = None if sv_mask is None else np.asarray(sv_mask, dtype=bool)
+        if self._sv_given is not None and self._sv_given.shape != self.data.shape:
+            raise TrainingError(f"sample-validation mask: shape {self._sv_given.shape}, data {self.data.shape}")
         set_torch_threads(config.num_threads)
         c = self.config
         # the trainer owns its RNG streams (global torch RNG forked around every use), so that several
@@ -136,7 +140,8 @@ class Trainer:
         if not self.train_blocks:
             raise TrainingError(f"segments: no stretch between gaps in the recording is as long as one training "
                                 f"segment ({c.seg_len} bins); choose shorter segments (--segment-ms)")
-        sv = sample_validation_mask(self.data.shape, c.sv_rate, torch.Generator().manual_seed(self.seed + 7919))
+        sv = (sample_validation_mask(self.data.shape, c.sv_rate, torch.Generator().manual_seed(self.seed + 7919))
+              if self._sv_given is None else torch.from_numpy(self._sv_given))
         sv_np = sv.numpy()
         x_tr, self.train_starts = chop_blocks(self.data, self.train_blocks, c.seg_len, c.seg_overlap)
         sv_tr, _ = chop_blocks(sv_np, self.train_blocks, c.seg_len, c.seg_overlap)
