@@ -203,7 +203,7 @@ def read(source: str | Path, emg: str | None = None, cache_dir: str | None = Non
         if reader.timestamped:
             used = [k for k, (a, b) in enumerate(reader.segments) if b - a >= max(n_bin, MIN_SEGMENT_SAMPLES)]
         if baselines is not None:
-            check_lowpass(baselines, reader.rate)  # before the spill file's folder (the run dir) is made
+            check_lowpass(baselines, reader.rate)  # refused before the pass reads anything
             tap = baseline_streams(reader, n_bin, decision.kind == "envelope", used, baselines, spill_dir)
         if reader.timestamped:
             left_out = len(reader.segments) - len(used)

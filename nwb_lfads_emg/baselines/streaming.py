@@ -150,9 +150,9 @@ class BaselineStreams:
         self.seen = 0  # pooled samples fed so far
         self.segments: list[_Segment] = []
         self._current: _Segment | None = None
-        directory = Path(spill_dir) if spill_dir is not None else Path(tempfile.gettempdir())
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, path = temp_beside(directory / "lowpass-input", "spill")
+        directory = Path(spill_dir) if spill_dir is not None and Path(spill_dir).is_dir() else None
+        # a run directory that does not exist yet is not made here (a job refused later leaves nothing)
+        fd, path = temp_beside((directory or Path(tempfile.gettempdir())) / "lowpass-input", "spill")
         os.unlink(path)  # nothing is left behind, whatever ends the run
         self.spill = os.fdopen(fd, "w+b")
         self.spill_rows = 0
