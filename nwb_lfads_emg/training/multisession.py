@@ -38,7 +38,9 @@ from .trainer import (
     _write_metrics_csv,
     autocast_dtype,
     check_data,
+    progress_state,
     resolve_device,
+    restore_progress,
 )
 
 WEIGHTS_KIND = "multisession"
@@ -219,18 +221,7 @@ class MultiSessionTrainer:
             "muscles": self.model.session_muscles,
             "readin_dim": int(self.model.readin_dim),
             "session_ids": list(self.session_ids),
-            "epoch": self.epoch,
-            "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
-            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
-            "scaler": self.scaler.state_dict(),
-            "torch_rng": self._rng_state.clone(),
-            "generator": self.generator.get_state(),
-            "val_smoothed": self.val_smoothed,
-            "best_val": self.best_val,
-            "best_epoch": self.best_epoch,
-            "best_state": self.best_state,
-            "bad_epochs": self.bad_epochs,
-            "metrics": copy.deepcopy(self.metrics),
+            **progress_state(self),
         }
 
     def load_state_dict(self, state: dict[str, Any], check_data: bool = True) -> None:
@@ -246,21 +237,7 @@ class MultiSessionTrainer:
             raise TrainingError("checkpoint: made for other sessions (their muscles or the read-in size differ)")
         if check_data and state["data_digest"] != self.data_digest:
             raise TrainingError("checkpoint: made from different data than given now")
-        self.set_hyperparameters({k: getattr(saved, k) for k in MUTABLE_HYPERPARAMETERS})
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.config.lr
-        self.scaler.load_state_dict(state["scaler"])
-        self.epoch = int(state["epoch"])
-        self._rng_state = state["torch_rng"].clone()
-        self.generator.set_state(state["generator"])
-        self.val_smoothed = state["val_smoothed"]
-        self.best_val = state["best_val"]
-        self.best_epoch = state["best_epoch"]
-        self.best_state = state["best_state"]
-        self.bad_epochs = state["bad_epochs"]
-        self.metrics = copy.deepcopy(state["metrics"])
+        restore_progress(self, state, saved)
 
     def best_model_state(self) -> dict[str, torch.Tensor]:
         """Weights with the best smoothed pooled validation loss (current weights if none recorded)."""

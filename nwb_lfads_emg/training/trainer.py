@@ -341,19 +341,7 @@ class Trainer:
             "seed": self.seed,
             "data_digest": self.data_digest,
             "n_channels": self.n_channels,
-            "epoch": self.epoch,
-            "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
-            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
-            "scaler": self.scaler.state_dict(),
-            "torch_rng": self._rng_state.clone(),
-            "cuda_rng": self._cuda_rng_state.clone() if self._cuda_rng_state is not None else None,
-            "generator": self.generator.get_state(),
-            "val_smoothed": self.val_smoothed,
-            "best_val": self.best_val,
-            "best_epoch": self.best_epoch,
-            "best_state": self.best_state,
-            "bad_epochs": self.bad_epochs,
-            "metrics": copy.deepcopy(self.metrics),
+            **progress_state(self),
         }
 
     def load_state_dict(self, state: dict[str, Any], check_data: bool = True) -> None:
@@ -366,29 +354,55 @@ class Trainer:
             raise TrainingError(f"checkpoint: made with a different configuration (differs in {', '.join(diff)})")
         if check_data and state["data_digest"] != self.data_digest:
             raise TrainingError("checkpoint: made from different data than given now")
-        self.set_hyperparameters({k: getattr(saved, k) for k in MUTABLE_HYPERPARAMETERS})
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.config.lr
-        self.scaler.load_state_dict(state["scaler"])
-        self.epoch = int(state["epoch"])
-        self._rng_state = state["torch_rng"].clone()
-        if state.get("cuda_rng") is not None and self._cuda_rng_state is not None:
-            self._cuda_rng_state = state["cuda_rng"].clone()
-        self.generator.set_state(state["generator"])
-        self.val_smoothed = state["val_smoothed"]
-        self.best_val = state["best_val"]
-        self.best_epoch = state["best_epoch"]
-        self.best_state = state["best_state"]
-        self.bad_epochs = state["bad_epochs"]
-        self.metrics = copy.deepcopy(state["metrics"])
+        restore_progress(self, state, saved)
 
     def best_model_state(self) -> dict[str, torch.Tensor]:
         """Weights with the best smoothed validation loss (current weights if none recorded)."""
         if self.best_state is not None:
             return self.best_state
         return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+
+
+def progress_state(trainer: Any) -> dict[str, Any]:
+    """Where a run stands (weights, optimiser, RNGs, smoothing, best so far): the part of `state_dict`
+    that the single-session and the stitched trainer share."""
+    cuda = getattr(trainer, "_cuda_rng_state", None)
+    return {
+        "epoch": trainer.epoch,
+        "model": {k: v.detach().cpu().clone() for k, v in trainer.model.state_dict().items()},
+        "optimizer": copy.deepcopy(trainer.optimizer.state_dict()),
+        "scaler": trainer.scaler.state_dict(),
+        "torch_rng": trainer._rng_state.clone(),
+        "cuda_rng": cuda.clone() if cuda is not None else None,
+        "generator": trainer.generator.get_state(),
+        "val_smoothed": trainer.val_smoothed,
+        "best_val": trainer.best_val,
+        "best_epoch": trainer.best_epoch,
+        "best_state": trainer.best_state,
+        "bad_epochs": trainer.bad_epochs,
+        "metrics": copy.deepcopy(trainer.metrics),
+    }
+
+
+def restore_progress(trainer: Any, state: dict[str, Any], saved: LFADSConfig) -> None:
+    """Put a `progress_state` back (after the caller's compatibility checks); the saved hyper-parameters win."""
+    trainer.set_hyperparameters({k: getattr(saved, k) for k in MUTABLE_HYPERPARAMETERS})
+    trainer.model.load_state_dict(state["model"])
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    for group in trainer.optimizer.param_groups:
+        group["lr"] = trainer.config.lr
+    trainer.scaler.load_state_dict(state["scaler"])
+    trainer.epoch = int(state["epoch"])
+    trainer._rng_state = state["torch_rng"].clone()
+    if state.get("cuda_rng") is not None and getattr(trainer, "_cuda_rng_state", None) is not None:
+        trainer._cuda_rng_state = state["cuda_rng"].clone()
+    trainer.generator.set_state(state["generator"])
+    trainer.val_smoothed = state["val_smoothed"]
+    trainer.best_val = state["best_val"]
+    trainer.best_epoch = state["best_epoch"]
+    trainer.best_state = state["best_state"]
+    trainer.bad_epochs = state["bad_epochs"]
+    trainer.metrics = copy.deepcopy(state["metrics"])
 
 
 # ---------------------------------------------------------------------------- fit
