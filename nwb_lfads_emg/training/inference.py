@@ -51,6 +51,23 @@ MAX_BATCH_SEQUENCES = 2048
 the recording (2048 at the `demo` size: ~0.5 GB below 8192, which held ~1.9 GB)."""
 
 
+def _plan(model: LFADS, data: np.ndarray, config: LFADSConfig, device: str, overlap: int | None,
+          n_samples: int | None, batch_size: int | None) -> tuple[np.ndarray, torch.device, np.ndarray, int, int]:
+    """Checked data, device, segment starts, posterior samples and batch size: what `infer` and its
+    whole-array reference both start from."""
+    arr = check_data(data, config.likelihood, what="inference data")
+    if arr.shape[1] != model.n_channels:
+        raise TrainingError(
+            f"inference data: {arr.shape[1]} channels, but the model was trained on {model.n_channels}"
+        )
+    overlap = config.seg_overlap if overlap is None else overlap
+    starts = segment_starts(arr.shape[0], config.seg_len, overlap)
+    n_samples = max(int(POSTERIOR_SAMPLES if n_samples is None else n_samples), 1)
+    if batch_size is None:
+        batch_size = max(1, min(256, MAX_BATCH_SEQUENCES // n_samples))
+    return arr, resolve_device(device), starts, n_samples, batch_size
+
+
 def infer(model: LFADS, data: np.ndarray, config: LFADSConfig | None = None, n_samples: int | None = None,
           device: str = "auto", batch_size: int | None = None, seed: int = 0,
           overlap: int | None = None) -> Inference:
@@ -60,17 +77,7 @@ def infer(model: LFADS, data: np.ndarray, config: LFADSConfig | None = None, n_s
     besides the outputs, memory holds one batch and the bins its segments still overlap.
     """
     config = config or model.config
-    arr = check_data(data, config.likelihood, what="inference data")
-    if arr.shape[1] != model.n_channels:
-        raise TrainingError(
-            f"inference data: {arr.shape[1]} channels, but the model was trained on {model.n_channels}"
-        )
-    dev = resolve_device(device)
-    overlap = config.seg_overlap if overlap is None else overlap
-    starts = segment_starts(arr.shape[0], config.seg_len, overlap)
-    n_samples = max(int(POSTERIOR_SAMPLES if n_samples is None else n_samples), 1)
-    if batch_size is None:
-        batch_size = max(1, min(256, MAX_BATCH_SEQUENCES // n_samples))
+    arr, dev, starts, n_samples, batch_size = _plan(model, data, config, device, overlap, n_samples, batch_size)
     merge_into = _StreamMerge(starts, config.seg_len, arr.shape[0])
     for i, batch in _posterior_batches(model, arr, starts, config, n_samples, dev, batch_size, seed):
         merge_into.add(i, batch)
@@ -180,13 +187,7 @@ def infer_whole(model: LFADS, data: np.ndarray, config: LFADSConfig | None = Non
     """The reference of `infer`: every segment's values kept, merged at the end in float64 (`segments.merge`).
     Same numbers as `infer` with the same `batch_size`; memory grows with the recording (tests only)."""
     config = config or model.config
-    arr = check_data(data, config.likelihood, what="inference data")
-    dev = resolve_device(device)
-    overlap = config.seg_overlap if overlap is None else overlap
-    starts = segment_starts(arr.shape[0], config.seg_len, overlap)
-    n_samples = max(int(POSTERIOR_SAMPLES if n_samples is None else n_samples), 1)
-    if batch_size is None:
-        batch_size = max(1, min(256, MAX_BATCH_SEQUENCES // n_samples))
+    arr, dev, starts, n_samples, batch_size = _plan(model, data, config, device, overlap, n_samples, batch_size)
     parts: dict[str, list[np.ndarray]] = {}
     for _, batch in _posterior_batches(model, arr, starts, config, n_samples, dev, batch_size, seed):
         for k, v in batch.items():
