@@ -20,12 +20,14 @@ DS = "000941"
 RATE = 2000.0
 
 
-def write_int16_gzip(path: Path, n: int, n_ch: int, chunk_rows: int) -> Path:
-    """A Myomatrix-like ElectricalSeries stored as int16 with a conversion factor, gzip-compressed chunks."""
+def write_es(path: Path, data: np.ndarray, chunks: tuple[int, int], compression: str | None = None,
+             conversion: float = 1.0) -> Path:
+    """A Myomatrix-like ElectricalSeries with the given stored dtype, chunk shape and compression."""
     from hdmf.backends.hdf5 import H5DataIO
     from pynwb import NWBHDF5IO, NWBFile
     from pynwb.ecephys import ElectricalSeries
 
+    n_ch = data.shape[1]
     nwb = NWBFile(session_description="test", identifier=path.stem,
                   session_start_time=datetime(2026, 1, 1, tzinfo=timezone.utc))
     dev = nwb.create_device(name="amp", description="amplifier")
@@ -33,26 +35,31 @@ def write_int16_gzip(path: Path, n: int, n_ch: int, chunk_rows: int) -> Path:
     for k in range(n_ch):
         nwb.add_electrode(location=f"M{k:02d}", group=grp)
     region = nwb.create_electrode_table_region(list(range(n_ch)), "all")
-    rng = np.random.default_rng(3)
-    data = (rng.normal(0, 800, size=(n, n_ch)) * np.linspace(0.2, 1.0, n)[:, None]).astype(np.int16)
-    nwb.add_acquisition(ElectricalSeries(name="EMG", data=H5DataIO(data, chunks=(chunk_rows, n_ch), compression="gzip"),
-                                         electrodes=region, rate=RATE, starting_time=0.0, conversion=1e-7))
+    nwb.add_acquisition(ElectricalSeries(name="EMG", data=H5DataIO(data, chunks=chunks, compression=compression),
+                                         electrodes=region, rate=RATE, starting_time=0.0, conversion=conversion))
     with NWBHDF5IO(str(path), "w") as io:
         io.write(nwb)
     return path
 
 
+def int16_emg(n: int, n_ch: int, dtype: str = "<i2") -> np.ndarray:
+    rng = np.random.default_rng(3)
+    return (rng.normal(0, 800, size=(n, n_ch)) * np.linspace(0.2, 1.0, n)[:, None]).astype(dtype)
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Four layouts: float32 in 1 s x 32 ch chunks, int16 gzip chunks, contiguous, per-muscle TimeSeries."""
+    """Five layouts: float32 in 1 s x 32 ch chunks, int16 gzip chunks, big-endian int16 in (1500 x 12) tiles,
+    contiguous, per-muscle TimeSeries."""
     d = tmp_path_factory.mktemp("prefetch")
     muscles = [f"M{k:02d}" for k in range(32)]
     chunked = write_nwb(d / "chunked.nwb", electrical=noise(80_000, 32, 5), muscles=muscles, rate=RATE, chunks=(2000, 32))
     contiguous = write_nwb(d / "contiguous.nwb", electrical=noise(40_000, 8, 6), rate=RATE)
-    gz = write_int16_gzip(d / "gzip.nwb", 60_000, 16, 1000)
+    gz = write_es(d / "gzip.nwb", int16_emg(60_000, 16), (1000, 16), "gzip", 1e-7)
+    tiles = write_es(d / "tiles.nwb", int16_emg(50_000, 32, ">i2"), (1500, 12), None, 1e-7)  # big-endian, 3 column chunks
     signals = noise(100_000, 8, 7)
     per_muscle = write_nwb(d / "per_muscle.nwb", per_muscle={f"M{k}": signals[:, k] for k in range(8)}, rate=RATE)
-    return {"chunked": chunked, "contiguous": contiguous, "gzip": gz, "per_muscle": per_muscle}
+    return {"chunked": chunked, "contiguous": contiguous, "gzip": gz, "tiles": tiles, "per_muscle": per_muscle}
 
 
 def covering_bytes(path: Path, series: str, i0: int, i1: int) -> int:
@@ -85,6 +92,8 @@ def test_chunk_ranges_match_the_layout(files) -> None:
     ("chunked", 4.3, 33.9, None),
     ("chunked", 10.0, 20.0, ["M03", "M17"]),
     ("gzip", 2.2, 27.7, None),
+    ("tiles", 0.3, 24.1, None),
+    ("tiles", 3.1, 19.9, ["M30", "M03", "M17", "M13", "M03"]),  # unordered, repeated, across the column tiles
     ("contiguous", 1.0, 17.5, None),
     ("per_muscle", 5.0, 45.0, ["M1", "M2", "M4", "M6", "M7"]),
 ])
@@ -130,19 +139,37 @@ def test_requests_are_concurrent_and_old_path_is_not(dandi_server, files) -> Non
 
 
 def test_pinned_blocks_are_released_by_the_next_window(dandi_server, files) -> None:  # noqa: F811
-    srv = dandi_server({DS: {"sub-a/chunked.nwb": files["chunked"]}})
-    with open_source(srv.blob_url(DS, "sub-a/chunked.nwb"), cache_dir=False) as opened:
+    srv = dandi_server({DS: {"sub-a/gzip.nwb": files["gzip"]}})  # compressed: prefetch, then h5py reads
+    with open_source(srv.blob_url(DS, "sub-a/gzip.nwb"), cache_dir=False) as opened:
         reader = EMGReader(opened, check_dead=False)
         pre = opened._prefetcher
-        reader.window(20.0, 35.0)
+        reader.window(5.0, 20.0)
         first = set(pre._pinned)
-        assert len(first) * pre.block >= 14 * 2000 * 32 * 4  # held until the next window
-        reader.window(38.0, 39.0)
+        assert len(first) * pre.block >= covering_bytes(files["gzip"], "acquisition/EMG/data", 10_000, 40_000)
+        reader.window(24.0, 25.0)
         assert first and not first & pre._pinned
         assert not any(b in opened._remote_file._chunks for b in first)  # released from remfile's memory
         srv.reset_counts()
-        reader.window(38.2, 38.9)  # inside the last window: served from memory
+        reader.window(24.2, 24.9)  # inside the last window: served from memory
         assert srv.bytes_served == 0
+
+
+def test_decoded_windows_stay_within_remfiles_memory_limit(dandi_server, files) -> None:  # noqa: F811
+    srv = dandi_server({DS: {"sub-a/chunked.nwb": files["chunked"]}})  # uncompressed: decoded without h5py
+    with open_source(srv.blob_url(DS, "sub-a/chunked.nwb"), cache_dir=False) as opened:
+        reader = EMGReader(opened, check_dead=False)
+        rf, pre = opened._remote_file, opened._prefetcher
+        reader.window(20.0, 25.0)
+        assert not pre._pinned and pre.requests >= 1
+        srv.reset_counts()
+        reader.window(21.0, 24.0)  # inside the last window: served from remfile's memory cache
+        assert srv.bytes_served == 0
+        rf._max_chunks_in_cache = 8  # 1 MiB: each 5 s window (1.3 MB) overflows it
+        window_blocks = 5 * 2000 * 32 * 4 // pre.block + 2
+        for t in (0.0, 7.0, 14.0, 28.0, 33.0):
+            reader.window(t, t + 5.0)
+            assert len(rf._chunks) <= rf._max_chunks_in_cache + window_blocks, len(rf._chunks)
+            assert set(rf._chunk_indices) == set(rf._chunks)  # every block is under remfile's eviction
 
 
 def test_failing_server_gives_the_one_line_error(dandi_server, files) -> None:  # noqa: F811

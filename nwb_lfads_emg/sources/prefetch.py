@@ -7,6 +7,12 @@ remfile's cache blocks (keyed ``url|block size|block index``, the same blocks it
 fills), coalesces neighbouring blocks into ranges, fetches the missing ranges with a small thread
 pool (one :class:`RetryingSession` per thread, the same timeout and retries), and stores them in
 remfile's memory cache and disk cache, so h5py's reads that follow are served locally.
+
+Datasets stored without filters (uncompressed chunks, or contiguous) skip h5py's read altogether:
+:meth:`Prefetcher.read` looks their chunks up (cached per dataset for the reader's lifetime),
+starts the fetches while the look-ups go on (a look-up may itself wait for a B-tree node), and
+copies each chunk into the output as soon as its bytes land, while the later ones still arrive.
+Each fetch reads its response body straight into one preallocated buffer; cache blocks are views of it.
 """
 
 from __future__ import annotations
@@ -14,10 +20,11 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import h5py
+import numpy as np
 
 from .remote import RetryingSession, StreamFile
 
@@ -30,6 +37,10 @@ DEFAULT_MAX_PART_BYTES = 16 * 1024 * 1024
 #: Windows whose covering chunks exceed this many bytes are read the old way (request by request),
 #: so a whole-recording read never pins a second copy of the recording in memory.
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
+#: Rows of a contiguous dataset handled as one piece (so its copy overlaps the later pieces' transfer).
+CONTIGUOUS_PIECE_BYTES = 1024 * 1024
+#: Chunk look-ups remembered per dataset (beyond this the memo starts again: ~100 bytes each).
+MAX_INDEX_ENTRIES = 200_000
 
 
 def chunk_byte_ranges(dataset: Any, i0: int, i1: int, columns: Sequence[int] | None = None) -> list[tuple[int, int]]:
@@ -83,6 +94,90 @@ def block_runs(blocks: Iterable[int], part_blocks: int) -> list[tuple[int, int]]
     return runs
 
 
+class _Layout:
+    """Where rows of one unfiltered dataset lie in the file: chunk shape and memoised chunk look-ups.
+
+    A contiguous dataset is handled as pseudo-chunks of whole rows (``CONTIGUOUS_PIECE_BYTES`` each).
+    """
+
+    def __init__(self, dataset: Any, contiguous_offset: int | None) -> None:
+        self.dataset = dataset
+        self.dtype = dataset.dtype
+        self.shape = tuple(dataset.shape)
+        self.width = self.shape[1] if len(self.shape) == 2 else 1
+        row_bytes = self.dtype.itemsize * self.width
+        self.contiguous_offset = contiguous_offset
+        if contiguous_offset is not None:
+            self.chunks = (max(1, CONTIGUOUS_PIECE_BYTES // row_bytes), *self.shape[1:])
+        else:
+            self.chunks = tuple(dataset.chunks)
+        self.chunk_bytes = math.prod(self.chunks) * self.dtype.itemsize
+        self.index: dict[tuple[int, int], tuple[int, int] | None] = {}
+
+    def column_chunks(self, columns: Sequence[int] | None) -> list[int]:
+        """Column-chunk numbers holding ``columns`` (all when None)."""
+        if len(self.shape) == 1:
+            return [0]
+        if columns is None:
+            return list(range(math.ceil(self.shape[1] / self.chunks[1])))
+        return sorted({c // self.chunks[1] for c in columns})
+
+    def locate(self, r: int, c: int) -> tuple[int, int] | None:
+        """(file offset, stored size) of chunk (row chunk r, column chunk c); None when never written."""
+        found = self.index.get((r, c), False)
+        if found is not False:
+            return found
+        rows = self.chunks[0]
+        if self.contiguous_offset is not None:
+            row_bytes = self.dtype.itemsize * self.width
+            n = min(rows, self.shape[0] - r * rows)
+            found = (self.contiguous_offset + r * rows * row_bytes, n * row_bytes)
+        else:
+            coord = (r * rows,) if len(self.shape) == 1 else (r * rows, c * self.chunks[1])
+            info = self.dataset.id.get_chunk_info_by_coord(coord)
+            found = (int(info.byte_offset), int(info.size)) if info.byte_offset is not None and info.size > 0 else None
+            if found is not None and found[1] != self.chunk_bytes:
+                found = None  # not the plain layout this reader decodes: let h5py read it
+        if len(self.index) >= MAX_INDEX_ENTRIES:
+            self.index.clear()
+        self.index[(r, c)] = found
+        return found
+
+
+def _direct_layout(dataset: Any) -> _Layout | None:
+    """A :class:`_Layout` when ``dataset`` is 1-D/2-D plain numbers stored unfiltered (chunked or contiguous), else None."""
+    if not isinstance(dataset, h5py.Dataset) or dataset.ndim not in (1, 2) or dataset.dtype.kind not in "iuf":
+        return None
+    if dataset.dtype.fields is not None or dataset.dtype.subdtype is not None:
+        return None
+    dcpl = dataset.id.get_create_plist()
+    if dcpl.get_external_count() > 0:
+        return None
+    layout = dcpl.get_layout()
+    if layout == h5py.h5d.CONTIGUOUS:
+        offset = dataset.id.get_offset()
+        return None if offset is None else _Layout(dataset, int(offset))
+    if layout == h5py.h5d.CHUNKED and dcpl.get_nfilters() == 0:
+        return _Layout(dataset, None)
+    return None
+
+
+class _Piece:
+    """One stored chunk of one requested dataset: its bytes and where its rows go in the output."""
+
+    __slots__ = ("item", "offset", "size", "r0", "r1", "out0", "col_chunk")
+
+    def __init__(self, item: int, offset: int, size: int, r0: int, r1: int, out0: int, col_chunk: int) -> None:
+        self.item, self.offset, self.size, self.r0, self.r1 = item, offset, size, r0, r1
+        self.out0, self.col_chunk = out0, col_chunk
+
+
+def _settle(futures: Sequence[Future]) -> None:
+    """Wait for every future, ignoring their errors (the caller raises its own)."""
+    for future in futures:
+        future.exception()
+
+
 class PrefetchError(OSError):
     """A range request of a prefetch failed after its retries (the reason is also the session's last_error)."""
 
@@ -113,6 +208,7 @@ class Prefetcher:
         self._sessions: list[RetryingSession] = []
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
+        self._layouts: dict[Any, _Layout | None] = {}
         self.requests = 0
         self.bytes_fetched = 0
 
@@ -161,6 +257,169 @@ class Prefetcher:
             future.exception()
         return sum(future.result() for future in futures)
 
+    def read(self, datasets: Sequence[Any], i0: int, i1: int,
+             columns: Sequence[int] | None = None) -> list[np.ndarray] | None:
+        """Rows [i0, i1) of each dataset (of a 2-D one, ``columns`` in that order), decoded without h5py.
+
+        None when a dataset is filtered (compressed), partly unwritten, not plain numbers or the
+        window is over ``max_bytes``: then :meth:`prefetch` and h5py's own read serve it.
+        """
+        layouts = []
+        for d in datasets:
+            key = getattr(d, "name", None)
+            if key not in self._layouts:
+                self._layouts[key] = _direct_layout(d) if isinstance(key, str) else None
+            layout = self._layouts[key]
+            if layout is None:
+                return None
+            layouts.append(layout)
+        n = max(0, i1 - i0)
+        outs, selections = [], []
+        for layout in layouts:
+            if len(layout.shape) == 1:
+                outs.append(np.empty(n, dtype=layout.dtype))
+                selections.append(None)
+                continue
+            ncol = layout.shape[1]
+            cols = None if columns is None or list(columns) == list(range(ncol)) else [int(c) for c in columns]
+            outs.append(np.empty((n, ncol if cols is None else len(cols)), dtype=layout.dtype))
+            selections.append(cols)
+        if n == 0:
+            return outs
+        plans = []
+        total = 0
+        for layout, cols in zip(layouts, selections, strict=True):
+            rows = range(i0 // layout.chunks[0], (i1 - 1) // layout.chunks[0] + 1)
+            col_chunks = layout.column_chunks(cols)
+            plans.append((rows, col_chunks))
+            total += len(rows) * len(col_chunks) * layout.chunk_bytes
+        if total > self.max_bytes:
+            return None
+        part_blocks = min(self.max_part_blocks, max(self.min_part_blocks, math.ceil(total / self.workers / self.block)))
+        src: dict[int, Any] = {}  # block -> its bytes, or the future that brings them
+        pending: list[int] = []
+        futures: list[Future] = []
+        pieces: list[_Piece] = []
+        try:
+            for item, (layout, (rows, col_chunks)) in enumerate(zip(layouts, plans, strict=True)):
+                height = layout.chunks[0]
+                for r in rows:
+                    a, b = max(i0, r * height), min(i1, (r + 1) * height)
+                    for c in col_chunks:
+                        where = layout.locate(r, c)  # may wait for a B-tree node while earlier parts stream
+                        if where is None:
+                            _settle(futures)
+                            return None
+                        offset, size = where
+                        pieces.append(_Piece(item, offset, size, a - r * height, b - r * height, a - i0, c))
+                        for block in range(offset // self.block, (offset + size - 1) // self.block + 1):
+                            if block not in src and not self._cached(block, src):
+                                src[block] = None
+                                pending.append(block)
+                        if len(pending) >= part_blocks:
+                            futures += self._submit(pending, src)
+                            pending = []
+            futures += self._submit(pending, src)
+            views: dict[int, tuple[memoryview, int]] = {}  # block -> (its run's buffer, the run's first block)
+            for piece in pieces:
+                self._decode(piece, layouts[piece.item], outs[piece.item], selections[piece.item], src, views)
+        except BaseException:
+            _settle(futures)  # no request outlives the call
+            raise
+        self.rf.trim_cache()
+        return outs
+
+    def _cached(self, block: int, src: dict[int, Any]) -> bool:
+        """Put ``block`` into ``src`` from remfile's memory or disk cache; False when it must be fetched."""
+        data = self.rf._chunks.get(block)
+        if data is None and self._disk is not None:
+            data = self._disk.get(self._key(block)) or None
+            if data is not None:
+                self._remember(block, data)
+        if data is None:
+            return False
+        src[block] = data
+        return True
+
+    def _remember(self, block: int, data: Any) -> None:
+        """Hand a block to remfile's memory cache, under its own eviction (pinned blocks stay outside it)."""
+        if block not in self.rf._chunks:
+            self.rf._chunks[block] = data
+            if block not in self._pinned:
+                self.rf._chunk_indices.append(block)
+
+    def _submit(self, blocks: list[int], src: dict[int, Any]) -> list[Future]:
+        if not blocks:
+            return []
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="nwb-prefetch")
+        futures = []
+        for run in block_runs(blocks, self.max_part_blocks):
+            future = self._pool.submit(self._fetch_run, run)
+            for block in range(run[0], run[0] + run[1]):
+                src[block] = future
+            futures.append(future)
+        return futures
+
+    def _decode(self, piece: _Piece, layout: _Layout, out: np.ndarray, cols: list[int] | None,
+                src: dict[int, Any], views: dict[int, tuple[memoryview, int]]) -> None:
+        """Copy one chunk's rows (and columns) into ``out``, once its bytes have landed."""
+        first, last = piece.offset // self.block, (piece.offset + piece.size - 1) // self.block
+        for block in range(first, last + 1):
+            value = src[block]
+            if isinstance(value, Future):
+                run_first, count, buffer = value.result()
+                for k in range(count):
+                    view = buffer[k * self.block:(k + 1) * self.block]
+                    src[run_first + k] = view
+                    views[run_first + k] = (buffer, run_first)
+                    self._remember(run_first + k, view)
+        home = views.get(first)
+        if home is not None and all(views.get(b, (None,))[0] is home[0] for b in range(first + 1, last + 1)):
+            start = piece.offset - home[1] * self.block
+            data: Any = home[0][start:start + piece.size]  # one fetch holds the whole chunk: no copy
+        else:
+            data = bytearray(piece.size)
+            done = 0
+            for block in range(first, last + 1):
+                view = memoryview(src[block])
+                begin = piece.offset + done - block * self.block
+                n = min(len(view) - begin, piece.size - done)
+                data[done:done + n] = view[begin:begin + n]
+                done += n
+        values = np.frombuffer(data, dtype=layout.dtype, count=piece.size // layout.dtype.itemsize)
+        rows = values.reshape(-1, *layout.chunks[1:])[piece.r0:piece.r1]
+        stop = piece.out0 + piece.r1 - piece.r0
+        if out.ndim == 1:
+            out[piece.out0:stop] = rows
+            return
+        width = layout.chunks[1]
+        c0 = piece.col_chunk * width
+        w = min(width, layout.shape[1] - c0)
+        if cols is None:
+            out[piece.out0:stop, c0:c0 + w] = rows[:, :w]
+        else:
+            picks = [(k, c - c0) for k, c in enumerate(cols) if c0 <= c < c0 + w]
+            out[piece.out0:stop, [k for k, _ in picks]] = rows[:, [j for _, j in picks]]
+
+    def _fetch_run(self, run: tuple[int, int]) -> tuple[int, int, memoryview]:
+        """Fetch blocks [first, first + count) in one range request into one buffer (and the disk cache)."""
+        first, count = run
+        start = first * self.block
+        end = min((first + count) * self.block, self.rf.length)
+        buffer = memoryview(bytearray(end - start))
+        try:
+            self._thread_session().fetch_range(self.url, start, buffer)
+        except OSError as exc:
+            raise self._fail(str(exc)) from None
+        if self._disk is not None:
+            for k in range(count):
+                self._disk.set(self._key(first + k), buffer[k * self.block:(k + 1) * self.block])
+        with self._lock:
+            self.requests += 1
+            self.bytes_fetched += buffer.nbytes
+        return first, count, buffer
+
     def _thread_session(self) -> RetryingSession:
         s = getattr(self._local, "session", None)
         if s is None:
@@ -176,30 +435,13 @@ class Prefetcher:
         return PrefetchError(problem)
 
     def _fetch(self, run: tuple[int, int]) -> int:
-        first, count = run
-        start = first * self.block
-        end = min((first + count) * self.block, self.rf.length) - 1
-        session = self._thread_session()
-        response = session.get(self.url, headers={"Range": f"bytes={start}-{end}"})
+        """Fetch a run of blocks for h5py's read: pinned in remfile's memory cache until the next prefetch."""
+        first, count, buffer = self._fetch_run(run)
         with self._lock:
-            self.requests += 1
-        if response.status_code == 408 and session.last_error:
-            raise self._fail(session.last_error)
-        if response.status_code != 206:
-            raise self._fail(f"HTTP {response.status_code} {response.reason} for bytes {start}-{end}")
-        data = memoryview(response.content)  # blocks are views of it: StreamFile.readinto copies once
-        if len(data) != end - start + 1:
-            raise self._fail(f"the server sent {len(data)} bytes for the {end - start + 1} of range {start}-{end}")
-        blocks = [data[k * self.block:(k + 1) * self.block] for k in range(count)]
-        if self._disk is not None:
-            for k, piece in enumerate(blocks):
-                self._disk.set(self._key(first + k), piece)
-        with self._lock:
-            for k, piece in enumerate(blocks):
-                self.rf._chunks[first + k] = piece
+            for k in range(count):
+                self.rf._chunks[first + k] = buffer[k * self.block:(k + 1) * self.block]
                 self._pinned.add(first + k)
-            self.bytes_fetched += len(data)
-        return len(data)
+        return buffer.nbytes
 
     def close(self) -> None:
         """Stop the pool, close the per-thread sessions and drop the pinned blocks."""

@@ -302,13 +302,18 @@ class EMGReader:
 
     def _raw(self, i0: int, i1: int, columns: list[int]) -> np.ndarray:
         single = self.source_kind in ("ElectricalSeries", "TimeSeries")  # one 2-D dataset, else 1-D per muscle
-        if hasattr(self._opened, "prefetch_rows"):  # streamed: fetch the covering chunks concurrently first
+        fetched = None
+        if hasattr(self._opened, "prefetch_rows"):  # streamed: fetch the covering chunks concurrently
             datasets = [self._objects[0].data] if single else [self._objects[c].data for c in columns]
-            self._opened.prefetch_rows(datasets, i0, i1, columns if single else None)
+            fetched = self._opened.read_rows(datasets, i0, i1, columns if single else None)
+            if fetched is None:  # compressed or unusual layout: prefetch, then h5py reads from memory
+                self._opened.prefetch_rows(datasets, i0, i1, columns if single else None)
         if single:
             es = self._objects[0]
             ncol = es.data.shape[1]
-            if len(columns) == ncol and columns == list(range(ncol)):
+            if fetched is not None:
+                raw = fetched[0]
+            elif len(columns) == ncol and columns == list(range(ncol)):
                 raw = es.data[i0:i1, :]
             elif len(columns) > ncol // 2:
                 raw = es.data[i0:i1, :][:, columns]
@@ -326,9 +331,9 @@ class EMGReader:
             offset = float(getattr(es, "offset", 0.0) or 0.0)
             return out + dtype.type(offset) if offset else out
         cols = []
-        for c in columns:
+        for k, c in enumerate(columns):
             ts = self._objects[c]
-            raw = np.asarray(ts.data[i0:i1]).reshape(-1)
+            raw = np.asarray(fetched[k] if fetched is not None else ts.data[i0:i1]).reshape(-1)
             dtype = np.result_type(raw.dtype, np.float32)
             v = raw.astype(dtype, copy=False)
             conv = float(ts.conversion)
