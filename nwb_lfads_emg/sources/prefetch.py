@@ -39,6 +39,12 @@ DEFAULT_MAX_PART_BYTES = 16 * 1024 * 1024
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 #: Rows of a contiguous dataset handled as one piece (so its copy overlaps the later pieces' transfer).
 CONTIGUOUS_PIECE_BYTES = 1024 * 1024
+#: Largest hole between two chunks (e.g. a B-tree node) still fetched within one request.
+MAX_GAP_BYTES = 64 * 1024
+#: Window-edge chunks (partly read) kept for the next window, which usually starts inside the last one.
+EDGE_CHUNKS = 8
+#: ... and at most this many bytes of them.
+EDGE_BYTES = 32 * 1024 * 1024
 #: Chunk look-ups remembered per dataset (beyond this the memo starts again: ~100 bytes each).
 MAX_INDEX_ENTRIES = 200_000
 
@@ -112,6 +118,7 @@ class _Layout:
         else:
             self.chunks = tuple(dataset.chunks)
         self.chunk_bytes = math.prod(self.chunks) * self.dtype.itemsize
+        self.full_rows = len(self.shape) == 1 or self.chunks[1] == self.shape[1]  # a chunk's rows are whole rows
         self.index: dict[tuple[int, int], tuple[int, int] | None] = {}
 
     def column_chunks(self, columns: Sequence[int] | None) -> list[int]:
@@ -123,21 +130,16 @@ class _Layout:
         return sorted({c // self.chunks[1] for c in columns})
 
     def locate(self, r: int, c: int) -> tuple[int, int] | None:
-        """(file offset, stored size) of chunk (row chunk r, column chunk c); None when never written."""
+        """(file offset, stored size) of chunk (row chunk r, column chunk c) of a chunked dataset; None when never written."""
         found = self.index.get((r, c), False)
         if found is not False:
             return found
         rows = self.chunks[0]
-        if self.contiguous_offset is not None:
-            row_bytes = self.dtype.itemsize * self.width
-            n = min(rows, self.shape[0] - r * rows)
-            found = (self.contiguous_offset + r * rows * row_bytes, n * row_bytes)
-        else:
-            coord = (r * rows,) if len(self.shape) == 1 else (r * rows, c * self.chunks[1])
-            info = self.dataset.id.get_chunk_info_by_coord(coord)
-            found = (int(info.byte_offset), int(info.size)) if info.byte_offset is not None and info.size > 0 else None
-            if found is not None and found[1] != self.chunk_bytes:
-                found = None  # not the plain layout this reader decodes: let h5py read it
+        coord = (r * rows,) if len(self.shape) == 1 else (r * rows, c * self.chunks[1])
+        info = self.dataset.id.get_chunk_info_by_coord(coord)
+        found = (int(info.byte_offset), int(info.size)) if info.byte_offset is not None and info.size > 0 else None
+        if found is not None and found[1] != self.chunk_bytes:
+            found = None  # not the plain layout this reader decodes: let h5py read it
         if len(self.index) >= MAX_INDEX_ENTRIES:
             self.index.clear()
         self.index[(r, c)] = found
@@ -163,13 +165,15 @@ def _direct_layout(dataset: Any) -> _Layout | None:
 
 
 class _Piece:
-    """One stored chunk of one requested dataset: its bytes and where its rows go in the output."""
+    """One stored chunk of one requested dataset: its bytes, where they are received, where its rows go."""
 
-    __slots__ = ("item", "offset", "size", "r0", "r1", "out0", "col_chunk")
+    __slots__ = ("item", "offset", "size", "r0", "r1", "out0", "col_chunk", "sink", "keep")
 
     def __init__(self, item: int, offset: int, size: int, r0: int, r1: int, out0: int, col_chunk: int) -> None:
         self.item, self.offset, self.size, self.r0, self.r1 = item, offset, size, r0, r1
         self.out0, self.col_chunk = out0, col_chunk
+        self.sink: memoryview = memoryview(b"")
+        self.keep = False
 
 
 def _settle(futures: Sequence[Future]) -> None:
@@ -209,6 +213,8 @@ class Prefetcher:
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         self._layouts: dict[Any, _Layout | None] = {}
+        self._edges: dict[int, memoryview] = {}
+        self.min_part_bytes = int(min_part_bytes)
         self.requests = 0
         self.bytes_fetched = 0
 
@@ -261,8 +267,10 @@ class Prefetcher:
              columns: Sequence[int] | None = None) -> list[np.ndarray] | None:
         """Rows [i0, i1) of each dataset (of a 2-D one, ``columns`` in that order), decoded without h5py.
 
-        None when a dataset is filtered (compressed), partly unwritten, not plain numbers or the
-        window is over ``max_bytes``: then :meth:`prefetch` and h5py's own read serve it.
+        Whole chunks of full rows are received straight into the output array; partial or tiled
+        chunks into their own buffer, then copied. None when a dataset is filtered (compressed),
+        partly unwritten, not plain numbers or the window is over ``max_bytes``: then
+        :meth:`prefetch` and h5py's own read serve it.
         """
         layouts = []
         for d in datasets:
@@ -290,104 +298,129 @@ class Prefetcher:
         total = 0
         for layout, cols in zip(layouts, selections, strict=True):
             rows = range(i0 // layout.chunks[0], (i1 - 1) // layout.chunks[0] + 1)
+            if layout.contiguous_offset is not None:  # pieces start at the window: only its rows are fetched
+                rows = range(math.ceil((i1 - i0) / layout.chunks[0]))
             col_chunks = layout.column_chunks(cols)
             plans.append((rows, col_chunks))
             total += len(rows) * len(col_chunks) * layout.chunk_bytes
         if total > self.max_bytes:
             return None
-        part_blocks = min(self.max_part_blocks, max(self.min_part_blocks, math.ceil(total / self.workers / self.block)))
-        src: dict[int, Any] = {}  # block -> its bytes, or the future that brings them
-        pending: list[int] = []
-        futures: list[Future] = []
-        pieces: list[_Piece] = []
+        part_bytes = min(DEFAULT_MAX_PART_BYTES, max(self.min_part_bytes, math.ceil(total / self.workers)))
+        part: list[_Piece] = []
+        futures: list[tuple[Future, list[_Piece]]] = []
+        copies: list[_Piece] = []  # pieces whose bytes go through a buffer of their own
         try:
             for item, (layout, (rows, col_chunks)) in enumerate(zip(layouts, plans, strict=True)):
+                out = outs[item]
+                straight = layout.full_rows and (out.ndim == 1 or selections[item] is None)
+                flat = memoryview(out.reshape(-1)).cast("B") if straight else None
+                row_bytes = layout.dtype.itemsize * (layout.shape[1] if len(layout.shape) == 2 else 1)
                 height = layout.chunks[0]
                 for r in rows:
-                    a, b = max(i0, r * height), min(i1, (r + 1) * height)
+                    if layout.contiguous_offset is not None:
+                        a, b = i0 + r * height, min(i1, i0 + (r + 1) * height)
+                        whole = True
+                    else:
+                        a, b = max(i0, r * height), min(i1, (r + 1) * height)
+                        whole = b - a == height
                     for c in col_chunks:
-                        where = layout.locate(r, c)  # may wait for a B-tree node while earlier parts stream
+                        if layout.contiguous_offset is not None:
+                            where: tuple[int, int] | None = (layout.contiguous_offset + a * row_bytes, (b - a) * row_bytes)
+                            first_row = a
+                        else:
+                            where = layout.locate(r, c)  # may wait for a B-tree node while earlier parts stream
+                            first_row = r * height
                         if where is None:
-                            _settle(futures)
+                            _settle([f for f, _ in futures])
                             return None
                         offset, size = where
-                        pieces.append(_Piece(item, offset, size, a - r * height, b - r * height, a - i0, c))
-                        for block in range(offset // self.block, (offset + size - 1) // self.block + 1):
-                            if block not in src and not self._cached(block, src):
-                                src[block] = None
-                                pending.append(block)
-                        if len(pending) >= part_blocks:
-                            futures += self._submit(pending, src)
-                            pending = []
-            futures += self._submit(pending, src)
-            views: dict[int, tuple[memoryview, int]] = {}  # block -> (its run's buffer, the run's first block)
-            for piece in pieces:
-                self._decode(piece, layouts[piece.item], outs[piece.item], selections[piece.item], src, views)
+                        piece = _Piece(item, offset, size, a - first_row, b - first_row, a - i0, c)
+                        held = self._held(offset, size)
+                        if held is not None:
+                            piece.sink = held
+                            copies.append(piece)
+                            continue
+                        if flat is not None and whole:
+                            piece.sink = flat[(a - i0) * row_bytes:(b - i0) * row_bytes]
+                        else:
+                            piece.sink = memoryview(bytearray(size))
+                            piece.keep = not whole  # a window edge: the next window likely needs it
+                            copies.append(piece)
+                        if part and (offset < part[-1].offset + part[-1].size
+                                     or offset - (part[-1].offset + part[-1].size) > MAX_GAP_BYTES):
+                            futures.append(self._submit_part(part))
+                            part = []
+                        part.append(piece)
+                        if part[-1].offset + part[-1].size - part[0].offset >= part_bytes:
+                            futures.append(self._submit_part(part))
+                            part = []
+            if part:
+                futures.append(self._submit_part(part))
+            done: set[int] = set()
+            for future, pieces in futures:
+                future.result()
+                done.update(id(piece) for piece in pieces)
+                for piece in pieces:
+                    if piece.keep:
+                        self._hold(piece.offset, piece.size, piece.sink)
+            for piece in copies:
+                self._copy(piece, layouts[piece.item], outs[piece.item], selections[piece.item])
         except BaseException:
-            _settle(futures)  # no request outlives the call
+            _settle([f for f, _ in futures])  # no request outlives the call
             raise
-        self.rf.trim_cache()
         return outs
 
-    def _cached(self, block: int, src: dict[int, Any]) -> bool:
-        """Put ``block`` into ``src`` from remfile's memory or disk cache; False when it must be fetched."""
-        data = self.rf._chunks.get(block)
-        if data is None and self._disk is not None:
-            data = self._disk.get(self._key(block)) or None
-            if data is not None:
-                self._remember(block, data)
-        if data is None:
-            return False
-        src[block] = data
-        return True
+    def _held(self, offset: int, size: int) -> memoryview | None:
+        """A chunk's bytes kept from an earlier window's edge, or from the disk cache."""
+        data = self._edges.get(offset)
+        if data is not None and data.nbytes == size:
+            return data
+        if self._disk is not None:
+            cached = self._disk.get(self._chunk_key(offset, size))
+            if cached and len(cached) == size:
+                return memoryview(cached)
+        return None
 
-    def _remember(self, block: int, data: Any) -> None:
-        """Hand a block to remfile's memory cache, under its own eviction (pinned blocks stay outside it)."""
-        if block not in self.rf._chunks:
-            self.rf._chunks[block] = data
-            if block not in self._pinned:
-                self.rf._chunk_indices.append(block)
+    def _hold(self, offset: int, size: int, data: memoryview) -> None:
+        """Keep a window-edge chunk's bytes (at most ``EDGE_CHUNKS``, ``EDGE_BYTES``) for the next window."""
+        self._edges.pop(offset, None)
+        self._edges[offset] = data
+        while len(self._edges) > EDGE_CHUNKS or sum(v.nbytes for v in self._edges.values()) > EDGE_BYTES:
+            self._edges.pop(next(iter(self._edges)))
 
-    def _submit(self, blocks: list[int], src: dict[int, Any]) -> list[Future]:
-        if not blocks:
-            return []
+    def _chunk_key(self, offset: int, size: int) -> str:
+        return f"{self.url}|chunk|{offset}|{size}"
+
+    def _submit_part(self, pieces: list[_Piece]) -> tuple[Future, list[_Piece]]:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="nwb-prefetch")
-        futures = []
-        for run in block_runs(blocks, self.max_part_blocks):
-            future = self._pool.submit(self._fetch_run, run)
-            for block in range(run[0], run[0] + run[1]):
-                src[block] = future
-            futures.append(future)
-        return futures
+        return self._pool.submit(self._fetch_part, list(pieces)), list(pieces)
 
-    def _decode(self, piece: _Piece, layout: _Layout, out: np.ndarray, cols: list[int] | None,
-                src: dict[int, Any], views: dict[int, tuple[memoryview, int]]) -> None:
-        """Copy one chunk's rows (and columns) into ``out``, once its bytes have landed."""
-        first, last = piece.offset // self.block, (piece.offset + piece.size - 1) // self.block
-        for block in range(first, last + 1):
-            value = src[block]
-            if isinstance(value, Future):
-                run_first, count, buffer = value.result()
-                for k in range(count):
-                    view = buffer[k * self.block:(k + 1) * self.block]
-                    src[run_first + k] = view
-                    views[run_first + k] = (buffer, run_first)
-                    self._remember(run_first + k, view)
-        home = views.get(first)
-        if home is not None and all(views.get(b, (None,))[0] is home[0] for b in range(first + 1, last + 1)):
-            start = piece.offset - home[1] * self.block
-            data: Any = home[0][start:start + piece.size]  # one fetch holds the whole chunk: no copy
-        else:
-            data = bytearray(piece.size)
-            done = 0
-            for block in range(first, last + 1):
-                view = memoryview(src[block])
-                begin = piece.offset + done - block * self.block
-                n = min(len(view) - begin, piece.size - done)
-                data[done:done + n] = view[begin:begin + n]
-                done += n
-        values = np.frombuffer(data, dtype=layout.dtype, count=piece.size // layout.dtype.itemsize)
+    def _fetch_part(self, pieces: list[_Piece]) -> int:
+        """One range request for a run of chunks, each received into its sink (gaps between them discarded)."""
+        sinks: list[memoryview] = []
+        end = pieces[0].offset
+        for piece in pieces:
+            if piece.offset > end:
+                sinks.append(memoryview(bytearray(piece.offset - end)))  # e.g. a B-tree node between chunks
+            sinks.append(piece.sink)
+            end = piece.offset + piece.size
+        try:
+            self._thread_session().fetch_range(self.url, pieces[0].offset, sinks)
+        except OSError as exc:
+            raise self._fail(str(exc)) from None
+        if self._disk is not None:
+            for piece in pieces:
+                self._disk.set(self._chunk_key(piece.offset, piece.size), piece.sink)
+        with self._lock:
+            self.requests += 1
+            self.bytes_fetched += end - pieces[0].offset
+        return end - pieces[0].offset
+
+    @staticmethod
+    def _copy(piece: _Piece, layout: _Layout, out: np.ndarray, cols: list[int] | None) -> None:
+        """Copy the rows (and columns) of one chunk held in its own buffer into ``out``."""
+        values = np.frombuffer(piece.sink, dtype=layout.dtype, count=piece.size // layout.dtype.itemsize)
         rows = values.reshape(-1, *layout.chunks[1:])[piece.r0:piece.r1]
         stop = piece.out0 + piece.r1 - piece.r0
         if out.ndim == 1:
@@ -409,7 +442,7 @@ class Prefetcher:
         end = min((first + count) * self.block, self.rf.length)
         buffer = memoryview(bytearray(end - start))
         try:
-            self._thread_session().fetch_range(self.url, start, buffer)
+            self._thread_session().fetch_range(self.url, start, [buffer])
         except OSError as exc:
             raise self._fail(str(exc)) from None
         if self._disk is not None:

@@ -10,6 +10,7 @@ import json
 import os
 import ssl
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -106,26 +107,30 @@ class RetryingSession(requests.Session):
         failed._content_consumed = True
         return failed
 
-    def fetch_range(self, url: str, start: int, into: memoryview) -> None:
-        """Bytes [start, start + len(into)) of ``url`` read straight into ``into`` (retried as any request).
+    def fetch_range(self, url: str, start: int, sinks: Sequence[memoryview]) -> None:
+        """Bytes from ``start`` of ``url`` read straight into ``sinks`` in turn (one range request, retried as any).
 
         Raises OSError with the reason (also kept in ``last_error``) when every attempt fails.
         """
-        end = start + into.nbytes - 1
+        size = sum(sink.nbytes for sink in sinks)
+        end = start + size - 1
         headers = {"Range": f"bytes={start}-{end}"}
         if self._lean(url):
-            response = self._attempts(lambda: self._lean_get(url, headers, self.timeout, into), url)
+            response = self._attempts(lambda: self._lean_get(url, headers, self.timeout, sinks), url)
         else:
             response = self.get(url, headers=headers)
-            if response.status_code == 206 and len(response.content) == into.nbytes:
-                into[:] = response.content
+            if response.status_code == 206 and len(response.content) == size:
+                body, at = memoryview(response.content), 0
+                for sink in sinks:
+                    sink[:] = body[at:at + sink.nbytes]
+                    at += sink.nbytes
         if response.status_code == 408 and self.last_error:
             raise OSError(self.last_error)
         if response.status_code != 206:
             raise OSError(f"HTTP {response.status_code} {response.reason} for bytes {start}-{end}")
-        if response.headers.get("Content-Length") != str(into.nbytes):
+        if response.headers.get("Content-Length") != str(size):
             raise OSError(f"the server sent {response.headers.get('Content-Length')} bytes for the "
-                          f"{into.nbytes} of range {start}-{end}")
+                          f"{size} of range {start}-{end}")
 
     def _lean(self, url: str) -> bool:
         """Whether plain http.client may serve ``url`` (no proxy, client certificate, custom CA or auth applies)."""
@@ -154,8 +159,9 @@ class RetryingSession(requests.Session):
             conn.sock.settimeout(timeout)
         return conn
 
-    def _lean_get(self, url: str, headers: dict, timeout: float, into: memoryview | None = None) -> requests.Response:
-        """One GET over the kept-alive connection; the body goes into ``into`` (a 206 of its size) or into the response."""
+    def _lean_get(self, url: str, headers: dict, timeout: float,
+                  sinks: Sequence[memoryview] | None = None) -> requests.Response:
+        """One GET over the kept-alive connection; the body goes into ``sinks`` (a 206 of their size) or the response."""
         parts = urlsplit(url)
         target = parts.path or "/"
         if parts.query:
@@ -178,13 +184,14 @@ class RetryingSession(requests.Session):
             response.url = url
             response.headers = requests.structures.CaseInsensitiveDict(raw.getheaders())
             length = raw.getheader("Content-Length")
-            if into is not None and raw.status == 206 and length == str(into.nbytes):
-                got = 0
-                while got < into.nbytes:
-                    n = raw.readinto(into[got:])
-                    if not n:
-                        raise http.client.IncompleteRead(b"", into.nbytes - got)
-                    got += n
+            if sinks is not None and raw.status == 206 and length == str(sum(s.nbytes for s in sinks)):
+                for sink in sinks:
+                    got = 0
+                    while got < sink.nbytes:
+                        n = raw.readinto(sink[got:])
+                        if not n:
+                            raise http.client.IncompleteRead(b"", sink.nbytes - got)
+                        got += n
                 response._content = b""
             else:
                 response._content = raw.read()
