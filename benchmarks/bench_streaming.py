@@ -8,8 +8,10 @@ a local h5py read vs one raw HTTP GET of the same bytes; bytes moved; bounded-me
    share the client's interpreter lock), read in one run, interleaved, median of ``--repeats``:
    - plain h5py on the local file (warm page cache) and the same through EMGReader.window;
    - one raw HTTP GET (http.client) of as many bytes as the covering chunks: the link's speed;
-   - streamed with the prefetch (covering chunks fetched by concurrent range requests first),
-     as the h5py read EMGReader does (prefetch + dataset slice) and as the whole EMGReader.window;
+   - streamed, each on a fresh open: the library read (``OpenedSource.read_rows``: chunks looked up,
+     fetched by concurrent range requests straight into the output, no h5py read), prefetch + h5py's
+     read (the path of compressed chunks), EMGReader.window (first window after the open) and the
+     same reader's next window (the time per window of a pass over a recording);
    - streamed the old way (prefetch off: h5py asks remfile chunk by chunk);
    - both streamed paths again with ``--latency-ms`` added by the server to every request (a far
      server's round trip), where concurrency is what counts;
@@ -136,7 +138,9 @@ def raw_get(url: str, offset: int, n: int) -> float:
 
 def streamed(url: str, srv: ServerProcess, workers: int, i0: int, i1: int, t0s: float, t1s: float,
              reference: np.ndarray) -> dict:
-    """One fresh open of ``url``: the window read at h5py level (prefetch + slice) and through EMGReader."""
+    """Fresh opens of ``url``: the window read by the library (``read_rows``: chunks fetched concurrently,
+    decoded without h5py; with ``workers`` 0, h5py asks remfile chunk by chunk), by prefetch + h5py's read
+    (the path of compressed data), and through EMGReader.window, then the reader's next window."""
     from nwb_lfads_emg.sources import EMGReader, open_source
 
     out = {}
@@ -144,17 +148,28 @@ def streamed(url: str, srv: ServerProcess, workers: int, i0: int, i1: int, t0s: 
         d = opened.h5file[SERIES]
         srv.ask("reset")
         t = time.perf_counter()
-        opened.prefetch_rows([d], i0, i1)
-        values = d[i0:i1, :]
+        values = opened.read_rows([d], i0, i1) if workers else None
+        values = values[0] if values is not None else d[i0:i1, :]
         out["h5py_s"] = time.perf_counter() - t
         out.update(srv.ask("stats"))
         assert np.array_equal(values, reference), "streamed values differ from the local read"
+    if workers:
+        with open_source(url, cache_dir=False, prefetch_workers=workers) as opened:
+            d = opened.h5file[SERIES]
+            t = time.perf_counter()
+            opened.prefetch_rows([d], i0, i1)
+            values = d[i0:i1, :]
+            out["prefetch_h5py_s"] = time.perf_counter() - t
+            assert np.array_equal(values, reference)
     with open_source(url, cache_dir=False, prefetch_workers=workers) as opened:
         reader = EMGReader(opened, check_dead=False)
         t = time.perf_counter()
         window = reader.window(t0s, t1s)
         out["reader_s"] = time.perf_counter() - t
         assert np.array_equal(window.values, reference)
+        t = time.perf_counter()
+        reader.window(t1s, 2 * t1s - t0s)
+        out["reader_next_s"] = time.perf_counter() - t
     return out
 
 
@@ -182,15 +197,18 @@ def window_bench(path: Path, repeats: int, latency_ms: float, workers: int) -> d
                 t = time.perf_counter()
                 reader.window(t0s, t1s)
                 runs["local h5py"][-1]["reader_s"] = time.perf_counter() - t
+                t = time.perf_counter()
+                reader.window(t1s, 2 * t1s - t0s)
+                runs["local h5py"][-1]["reader_next_s"] = time.perf_counter() - t
             runs.setdefault("raw HTTP GET", []).append({"h5py_s": raw_get(srv.url, first, covering)})
-            for label, w in ((f"prefetch ({workers} workers)", workers), ("old (request by request)", 0)):
+            for label, w in ((f"streamed ({workers} workers)", workers), ("old (request by request)", 0)):
                 runs.setdefault(label, []).append(streamed(srv.url, srv, w, i0, i1, t0s, t1s, reference))
         if latency_ms > 0:
             srv.ask(f"latency {latency_ms / 1000}")
             for _ in range(max(1, repeats // 2)):
                 runs.setdefault(f"raw HTTP GET +{latency_ms:g} ms", []).append(
                     {"h5py_s": raw_get(srv.url, first, covering)})
-                for label, w in ((f"prefetch +{latency_ms:g} ms", workers), (f"old +{latency_ms:g} ms", 0)):
+                for label, w in ((f"streamed +{latency_ms:g} ms", workers), (f"old +{latency_ms:g} ms", 0)):
                     runs.setdefault(label, []).append(streamed(srv.url, srv, w, i0, i1, t0s, t1s, reference))
             srv.ask("latency 0")
     finally:
@@ -201,12 +219,20 @@ def window_bench(path: Path, repeats: int, latency_ms: float, workers: int) -> d
         return statistics.median(vals) if vals else None
 
     local_s, get_s = med("local h5py", "h5py_s"), med("raw HTTP GET", "h5py_s")
+    local_rd, local_next = med("local h5py", "reader_s"), med("local h5py", "reader_next_s")
     rows = {}
     for label in runs:
-        h5_s, rd_s = med(label, "h5py_s"), med(label, "reader_s")
+        h5_s, rd_s, next_s = med(label, "h5py_s"), med(label, "reader_s"), med(label, "reader_next_s")
+        pre_s = med(label, "prefetch_h5py_s")
         get_ref = med(f"raw HTTP GET +{latency_ms:g} ms", "h5py_s") if "+" in label else get_s
         row = {"MBps": raw_mb / h5_s, "x_local": local_s / h5_s, "x_raw_get": get_ref / h5_s,
-               "reader_MBps": raw_mb / rd_s if rd_s else None}
+               "prefetch_h5py_MBps": raw_mb / pre_s if pre_s else None,
+               "reader_MBps": raw_mb / rd_s if rd_s else None,
+               "reader_x_local": local_rd / rd_s if rd_s else None,
+               "reader_x_raw_get": get_ref / rd_s if rd_s else None,
+               "reader_next_MBps": raw_mb / next_s if next_s else None,
+               "reader_next_x_local": local_next / next_s if next_s else None,
+               "reader_next_x_raw_get": get_ref / next_s if next_s else None}
         last = runs[label][-1]
         if "bytes" in last:
             row.update(bytes_sent=last["bytes"], sent_over_chunks=last["bytes"] / covering,
@@ -220,14 +246,21 @@ def print_table(win: dict) -> None:
     """The window results as a markdown table."""
     print(f"\n60 s window, 32 ch x 2 kHz float32 ({win['window_raw_MB']:.2f} MB; covering chunks "
           f"{win['bytes_of_covering_chunks'] / 1e6:.2f} MB), median of {win['repeats']}:\n")
-    print("| path | h5py-level MB/s | x local h5py | x raw GET | EMGReader.window MB/s | requests | "
+    print("| path | library read MB/s (x local, x raw GET) | prefetch + h5py read MB/s | EMGReader.window, first "
+          "after open: MB/s (x local, x raw GET) | EMGReader.window, next: MB/s (x local, x raw GET) | requests | "
           "max in flight | bytes sent / covering chunks |")
     print("|---|---|---|---|---|---|---|---|")
+
+    def cell(mbps: float | None, xl: float | None, xg: float | None) -> str:
+        return "-" if not mbps else f"{mbps:.0f} ({xl:.2f}, {xg:.2f})"
+
     for label, r in win["rows"].items():
         extra = (f"{r['requests']} | {r['max_in_flight']} | {r['sent_over_chunks']:.3f}" if "requests" in r
                  else "1 | 1 | " + ("1.000" if "GET" in label else "-"))
-        reader = f"{r['reader_MBps']:.0f}" if r["reader_MBps"] else "-"
-        print(f"| {label} | {r['MBps']:.0f} | {r['x_local']:.2f} | {r['x_raw_get']:.2f} | {reader} | {extra} |")
+        pre = f"{r['prefetch_h5py_MBps']:.0f}" if r["prefetch_h5py_MBps"] else "-"
+        print(f"| {label} | {cell(r['MBps'], r['x_local'], r['x_raw_get'])} | {pre} | "
+              f"{cell(r['reader_MBps'], r['reader_x_local'], r['reader_x_raw_get'])} | "
+              f"{cell(r['reader_next_MBps'], r['reader_next_x_local'], r['reader_next_x_raw_get'])} | {extra} |")
 
 
 _ITER_CHILD = r"""

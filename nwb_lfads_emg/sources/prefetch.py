@@ -307,6 +307,7 @@ class Prefetcher:
             return None
         part_bytes = min(DEFAULT_MAX_PART_BYTES, max(self.min_part_bytes, math.ceil(total / self.workers)))
         part: list[_Piece] = []
+        parts: list[list[_Piece]] = []
         futures: list[tuple[Future, list[_Piece]]] = []
         copies: list[_Piece] = []  # pieces whose bytes go through a buffer of their own
         try:
@@ -348,18 +349,19 @@ class Prefetcher:
                             copies.append(piece)
                         if part and (offset < part[-1].offset + part[-1].size
                                      or offset - (part[-1].offset + part[-1].size) > MAX_GAP_BYTES):
-                            futures.append(self._submit_part(part))
+                            parts.append(part)
                             part = []
                         part.append(piece)
                         if part[-1].offset + part[-1].size - part[0].offset >= part_bytes:
-                            futures.append(self._submit_part(part))
+                            parts.append(part)
                             part = []
+                        futures += [self._submit_part(x) for x in parts]  # stream while the look-ups go on
+                        parts = []
             if part:
-                futures.append(self._submit_part(part))
-            done: set[int] = set()
+                parts.append(part)
+            futures += [self._submit_part(x) for x in parts]
             for future, pieces in futures:
                 future.result()
-                done.update(id(piece) for piece in pieces)
                 for piece in pieces:
                     if piece.keep:
                         self._hold(piece.offset, piece.size, piece.sink)

@@ -133,15 +133,14 @@ class RetryingSession(requests.Session):
                           f"{size} of range {start}-{end}")
 
     def _lean(self, url: str) -> bool:
-        """Whether plain http.client may serve ``url`` (no proxy, client certificate, custom CA or auth applies)."""
+        """Whether plain http.client may serve ``url`` (no proxy, client certificate, auth or disabled TLS check applies)."""
         parts = urlsplit(url)
         key = f"{parts.scheme}://{parts.netloc}"
         ok = self._lean_hosts.get(key)
         if ok is None:
             env = requests.utils.get_environ_proxies(url) if self.trust_env else {}
-            ok = (parts.scheme in ("http", "https") and not self.proxies and not env and self.verify is True
-                  and not self.cert and self.auth is None and not os.environ.get("REQUESTS_CA_BUNDLE")
-                  and not os.environ.get("CURL_CA_BUNDLE") and "@" not in parts.netloc)
+            ok = (parts.scheme in ("http", "https") and not self.proxies and not env and self.verify is not False
+                  and not self.cert and self.auth is None and "@" not in parts.netloc)
             self._lean_hosts[key] = ok
         return ok
 
@@ -150,7 +149,8 @@ class RetryingSession(requests.Session):
         conn = self._conns.get(key)
         if conn is None:
             if parts.scheme == "https":
-                conn = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=timeout, context=_ssl_context())
+                conn = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=timeout,
+                                                   context=_ssl_context(self._ca_bundle()))
             else:
                 conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
             self._conns[key] = conn
@@ -158,6 +158,17 @@ class RetryingSession(requests.Session):
         if conn.sock is not None:
             conn.sock.settimeout(timeout)
         return conn
+
+    def _ca_bundle(self) -> str:
+        """The CA bundle requests would verify with: the session's, $REQUESTS_CA_BUNDLE, $CURL_CA_BUNDLE, certifi's."""
+        if isinstance(self.verify, str):
+            return self.verify
+        env = (os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")) if self.trust_env else None
+        if env:
+            return env
+        import certifi
+
+        return certifi.where()
 
     def _lean_get(self, url: str, headers: dict, timeout: float,
                   sinks: Sequence[memoryview] | None = None) -> requests.Response:
@@ -214,12 +225,12 @@ class RetryingSession(requests.Session):
 _USER_AGENT = f"nwb-lfads-emg python-requests/{requests.__version__}"
 
 
-@functools.lru_cache(maxsize=1)
-def _ssl_context() -> ssl.SSLContext:
-    """The TLS context of the lean connections: certifi's CA bundle, as requests uses."""
-    import certifi
-
-    return ssl.create_default_context(cafile=certifi.where())
+@functools.lru_cache(maxsize=4)
+def _ssl_context(cafile: str) -> ssl.SSLContext:
+    """The TLS context of the lean connections, verifying with ``cafile`` (or a directory of certificates)."""
+    if os.path.isdir(cafile):
+        return ssl.create_default_context(capath=cafile)
+    return ssl.create_default_context(cafile=cafile)
 
 
 def _read_body(response: requests.Response) -> None:
