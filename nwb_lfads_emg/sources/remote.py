@@ -65,8 +65,11 @@ class RetryingSession(requests.Session):
     def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
         headers = kwargs.get("headers") or {}
         if (method.upper() == "GET" and not args and not kwargs.get("stream") and "Range" in headers
-                and set(kwargs) <= {"headers", "timeout"} and self._lean(url)):
-            return self._attempts(lambda: self._lean_get(url, headers, kwargs.get("timeout") or self.timeout), url)
+                and set(kwargs) <= {"headers", "timeout", "allow_redirects", "params"} and not kwargs.get("params")
+                and self._lean(url)):
+            response = self._attempts(lambda: self._lean_get(url, headers, kwargs.get("timeout") or self.timeout), url)
+            if not (response.is_redirect and kwargs.get("allow_redirects", True)):
+                return response
         kwargs.setdefault("timeout", self.timeout)
         preload = not kwargs.get("stream")
         kwargs["stream"] = True
