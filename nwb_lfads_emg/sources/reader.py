@@ -360,11 +360,12 @@ class EMGReader:
             raise
         except Exception as exc:  # h5py/remfile failures while reading (network, truncation)
             raise self._read_error(exc) from None
-        if not check:
+        if not check or data.size == 0:
             return data, None
+        with np.errstate(over="ignore", invalid="ignore"):
+            if data.dtype.kind != "f" or np.isfinite(data.sum()):
+                return data, None  # the sum carries any NaN or Inf (an overflow falls through): no mask made
         finite = np.isfinite(data)
-        if finite.all():
-            return data, None
         if self.on_nonfinite == "raise":
             rows, cols = np.nonzero(~finite)
             muscle = self._all_muscles[columns[int(cols[0])]]
