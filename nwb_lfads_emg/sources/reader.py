@@ -9,6 +9,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import xarray as xr
 
 from ..errors import EMGDataError, NwbLfadsEmgError, SourceError, describe, one_line
@@ -409,7 +410,8 @@ class EMGReader:
 
     def _dataarray(self, i0: int, i1: int, columns: list[int]) -> xr.DataArray:
         data, valid = self._read_scaled(i0, i1, columns)
-        coords: dict[str, Any] = {"time": self._times(i0, i1), "muscle": [self._all_muscles[c] for c in columns]}
+        coords: dict[str, Any] = {"time": pd.Index(self._times(i0, i1), copy=False, name="time"),  # xarray's own
+                                  "muscle": [self._all_muscles[c] for c in columns]}  # cast would copy it again
         if valid is not None:
             coords["valid"] = (("time", "muscle"), valid)
         return xr.DataArray(
