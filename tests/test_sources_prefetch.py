@@ -170,6 +170,29 @@ def test_consecutive_windows_fetch_each_chunk_once_and_keep_little(dandi_server,
     assert sent <= 1.1 * covering, (sent, covering)  # an edge chunk is fetched once, not by both its windows
 
 
+def test_streamed_iter_chunks_reads_the_next_chunk_ahead(dandi_server, files) -> None:  # noqa: F811
+    import threading
+
+    srv = dandi_server({DS: {"sub-a/chunked.nwb": files["chunked"]}})
+    with open_source(srv.blob_url(DS, "sub-a/chunked.nwb"), cache_dir=False) as opened:
+        reader = EMGReader(opened, check_dead=False)
+        chunks = reader.iter_chunks(chunk_s=5.0, t0=0.0, t1=30.0)
+        first = next(chunks)
+        deadline = time.monotonic() + 10
+        sent = srv.bytes_served
+        while srv.bytes_served < sent + 5 * 2000 * 32 * 4 and time.monotonic() < deadline:
+            time.sleep(0.01)  # the caller "works"; the second chunk arrives meanwhile
+        assert srv.bytes_served >= sent + 5 * 2000 * 32 * 4  # fetched before it was asked for
+        srv.reset_counts()
+        second = next(chunks)
+        assert srv.bytes_served == 0  # it was already there
+        chunks.close()  # stopping early leaves no read-ahead thread behind
+        assert not [t for t in threading.enumerate() if t.name.startswith("nwb-read-ahead")]
+    assert not [t for t in threading.enumerate() if t.name.startswith(("nwb-read-ahead", "nwb-prefetch"))]
+    local = local_window(files["chunked"], 0.0, 10.0).values
+    np.testing.assert_array_equal(np.concatenate([first.values, second.values]), local)
+
+
 def test_failing_server_gives_the_one_line_error(dandi_server, files) -> None:  # noqa: F811
     srv = dandi_server({DS: {"sub-a/chunked.nwb": files["chunked"]}})
     key = srv.asset_id(DS, "sub-a/chunked.nwb")
@@ -183,6 +206,9 @@ def test_failing_server_gives_the_one_line_error(dandi_server, files) -> None:  
         text = str(err.value)
         assert "\n" not in text and "Traceback" not in text
         assert text.endswith("acquisition/EMG: streaming failed: HTTP 503 Service Unavailable; gave up after 3 attempts"), text
+        with pytest.raises(SourceError) as err:  # the same through iter_chunks' read-ahead thread
+            list(reader.iter_chunks(chunk_s=5.0, t0=5.0, t1=35.0))
+        assert str(err.value) == text
         with srv.lock:
             srv._failures.clear()  # the server recovers: the same reader reads the window
         np.testing.assert_array_equal(reader.window(5.0, 35.0).values, local_window(files["chunked"], 5.0, 35.0).values)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import fnmatch
 import logging
 import math
+import threading
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
 
 import numpy as np
@@ -86,6 +88,7 @@ class EMGReader:
         self._columns: list[int] = list(range(len(self.info.muscles)))
         self._all_muscles = list(self.info.muscles)
         self._resample_stamps: np.ndarray | None = None
+        self._read_lock = threading.Lock()
         try:
             self._check_layout()
             self._check_timing(irregular)
@@ -353,10 +356,8 @@ class EMGReader:
 
     def _read_scaled(self, i0: int, i1: int, columns: list[int], check: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
         try:
-            if self._resample_stamps is not None:
-                data = self._resampled(i0, i1, columns)
-            else:
-                data = self._raw(i0, i1, columns)
+            with self._read_lock:  # iter_chunks' read-ahead thread and the caller's own reads, one at a time
+                data = self._resampled(i0, i1, columns) if self._resample_stamps is not None else self._raw(i0, i1, columns)
         except NwbLfadsEmgError:
             raise
         except Exception as exc:  # h5py/remfile failures while reading (network, truncation)
@@ -433,16 +434,32 @@ class EMGReader:
     def iter_chunks(self, chunk_s: float = 10.0, muscles: Sequence[str] | None = None,
                     t0: float | None = None, t1: float | None = None, *, segment: int | None = None
                     ) -> Iterator[xr.DataArray]:
-        """Walk the recording (or [t0, t1), or one segment) in chunks of ``chunk_s`` seconds; memory ~ one chunk."""
+        """Walk the recording (or [t0, t1), or one segment) in chunks of ``chunk_s`` seconds; memory ~ one chunk
+        (two when streamed: the next one is read ahead while the caller works on this one)."""
         step = max(1, int(round(chunk_s * self.rate)))
         columns = self._columns_for(muscles)
         lo, hi = self.segments[segment] if segment is not None else (0, self.n_samples)
         i = max(lo, self._index(t0)) if t0 is not None else lo
         stop = min(hi, self._index(t1)) if t1 is not None else hi
-        while i < stop:
-            j = min(stop, i + step)
-            yield self._dataarray(i, j, columns)
-            i = j
+        bounds = [(a, min(stop, a + step)) for a in range(i, stop, step)]
+        if not getattr(self._opened, "is_remote", False) or len(bounds) < 2:
+            for a, b in bounds:
+                yield self._dataarray(a, b, columns)
+            return
+        # Streamed: read the next chunk in a background thread while the caller works on this one
+        # (memory: one chunk ahead). Reads are serialised by the reader's lock.
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nwb-read-ahead")
+        ahead: Future | None = pool.submit(self._dataarray, *bounds[0], columns)
+        try:
+            for k in range(len(bounds)):
+                current = ahead.result()  # re-raises the read's one-line error here
+                ahead = pool.submit(self._dataarray, *bounds[k + 1], columns) if k + 1 < len(bounds) else None
+                yield current
+        finally:
+            if ahead is not None:
+                ahead.cancel()
+                wait([ahead])
+            pool.shutdown(wait=True)
 
     def to_dataarray(self, muscles: Sequence[str] | None = None, *, segment: int | None = None) -> xr.DataArray:
         """The whole recording (or one segment) in memory."""
