@@ -170,6 +170,17 @@ def test_consecutive_windows_fetch_each_chunk_once_and_keep_little(dandi_server,
     assert sent <= 1.1 * covering, (sent, covering)  # an edge chunk is fetched once, not by both its windows
 
 
+def test_requests_path_serves_the_same_bytes(dandi_server, files, monkeypatch) -> None:  # noqa: F811
+    from nwb_lfads_emg.sources.remote import RetryingSession
+
+    monkeypatch.setattr(RetryingSession, "_lean", lambda self, url: False)  # as behind a proxy: requests does it all
+    srv = dandi_server({DS: {"sub-a/chunked.nwb": files["chunked"]}})
+    with open_source(srv.blob_url(DS, "sub-a/chunked.nwb"), cache_dir=False) as opened:
+        window = EMGReader(opened, check_dead=False).window(3.3, 21.7)
+        assert opened._prefetcher.requests >= 2
+    np.testing.assert_array_equal(window.values, local_window(files["chunked"], 3.3, 21.7).values)
+
+
 def test_streamed_iter_chunks_reads_the_next_chunk_ahead(dandi_server, files) -> None:  # noqa: F811
     import threading
 

@@ -118,10 +118,11 @@ class RetryingSession(requests.Session):
         size = sum(sink.nbytes for sink in sinks)
         end = start + size - 1
         headers = {"Range": f"bytes={start}-{end}"}
+        response = None
         if self._lean(url):
             response = self._attempts(lambda: self._lean_get(url, headers, self.timeout, sinks), url)
-        else:
-            response = self.get(url, headers=headers)
+        if response is None or response.is_redirect:  # requests follows redirects; the lean path does not
+            response = self.get(url, headers=headers, stream=False)
             if response.status_code == 206 and len(response.content) == size:
                 body, at = memoryview(response.content), 0
                 for sink in sinks:
