@@ -9,10 +9,11 @@ pool (one :class:`RetryingSession` per thread, the same timeout and retries), an
 remfile's memory cache and disk cache, so h5py's reads that follow are served locally.
 
 Datasets stored without filters (uncompressed chunks, or contiguous) skip h5py's read altogether:
-:meth:`Prefetcher.read` looks their chunks up (cached per dataset for the reader's lifetime),
+:meth:`Prefetcher.read` looks their chunks up (memoised per dataset for the reader's lifetime),
 starts the fetches while the look-ups go on (a look-up may itself wait for a B-tree node), and
-copies each chunk into the output as soon as its bytes land, while the later ones still arrive.
-Each fetch reads its response body straight into one preallocated buffer; cache blocks are views of it.
+receives whole chunks of full rows straight into the output array; partial or column-tiled
+chunks land in their own buffer and are copied once their request is done. Window-edge chunks
+are kept for the next window. The block path above remains for compressed chunks.
 """
 
 from __future__ import annotations
@@ -188,9 +189,10 @@ class PrefetchError(OSError):
 
 
 class Prefetcher:
-    """Concurrent, ordered range fetching of the cache blocks under HDF5 chunks, for one StreamFile.
+    """Concurrent, ordered range fetching of HDF5 chunks for one StreamFile: ``read`` (unfiltered data,
+    decoded here) and ``prefetch`` (remfile's cache blocks under the chunks, for h5py to decompress).
 
-    ``prefetch`` returns when every request has landed, before h5py reads: waiting inside h5py's
+    ``read`` waits for its requests outside h5py; ``prefetch`` returns when every request has landed, before h5py reads: waiting inside h5py's
     read would hold h5py's global lock, which a garbage collection in a pool thread may need (a
     deadlock). Fetched blocks stay in remfile's memory cache, outside remfile's own eviction list, until the
     next prefetch no longer needs them (or ``close``): the read of a window cannot evict them
