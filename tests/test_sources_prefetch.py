@@ -21,7 +21,7 @@ RATE = 2000.0
 
 
 def write_es(path: Path, data: np.ndarray, chunks: tuple[int, int], compression: str | None = None,
-             conversion: float = 1.0) -> Path:
+             conversion: float = 1.0, shuffle: bool = False) -> Path:
     """A Myomatrix-like ElectricalSeries with the given stored dtype, chunk shape and compression."""
     from hdmf.backends.hdf5 import H5DataIO
     from pynwb import NWBHDF5IO, NWBFile
@@ -35,10 +35,42 @@ def write_es(path: Path, data: np.ndarray, chunks: tuple[int, int], compression:
     for k in range(n_ch):
         nwb.add_electrode(location=f"M{k:02d}", group=grp)
     region = nwb.create_electrode_table_region(list(range(n_ch)), "all")
-    nwb.add_acquisition(ElectricalSeries(name="EMG", data=H5DataIO(data, chunks=chunks, compression=compression),
+    nwb.add_acquisition(ElectricalSeries(name="EMG", data=H5DataIO(data, chunks=chunks, compression=compression, shuffle=shuffle),
                                          electrodes=region, rate=RATE, starting_time=0.0, conversion=conversion))
     with NWBHDF5IO(str(path), "w") as io:
         io.write(nwb)
+    return path
+
+
+def refilter(path: Path, data: np.ndarray, chunks: tuple[int, int], filters: list[str],
+             stored_raw: dict[int, int]) -> Path:
+    """Rewrite acquisition/EMG/data with ``filters`` in that pipeline order (h5py's high level always puts shuffle
+    first); the chunks starting at the rows in ``stored_raw`` are written with that filter mask (filters skipped)."""
+    import zlib
+
+    with h5py.File(path, "r+") as f:
+        grp = f["acquisition/EMG"]
+        attrs = dict(grp["data"].attrs)
+        del grp["data"]
+        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        dcpl.set_chunk(chunks)
+        for name in filters:
+            dcpl.set_deflate(4) if name == "gzip" else dcpl.set_shuffle()
+        dsid = h5py.h5d.create(grp.id, b"data", h5py.h5t.py_create(data.dtype), h5py.h5s.create_simple(data.shape),
+                               dcpl=dcpl)
+        d = h5py.Dataset(dsid)
+        d[...] = data
+        d.attrs.update(attrs)
+        for row, mask in stored_raw.items():
+            b = data[row:row + chunks[0], :chunks[1]].tobytes()
+            for bit, name in enumerate(filters):
+                if mask >> bit & 1:
+                    continue
+                if name == "gzip":
+                    b = zlib.compress(b)
+                else:
+                    b = np.frombuffer(b, np.uint8).reshape(-1, data.itemsize).T.tobytes()
+            d.id.write_direct_chunk((row, 0), b, filter_mask=mask)
     return path
 
 
@@ -49,8 +81,9 @@ def int16_emg(n: int, n_ch: int, dtype: str = "<i2") -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Five layouts: float32 in 1 s x 32 ch chunks, int16 gzip chunks, big-endian int16 in (1500 x 12) tiles,
-    contiguous, per-muscle TimeSeries."""
+    """Layouts: float32 in 1 s x 32 ch chunks, int16 gzip chunks, big-endian int16 in (1500 x 12) tiles,
+    contiguous, per-muscle TimeSeries; compressed: int16 shuffle+gzip tiles (NeuroConv's default filters),
+    float32 gzip-then-shuffle with chunks stored with filters skipped, float32 shuffle+gzip, lzf (h5py decodes)."""
     d = tmp_path_factory.mktemp("prefetch")
     muscles = [f"M{k:02d}" for k in range(32)]
     chunked = write_nwb(d / "chunked.nwb", electrical=noise(80_000, 32, 5), muscles=muscles, rate=RATE, chunks=(2000, 32))
@@ -59,7 +92,15 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     tiles = write_es(d / "tiles.nwb", int16_emg(50_000, 32, ">i2"), (1500, 12), None, 1e-7)  # big-endian, 3 column chunks
     signals = noise(100_000, 8, 7)
     per_muscle = write_nwb(d / "per_muscle.nwb", per_muscle={f"M{k}": signals[:, k] for k in range(8)}, rate=RATE)
-    return {"chunked": chunked, "contiguous": contiguous, "gzip": gz, "tiles": tiles, "per_muscle": per_muscle}
+    nc = write_es(d / "nc.nwb", int16_emg(60_000, 32), (3000, 12), "gzip", 1e-7, shuffle=True)  # tiles, shuffle+gzip
+    f32 = noise(60_000, 16, 8).astype("<f4")
+    order = refilter(write_es(d / "order.nwb", f32, (1000, 16)), f32, (1000, 16), ["gzip", "shuffle"],
+                     {5000: 0b11, 8000: 0b01, 9000: 0b10})  # raw; shuffled only; deflated only
+    sg32 = write_es(d / "sg32.nwb", f32, (2000, 16), "gzip", shuffle=True)
+    with pytest.warns(UserWarning, match="lzf"):  # h5py's portability note
+        lzf = write_es(d / "lzf.nwb", int16_emg(60_000, 16), (1000, 16), "lzf", 1e-7)
+    return {"chunked": chunked, "contiguous": contiguous, "gzip": gz, "tiles": tiles, "per_muscle": per_muscle,
+            "nc": nc, "order": order, "sg32": sg32, "lzf": lzf}
 
 
 def covering_bytes(path: Path, series: str, i0: int, i1: int) -> int:
@@ -92,6 +133,11 @@ def test_chunk_ranges_match_the_layout(files) -> None:
     ("chunked", 4.3, 33.9, None),
     ("chunked", 10.0, 20.0, ["M03", "M17"]),
     ("gzip", 2.2, 27.7, None),
+    ("nc", 0.7, 25.3, None),
+    ("nc", 1.1, 23.9, ["M30", "M03", "M17", "M13", "M03"]),
+    ("order", 1.3, 28.8, None),  # deflate then shuffle, float32, chunks stored with filters skipped
+    ("sg32", 0.4, 29.9, ["M07", "M02", "M15"]),
+    ("lzf", 2.2, 27.7, None),  # not decoded here: prefetch, then h5py
     ("tiles", 0.3, 24.1, None),
     ("tiles", 1.1, 23.9, ["M30", "M03", "M17", "M13", "M03"]),  # unordered, repeated, across the column tiles
     ("contiguous", 1.0, 17.5, None),
@@ -106,6 +152,7 @@ def test_prefetched_window_equals_the_local_read_and_moves_only_its_chunks(
         remote = reader.window(t0, t1, muscles=muscles)
         sent, n_requests = srv.bytes_served, len(srv.range_requests)
         assert opened._prefetcher.requests >= 1  # the window did go through the prefetch
+        assert bool(opened._prefetcher._pinned) == (name == "lzf")  # only lzf went through h5py's read
     local = local_window(files[name], t0, t1, muscles)
     np.testing.assert_array_equal(remote.values, local.values)
     np.testing.assert_array_equal(remote.time.values, local.time.values)
@@ -139,13 +186,13 @@ def test_requests_are_concurrent_and_old_path_is_not(dandi_server, files) -> Non
 
 
 def test_pinned_blocks_are_released_by_the_next_window(dandi_server, files) -> None:  # noqa: F811
-    srv = dandi_server({DS: {"sub-a/gzip.nwb": files["gzip"]}})  # compressed: prefetch, then h5py reads
-    with open_source(srv.blob_url(DS, "sub-a/gzip.nwb"), cache_dir=False) as opened:
+    srv = dandi_server({DS: {"sub-a/lzf.nwb": files["lzf"]}})  # lzf: prefetch, then h5py reads
+    with open_source(srv.blob_url(DS, "sub-a/lzf.nwb"), cache_dir=False) as opened:
         reader = EMGReader(opened, check_dead=False)
         pre = opened._prefetcher
         reader.window(5.0, 20.0)
         first = set(pre._pinned)
-        assert len(first) * pre.block >= covering_bytes(files["gzip"], "acquisition/EMG/data", 10_000, 40_000)
+        assert len(first) * pre.block >= covering_bytes(files["lzf"], "acquisition/EMG/data", 10_000, 40_000)
         reader.window(24.0, 25.0)
         assert first and not first & pre._pinned
         assert not any(b in opened._remote_file._chunks for b in first)  # released from remfile's memory

@@ -8,18 +8,22 @@ fills), coalesces neighbouring blocks into ranges, fetches the missing ranges wi
 pool (one :class:`RetryingSession` per thread, the same timeout and retries), and stores them in
 remfile's memory cache and disk cache, so h5py's reads that follow are served locally.
 
-Datasets stored without filters (uncompressed chunks, or contiguous) skip h5py's read altogether:
+Datasets stored without filters (uncompressed chunks, or contiguous) or with only deflate (gzip) and
+shuffle (NeuroConv's default) skip h5py's read altogether:
 :meth:`Prefetcher.read` looks their chunks up (memoised per dataset for the reader's lifetime),
 starts the fetches while the look-ups go on (a look-up may itself wait for a B-tree node), and
-receives whole chunks of full rows straight into the output array; partial or column-tiled
-chunks land in their own buffer and are copied once their request is done. Window-edge chunks
-are kept for the next window. The block path above remains for compressed chunks.
+receives whole uncompressed chunks of full rows straight into the output array; partial,
+column-tiled or compressed chunks land in their own buffer (compressed ones are inflated and
+unshuffled in the fetch threads, honouring each chunk's filter mask) and are copied once their
+request is done. Window-edge chunks are kept (decoded) for the next window. The block path above
+remains for other filters (fletcher32, blosc, lzf, szip, scale-offset, n-bit...).
 """
 
 from __future__ import annotations
 
 import math
 import threading
+import zlib
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -49,6 +53,8 @@ EDGE_CHUNKS = 8
 EDGE_BYTES = 32 * 1024 * 1024
 #: Chunk look-ups remembered per dataset (beyond this the memo starts again: ~100 bytes each).
 MAX_INDEX_ENTRIES = 200_000
+#: Filters decoded here (in the fetch threads); any other filter in a pipeline leaves the dataset to h5py.
+DEFLATE, SHUFFLE = h5py.h5z.FILTER_DEFLATE, h5py.h5z.FILTER_SHUFFLE
 
 
 def chunk_byte_ranges(dataset: Any, i0: int, i1: int, columns: Sequence[int] | None = None) -> list[tuple[int, int]]:
@@ -102,14 +108,33 @@ def block_runs(blocks: Iterable[int], part_blocks: int) -> list[tuple[int, int]]
     return runs
 
 
+def decode_chunk(data: memoryview, undo: Sequence[int], itemsize: int, expect: int) -> memoryview:
+    """Undo a chunk's filters (``undo``: filter codes in decoding order, deflate and shuffle only); checks the size."""
+    out: Any = data
+    for code in undo:
+        if code == DEFLATE:
+            out = zlib.decompress(out)  # releases the GIL: decoding overlaps the other transfers
+        elif itemsize > 1:  # shuffle: byte planes back into elements (a tail that is not a whole element stays as is)
+            raw = np.frombuffer(out, dtype=np.uint8)
+            n = raw.size // itemsize
+            body = raw[:n * itemsize].reshape(itemsize, n).T
+            out = np.concatenate([body.reshape(-1), raw[n * itemsize:]]) if raw.size % itemsize else body.copy()
+    view = memoryview(out).cast("B")
+    if view.nbytes != expect:
+        raise ValueError(f"a compressed chunk decodes to {view.nbytes} bytes, not the chunk's {expect}")
+    return view
+
+
 class _Layout:
-    """Where rows of one unfiltered dataset lie in the file: chunk shape and memoised chunk look-ups.
+    """Where rows of one dataset lie in the file: chunk shape, its filters (deflate/shuffle) and memoised chunk look-ups.
 
     A contiguous dataset is handled as pseudo-chunks of whole rows (``CONTIGUOUS_PIECE_BYTES`` each).
     """
 
-    def __init__(self, dataset: Any, contiguous_offset: int | None) -> None:
+    def __init__(self, dataset: Any, contiguous_offset: int | None, filters: Sequence[int] = ()) -> None:
         self.dataset = dataset
+        self.filters = tuple(filters)  # pipeline order (as written); decoding runs it backwards
+        self._undo: dict[int, tuple[int, ...]] = {}
         self.dtype = dataset.dtype
         self.shape = tuple(dataset.shape)
         self.width = self.shape[1] if len(self.shape) == 2 else 1
@@ -121,7 +146,14 @@ class _Layout:
             self.chunks = tuple(dataset.chunks)
         self.chunk_bytes = math.prod(self.chunks) * self.dtype.itemsize
         self.full_rows = len(self.shape) == 1 or self.chunks[1] == self.shape[1]  # a chunk's rows are whole rows
-        self.index: dict[tuple[int, int], tuple[int, int] | None] = {}
+        self.index: dict[tuple[int, int], tuple[int, int, tuple[int, ...]] | None] = {}
+
+    def undo(self, mask: int) -> tuple[int, ...]:
+        """Filters to undo, in decoding order, for a chunk with this filter mask (bit i set: filter i was skipped)."""
+        found = self._undo.get(mask)
+        if found is None:
+            found = self._undo[mask] = tuple(f for i, f in reversed(list(enumerate(self.filters))) if not mask >> i & 1)
+        return found
 
     def column_chunks(self, columns: Sequence[int] | None) -> list[int]:
         """Column-chunk numbers holding ``columns`` (all when None)."""
@@ -131,16 +163,18 @@ class _Layout:
             return list(range(math.ceil(self.shape[1] / self.chunks[1])))
         return sorted({c // self.chunks[1] for c in columns})
 
-    def locate(self, r: int, c: int) -> tuple[int, int] | None:
-        """(file offset, stored size) of chunk (row chunk r, column chunk c) of a chunked dataset; None when never written."""
+    def locate(self, r: int, c: int) -> tuple[int, int, tuple[int, ...]] | None:
+        """(file offset, stored size, filters to undo) of chunk (row chunk r, column chunk c); None when never written."""
         found = self.index.get((r, c), False)
         if found is not False:
             return found
         rows = self.chunks[0]
         coord = (r * rows,) if len(self.shape) == 1 else (r * rows, c * self.chunks[1])
         info = self.dataset.id.get_chunk_info_by_coord(coord)
-        found = (int(info.byte_offset), int(info.size)) if info.byte_offset is not None and info.size > 0 else None
-        if found is not None and found[1] != self.chunk_bytes:
+        found = None
+        if info.byte_offset is not None and info.size > 0:
+            found = (int(info.byte_offset), int(info.size), self.undo(int(info.filter_mask or 0)))
+        if found is not None and not found[2] and found[1] != self.chunk_bytes:
             found = None  # not the plain layout this reader decodes: let h5py read it
         if len(self.index) >= MAX_INDEX_ENTRIES:
             self.index.clear()
@@ -149,7 +183,8 @@ class _Layout:
 
 
 def _direct_layout(dataset: Any) -> _Layout | None:
-    """A :class:`_Layout` when ``dataset`` is 1-D/2-D plain numbers stored unfiltered (chunked or contiguous), else None."""
+    """A :class:`_Layout` when ``dataset`` is 1-D/2-D plain numbers stored unfiltered (chunked or contiguous) or
+    chunked with only deflate and shuffle filters, else None (fletcher32, blosc, lzf, szip, scale-offset...: h5py reads it)."""
     if not isinstance(dataset, h5py.Dataset) or dataset.ndim not in (1, 2) or dataset.dtype.kind not in "iuf":
         return None
     if dataset.dtype.fields is not None or dataset.dtype.subdtype is not None:
@@ -161,21 +196,27 @@ def _direct_layout(dataset: Any) -> _Layout | None:
     if layout == h5py.h5d.CONTIGUOUS:
         offset = dataset.id.get_offset()
         return None if offset is None else _Layout(dataset, int(offset))
-    if layout == h5py.h5d.CHUNKED and dcpl.get_nfilters() == 0:
-        return _Layout(dataset, None)
-    return None
+    if layout != h5py.h5d.CHUNKED:
+        return None
+    filters = [dcpl.get_filter(i)[0] for i in range(dcpl.get_nfilters())]
+    if any(f not in (DEFLATE, SHUFFLE) for f in filters):
+        return None
+    return _Layout(dataset, None, filters)
 
 
 class _Piece:
     """One stored chunk of one requested dataset: its bytes, where they are received, where its rows go."""
 
-    __slots__ = ("item", "offset", "size", "r0", "r1", "out0", "col_chunk", "sink", "keep")
+    __slots__ = ("item", "offset", "size", "r0", "r1", "out0", "col_chunk", "sink", "keep", "undo", "itemsize",
+                 "expect")
 
     def __init__(self, item: int, offset: int, size: int, r0: int, r1: int, out0: int, col_chunk: int) -> None:
         self.item, self.offset, self.size, self.r0, self.r1 = item, offset, size, r0, r1
         self.out0, self.col_chunk = out0, col_chunk
         self.sink: memoryview = memoryview(b"")
         self.keep = False
+        self.undo: tuple[int, ...] = ()  # filters the fetch thread undoes (the sink then holds the decoded chunk)
+        self.itemsize = self.expect = 0
 
 
 def _settle(futures: Sequence[Future]) -> None:
@@ -189,8 +230,8 @@ class PrefetchError(OSError):
 
 
 class Prefetcher:
-    """Concurrent, ordered range fetching of HDF5 chunks for one StreamFile: ``read`` (unfiltered data,
-    decoded here) and ``prefetch`` (remfile's cache blocks under the chunks, for h5py to decompress).
+    """Concurrent, ordered range fetching of HDF5 chunks for one StreamFile: ``read`` (unfiltered or
+    deflate/shuffle data, decoded here) and ``prefetch`` (remfile's cache blocks under the chunks, for h5py to decompress).
 
     ``read`` waits for its requests outside h5py; ``prefetch`` returns when every request has landed, before h5py reads: waiting inside h5py's
     read would hold h5py's global lock, which a garbage collection in a pool thread may need (a
@@ -216,7 +257,7 @@ class Prefetcher:
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         self._layouts: dict[Any, _Layout | None] = {}
-        self._edges: dict[int, memoryview] = {}
+        self._edges: dict[int, tuple[int, memoryview]] = {}  # file offset: (stored size, decoded chunk)
         self.min_part_bytes = int(min_part_bytes)
         self.requests = 0
         self.bytes_fetched = 0
@@ -271,7 +312,8 @@ class Prefetcher:
         """Rows [i0, i1) of each dataset (of a 2-D one, ``columns`` in that order), decoded without h5py.
 
         Whole chunks of full rows are received straight into the output array; partial or tiled
-        chunks into their own buffer, then copied. None when a dataset is filtered (compressed),
+        or compressed (deflate/shuffle, decoded in the fetch threads) chunks into their own buffer, then
+        copied. None when a dataset has other filters,
         partly unwritten, not plain numbers or the window is over ``max_bytes``: then
         :meth:`prefetch` and h5py's own read serve it.
         """
@@ -329,7 +371,8 @@ class Prefetcher:
                         whole = b - a == height
                     for c in col_chunks:
                         if layout.contiguous_offset is not None:
-                            where: tuple[int, int] | None = (layout.contiguous_offset + a * row_bytes, (b - a) * row_bytes)
+                            where: tuple[int, int, tuple[int, ...]] | None = (
+                                layout.contiguous_offset + a * row_bytes, (b - a) * row_bytes, ())
                             first_row = a
                         else:
                             where = layout.locate(r, c)  # may wait for a B-tree node while earlier parts stream
@@ -337,14 +380,17 @@ class Prefetcher:
                         if where is None:
                             _settle([f for f, _ in futures])
                             return None
-                        offset, size = where
+                        offset, size, undo = where
                         piece = _Piece(item, offset, size, a - first_row, b - first_row, a - i0, c)
+                        piece.undo, piece.itemsize, piece.expect = undo, layout.dtype.itemsize, layout.chunk_bytes
                         held = self._held(offset, size)
                         if held is not None:
-                            piece.sink = held
+                            piece.sink, decoded = held
+                            if undo and not decoded:
+                                piece.sink = decode_chunk(piece.sink, undo, piece.itemsize, piece.expect)
                             copies.append(piece)
                             continue
-                        if flat is not None and whole:
+                        if flat is not None and whole and not undo:
                             piece.sink = flat[(a - i0) * row_bytes:(b - i0) * row_bytes]
                         else:
                             piece.sink = memoryview(bytearray(size))
@@ -375,22 +421,22 @@ class Prefetcher:
             raise
         return outs
 
-    def _held(self, offset: int, size: int) -> memoryview | None:
-        """A chunk's bytes kept from an earlier window's edge, or from the disk cache."""
-        data = self._edges.get(offset)
-        if data is not None and data.nbytes == size:
-            return data
+    def _held(self, offset: int, size: int) -> tuple[memoryview, bool] | None:
+        """A chunk kept from an earlier window's edge (decoded: True), or its stored bytes from the disk cache (False)."""
+        edge = self._edges.get(offset)
+        if edge is not None and edge[0] == size:
+            return edge[1], True
         if self._disk is not None:
             cached = self._disk.get(self._chunk_key(offset, size))
             if cached and len(cached) == size:
-                return memoryview(cached)
+                return memoryview(cached), False
         return None
 
     def _hold(self, offset: int, size: int, data: memoryview) -> None:
-        """Keep a window-edge chunk's bytes (at most ``EDGE_CHUNKS``, ``EDGE_BYTES``) for the next window."""
+        """Keep a window-edge chunk (decoded; at most ``EDGE_CHUNKS``, ``EDGE_BYTES``) for the next window."""
         self._edges.pop(offset, None)
-        self._edges[offset] = data
-        while len(self._edges) > EDGE_CHUNKS or sum(v.nbytes for v in self._edges.values()) > EDGE_BYTES:
+        self._edges[offset] = (size, data)
+        while len(self._edges) > EDGE_CHUNKS or sum(v[1].nbytes for v in self._edges.values()) > EDGE_BYTES:
             self._edges.pop(next(iter(self._edges)))
 
     def _chunk_key(self, offset: int, size: int) -> str:
@@ -420,12 +466,15 @@ class Prefetcher:
         with self._lock:
             self.requests += 1
             self.bytes_fetched += end - pieces[0].offset
+        for piece in pieces:  # decoded here, in the pool, while the other requests stream
+            if piece.undo:
+                piece.sink = decode_chunk(piece.sink, piece.undo, piece.itemsize, piece.expect)
         return end - pieces[0].offset
 
     @staticmethod
     def _copy(piece: _Piece, layout: _Layout, out: np.ndarray, cols: list[int] | None) -> None:
         """Copy the rows (and columns) of one chunk held in its own buffer into ``out``."""
-        values = np.frombuffer(piece.sink, dtype=layout.dtype, count=piece.size // layout.dtype.itemsize)
+        values = np.frombuffer(piece.sink, dtype=layout.dtype, count=piece.sink.nbytes // layout.dtype.itemsize)
         rows = values.reshape(-1, *layout.chunks[1:])[piece.r0:piece.r1]
         stop = piece.out0 + piece.r1 - piece.r0
         if out.ndim == 1:
