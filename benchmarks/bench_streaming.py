@@ -16,7 +16,11 @@ a local h5py read vs one raw HTTP GET of the same bytes; bytes moved; bounded-me
    - both streamed paths again with ``--latency-ms`` added by the server to every request (a far
      server's round trip), where concurrency is what counts;
 2. bytes the server sent for the window (chunk look-ups included) vs bytes of the covering chunks;
-3. peak RSS of a process iterating a ``--hours`` 32-channel 2 kHz series end to end (10 s chunks),
+3. the same window (1 and 2, without the added latency) from the same recording compressed as NeuroConv
+   writes it by default (chunked gzip, level 4; ``--compressed gzip,gzip+shuffle``): the library read now
+   inflates and unshuffles the chunks in its fetch threads; "prefetch + h5py read" is the old path
+   (h5py decompresses serially); the local row is h5py on the same compressed file;
+4. peak RSS of a process iterating a ``--hours`` 32-channel 2 kHz series end to end (10 s chunks),
    locally and streamed, against its raw float32 size (``--hours 0`` skips it).
 """
 
@@ -45,7 +49,8 @@ RATE, N_CH = 2000.0, 32
 SERIES = "acquisition/EMG/data"
 
 
-def write_emg(path: Path, duration_s: float, seed: int = 0) -> Path:
+def write_emg(path: Path, duration_s: float, seed: int = 0, compression: str | None = None,
+              shuffle: bool = False) -> Path:
     """A Myomatrix-like NWB file written block by block (bounded writer memory), 1 s x 32 ch chunks."""
     from hdmf.backends.hdf5 import H5DataIO
     from hdmf.data_utils import DataChunkIterator
@@ -68,7 +73,8 @@ def write_emg(path: Path, duration_s: float, seed: int = 0) -> Path:
         nwb.add_electrode(location=f"M{k:02d}", group=grp)
     region = nwb.create_electrode_table_region(list(range(N_CH)), "all")
     it = DataChunkIterator(data=blocks(), maxshape=(n, N_CH), dtype=np.dtype("float32"), buffer_size=block)
-    nwb.add_acquisition(ElectricalSeries(name="EMG", data=H5DataIO(it, chunks=(int(RATE), N_CH)),
+    nwb.add_acquisition(ElectricalSeries(name="EMG", data=H5DataIO(it, chunks=(int(RATE), N_CH), compression=compression,
+                                                                       shuffle=shuffle),
                                          electrodes=region, rate=RATE, starting_time=0.0))
     with NWBHDF5IO(str(path), "w") as io:
         io.write(nwb)
@@ -255,9 +261,9 @@ def window_bench(path: Path, repeats: int, latency_ms: float, workers: int) -> d
             "repeats": repeats, "rows": rows}
 
 
-def print_table(win: dict) -> None:
+def print_table(win: dict, kind: str = "uncompressed") -> None:
     """The window results as a markdown table."""
-    print(f"\n60 s window, 32 ch x 2 kHz float32 ({win['window_raw_MB']:.2f} MB; covering chunks "
+    print(f"\n60 s window, 32 ch x 2 kHz float32, {kind} ({win['window_raw_MB']:.2f} MB; covering chunks "
           f"{win['bytes_of_covering_chunks'] / 1e6:.2f} MB), median of {win['repeats']}:\n")
     print("| path | library read MB/s (x local, x raw GET) | prefetch + h5py read MB/s | EMGReader.window, first "
           "after open: MB/s (x local, x raw GET) | EMGReader.window, next: MB/s (x local, x raw GET) | requests | "
@@ -326,6 +332,8 @@ def main() -> None:
     ap.add_argument("--latency-ms", type=float, default=20.0)
     ap.add_argument("--workers", type=int, default=None, help="prefetch workers (default: the library's)")
     ap.add_argument("--hours", type=float, default=1.0)
+    ap.add_argument("--compressed", default="gzip,gzip+shuffle",
+                    help="comma-separated compressed variants of the window bench (gzip, gzip+shuffle; '' for none)")
     args = ap.parse_args()
     from nwb_lfads_emg.sources.prefetch import DEFAULT_WORKERS
 
@@ -336,6 +344,12 @@ def main() -> None:
         write_emg(short, 180.0)
     result: dict = {"loadavg_start": os.getloadavg()}
     result["window"] = window_bench(short, args.repeats, args.latency_ms, args.workers or DEFAULT_WORKERS)
+    for kind in [k for k in args.compressed.split(",") if k]:
+        path = work / f"emg_180s_{kind.replace('+', '_')}.nwb"
+        if not path.exists():
+            write_emg(path, 180.0, compression="gzip", shuffle=kind == "gzip+shuffle")
+        result[f"window {kind}"] = window_bench(path, args.repeats, 0.0, args.workers or DEFAULT_WORKERS)
+        result[f"window {kind}"]["file_MB"] = path.stat().st_size / 1e6
     if args.hours > 0:
         long = work / f"emg_{args.hours:g}h.nwb"
         if not long.exists():
@@ -348,6 +362,8 @@ def main() -> None:
     result["loadavg_end"] = os.getloadavg()
     print(json.dumps(result, indent=2))
     print_table(result["window"])
+    for key in [k for k in result if k.startswith("window ")]:
+        print_table(result[key], key.split(" ", 1)[1])
     print(f"\nload average (1, 5, 15 min) at start {result['loadavg_start']}, at end {result['loadavg_end']}; "
           f"{os.cpu_count()} CPUs")
 

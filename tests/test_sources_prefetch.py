@@ -118,6 +118,22 @@ def test_block_runs_split_and_coalesce() -> None:
     assert block_runs(range(10), part_blocks=4) == [(0, 4), (4, 4), (8, 2)]
 
 
+def test_decode_chunk_inflates_unshuffles_and_checks_the_size() -> None:
+    import zlib
+
+    from nwb_lfads_emg.sources.prefetch import DEFLATE, SHUFFLE, decode_chunk
+
+    values = np.arange(-500, 500, dtype=">f8")
+    planes = values.view(np.uint8).reshape(-1, 8).T.tobytes() + b"xyz"  # shuffled, and a tail of 3 bytes
+    stored = memoryview(zlib.compress(planes))
+    assert bytes(decode_chunk(stored, (DEFLATE, SHUFFLE), 8, 8003)) == values.tobytes() + b"xyz"
+    assert bytes(decode_chunk(memoryview(planes), (SHUFFLE,), 8, 8003)) == values.tobytes() + b"xyz"
+    with pytest.raises(ValueError, match="decodes to 8003 bytes, not the chunk's 8000"):
+        decode_chunk(stored, (DEFLATE, SHUFFLE), 8, 8000)
+    with pytest.raises(zlib.error):
+        decode_chunk(memoryview(planes), (DEFLATE,), 8, 8003)
+
+
 def test_chunk_ranges_match_the_layout(files) -> None:
     with h5py.File(files["chunked"], "r") as f:
         d = f["acquisition/EMG/data"]
