@@ -128,8 +128,16 @@ def test_decode_chunk_inflates_unshuffles_and_checks_the_size() -> None:
     stored = memoryview(zlib.compress(planes))
     assert bytes(decode_chunk(stored, (DEFLATE, SHUFFLE), 8, 8003)) == values.tobytes() + b"xyz"
     assert bytes(decode_chunk(memoryview(planes), (SHUFFLE,), 8, 8003)) == values.tobytes() + b"xyz"
-    with pytest.raises(ValueError, match="decodes to 8003 bytes, not the chunk's 8000"):
-        decode_chunk(stored, (DEFLATE, SHUFFLE), 8, 8000)
+    into = memoryview(bytearray(8003))
+    decode_chunk(stored, (DEFLATE, SHUFFLE), 8, 8003, into)  # written where it belongs (a slice of the output)
+    assert bytes(into) == values.tobytes() + b"xyz"
+    raw = memoryview(zlib.compress(values.tobytes()))
+    into = memoryview(bytearray(8000))
+    decode_chunk(raw, (DEFLATE,), 8, 8000, into)
+    assert bytes(into) == values.tobytes()
+    for dest in (None, memoryview(bytearray(8000))):
+        with pytest.raises(ValueError, match="decodes to 8003 bytes, not the chunk's 8000"):
+            decode_chunk(stored, (DEFLATE, SHUFFLE), 8, 8000, dest)
     with pytest.raises(zlib.error):
         decode_chunk(memoryview(planes), (DEFLATE,), 8, 8003)
 

@@ -108,20 +108,39 @@ def block_runs(blocks: Iterable[int], part_blocks: int) -> list[tuple[int, int]]
     return runs
 
 
-def decode_chunk(data: memoryview, undo: Sequence[int], itemsize: int, expect: int) -> memoryview:
-    """Undo a chunk's filters (``undo``: filter codes in decoding order, deflate and shuffle only); checks the size."""
+def _unshuffle(data: Any, itemsize: int, into: memoryview | None = None) -> memoryview:
+    """HDF5's shuffle undone: byte plane k back into byte k of every element (a tail of < itemsize bytes stays)."""
+    raw = np.frombuffer(data, dtype=np.uint8)
+    n = raw.size // itemsize
+    out = np.empty(raw.size, dtype=np.uint8) if into is None else np.frombuffer(into, dtype=np.uint8)
+    if out.size != raw.size:
+        raise ValueError(f"a compressed chunk decodes to {raw.size} bytes, not the chunk's {out.size}")
+    planes, elements = raw[:n * itemsize].reshape(itemsize, n), out[:n * itemsize].reshape(n, itemsize)
+    for k in range(itemsize):  # one contiguous plane at a time: ~5x faster than copying the transposed view
+        elements[:, k] = planes[k]
+    out[n * itemsize:] = raw[n * itemsize:]
+    return memoryview(out)
+
+
+def decode_chunk(data: memoryview, undo: Sequence[int], itemsize: int, expect: int,
+                 into: memoryview | None = None) -> memoryview:
+    """Undo a chunk's filters (``undo``: filter codes in decoding order, deflate and shuffle only) and check
+    its decoded size; with ``into`` (``expect`` bytes), the decoded chunk is written there."""
     out: Any = data
-    for code in undo:
+    for k, code in enumerate(undo):
+        last = into if k == len(undo) - 1 else None
         if code == DEFLATE:
             out = zlib.decompress(out)  # releases the GIL: decoding overlaps the other transfers
-        elif itemsize > 1:  # shuffle: byte planes back into elements (a tail that is not a whole element stays as is)
-            raw = np.frombuffer(out, dtype=np.uint8)
-            n = raw.size // itemsize
-            body = raw[:n * itemsize].reshape(itemsize, n).T
-            out = np.concatenate([body.reshape(-1), raw[n * itemsize:]]) if raw.size % itemsize else body.copy()
+        elif itemsize > 1:
+            out = _unshuffle(out, itemsize, last)
+            if last is not None:
+                return last
     view = memoryview(out).cast("B")
     if view.nbytes != expect:
         raise ValueError(f"a compressed chunk decodes to {view.nbytes} bytes, not the chunk's {expect}")
+    if into is not None:
+        into[:] = view
+        return into
     return view
 
 
@@ -208,7 +227,7 @@ class _Piece:
     """One stored chunk of one requested dataset: its bytes, where they are received, where its rows go."""
 
     __slots__ = ("item", "offset", "size", "r0", "r1", "out0", "col_chunk", "sink", "keep", "undo", "itemsize",
-                 "expect")
+                 "expect", "dest")
 
     def __init__(self, item: int, offset: int, size: int, r0: int, r1: int, out0: int, col_chunk: int) -> None:
         self.item, self.offset, self.size, self.r0, self.r1 = item, offset, size, r0, r1
@@ -217,6 +236,7 @@ class _Piece:
         self.keep = False
         self.undo: tuple[int, ...] = ()  # filters the fetch thread undoes (the sink then holds the decoded chunk)
         self.itemsize = self.expect = 0
+        self.dest: memoryview | None = None  # where the fetch thread decodes a whole chunk of full rows (no copy after)
 
 
 def _settle(futures: Sequence[Future]) -> None:
@@ -392,6 +412,9 @@ class Prefetcher:
                             continue
                         if flat is not None and whole and not undo:
                             piece.sink = flat[(a - i0) * row_bytes:(b - i0) * row_bytes]
+                        elif flat is not None and whole:
+                            piece.sink = memoryview(bytearray(size))
+                            piece.dest = flat[(a - i0) * row_bytes:(b - i0) * row_bytes]
                         else:
                             piece.sink = memoryview(bytearray(size))
                             piece.keep = not whole  # a window edge: the next window likely needs it
@@ -468,7 +491,7 @@ class Prefetcher:
             self.bytes_fetched += end - pieces[0].offset
         for piece in pieces:  # decoded here, in the pool, while the other requests stream
             if piece.undo:
-                piece.sink = decode_chunk(piece.sink, piece.undo, piece.itemsize, piece.expect)
+                piece.sink = decode_chunk(piece.sink, piece.undo, piece.itemsize, piece.expect, piece.dest)
         return end - pieces[0].offset
 
     @staticmethod
