@@ -7,7 +7,9 @@ Each size is a simulated session (`simulate_session`, 32 muscles, `--base-s` sec
 rate and tiled to the length) written as a Myomatrix-like NWB file (int16 ElectricalSeries with a
 conversion, 1 s x channels gzip chunks, block by block so the writer's memory stays flat). Each run is
 its own process (`pipeline.run`, the API the CLI calls), so its peak RSS (`ru_maxrss`, the write-back's
-forked child counted separately) is its own. The stages are timed by wrapping the pipeline's functions
+forked child counted separately) is its own; the benchmark also samples the PSS of the whole process tree
+every 0.2 s (pages the forked child shares with its parent counted once) and reads each stage's own peak
+(VmHWM, reset at the stage's start). Stage times are wall and CPU seconds (CPU: this process's threads). The stages are timed by wrapping the pipeline's functions
 (exclusive time, nested wrapped calls subtracted): read+preprocess (`read`, the raw series loaded for
 the baselines), baselines, training (`fit`), inference (`infer`), write-back (`write`); "other" is the
 rest (locks, checks, provenance). The same script times any revision of the package: put its folder
@@ -33,7 +35,8 @@ STAGES = {  # stage -> (module, attribute) wrapped when present in the revision 
     "read+preprocess": [("nwb_lfads_emg.pipeline", "read"), ("nwb_lfads_emg.pipeline", "read_pass"),
                         ("nwb_lfads_emg.sources.reader", "EMGReader.to_dataarray")],
     "baselines": [("nwb_lfads_emg.pipeline", "baseline_estimates"),
-                  ("nwb_lfads_emg.pipeline", "finish_baselines")],
+                  ("nwb_lfads_emg.pipeline", "finish_baselines"),
+                  ("nwb_lfads_emg.baselines.streaming", "BaselineStreams.choose_cutoff")],
     "training": [("nwb_lfads_emg.pipeline", "fit")],
     "inference": [("nwb_lfads_emg.pipeline", "infer")],
     "write-back": [("nwb_lfads_emg.pipeline", "write")],
@@ -128,6 +131,8 @@ def _wrap_stages(times: dict[str, float], cpu: dict[str, float], peaks: dict[str
                 cpu[stage] = cpu.get(stage, 0.0) + cspent - cnested
                 peaks[stage] = max(peaks.get(stage, 0.0), peak)
                 peaks["all"] = max(peaks.get("all", 0.0), peak)
+                print(f"# stage {stage}: wall {spent - nested:.0f} s, cpu {cspent - cnested:.0f} s, peak RSS "
+                      f"{peak:.0f} MB", file=sys.stderr, flush=True)  # partial results of a run cut short
                 if stack:
                     stack[-1][1] += spent
                     stack[-1][3] += cspent
@@ -201,14 +206,19 @@ def _tree_memory_mb(pid: int) -> tuple[float, float]:
 
 def run_sampled(cmd: list[str]) -> tuple[subprocess.CompletedProcess, float, float]:
     """Run `cmd`, sampling its process tree's memory every 0.2 s; (result, peak PSS sum, peak RSS sum) in MB."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=None, text=True, env=os.environ.copy())
     peaks = [0.0, 0.0]
     done = threading.Event()
 
     def sample() -> None:
+        told = time.perf_counter()
         while not done.wait(0.2):
             pss, rss = _tree_memory_mb(proc.pid)
             peaks[0], peaks[1] = max(peaks[0], pss), max(peaks[1], rss)
+            if time.perf_counter() - told > 60:  # partial results of a run cut short
+                told = time.perf_counter()
+                print(f"# process tree peak so far: PSS {peaks[0]:.0f} MB, RSS {peaks[1]:.0f} MB", file=sys.stderr,
+                      flush=True)
 
     thread = threading.Thread(target=sample, daemon=True)
     thread.start()
@@ -219,17 +229,24 @@ def run_sampled(cmd: list[str]) -> tuple[subprocess.CompletedProcess, float, flo
 
 
 def markdown_table(rows: list[dict]) -> str:
-    """One line per (size, label): raw size, wall time per stage, peak RSS of the run and of its write-back child."""
-    head = ("| session (32 ch) | raw float32 | code | read+preprocess | baselines | training | inference | write-back "
-            "| total | peak RSS (write-back child) |")
+    """One line per (size, label): raw size, wall (CPU) time per stage, peak RSS of the run (and of its
+    write-back child), and the peak PSS summed over the process tree (shared pages of the fork counted once)."""
+    stages = ("read+preprocess", "baselines", "training", "inference", "write-back")
+    head = ("| session (32 ch) | raw float32 | code | " + " | ".join(stages) + " | total "
+            "| peak RSS (write-back child) | peak PSS, process tree |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in sorted((r for r in rows if "stages" in r), key=lambda r: (r["rate"], r["minutes"], r["label"] != "before")):
-        s = r["stages"]
+        s, c = r["stages"], r.get("stage_cpu_s", {})
+
+        def cell(k: str, s: dict = s, c: dict = c) -> str:
+            return f"{s.get(k, 0.0):.0f} s" + (f" ({c[k]:.0f})" if k in c else "")
+
+        tree = f"{r['tree_peak_pss_mb'] / 1000:.2f} GB" if "tree_peak_pss_mb" in r else "-"
         lines.append(f"| {r['minutes']:g} min at {r['rate'] / 1000:g} kHz | {r['raw_float32_mb'] / 1000:.2f} GB | "
-                     f"{r['label']} | " + " | ".join(f"{s.get(k, 0.0):.0f} s" for k in
-                                                     ("read+preprocess", "baselines", "training", "inference",
-                                                      "write-back"))
-                     + f" | {r['wall_s']:.0f} s | {r['peak_rss_mb'] / 1000:.2f} GB ({r['child_peak_rss_mb'] / 1000:.2f} GB) |")
+                     f"{r['label']} | " + " | ".join(cell(k) for k in stages)
+                     + f" | {r['wall_s']:.0f} s" + (f" ({r['cpu_s'] + r.get('children_cpu_s', 0.0):.0f})"
+                                                     if "cpu_s" in r else "")
+                     + f" | {r['peak_rss_mb'] / 1000:.2f} GB ({r['child_peak_rss_mb'] / 1000:.2f} GB) | {tree} |")
     return "\n".join(lines)
 
 
@@ -267,8 +284,7 @@ def main() -> None:
         job_dir = Path(tempfile.mkdtemp(prefix="job_", dir=workdir))
         proc, tree_pss, tree_rss = run_sampled([sys.executable, __file__, "--child", str(src), "--workdir",
                                                 str(job_dir)])
-        if proc.returncode != 0:
-            print(proc.stderr[-3000:], file=sys.stderr)
+        if proc.returncode != 0:  # its error went to stderr as it came
             rows.append({"size": spec, "failed": proc.returncode})
             continue
         res = json.loads(proc.stdout.strip().splitlines()[-1])

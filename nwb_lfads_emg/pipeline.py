@@ -887,6 +887,8 @@ def run(source: str | Path, run_dir: str | Path, out: str | Path | None = None, 
         try:
             _check_destination(source, out, in_place, emg_input)
             check_lowpass(job, emg_input.binned.raw_rate)
+            if job.lowpass_cutoff_hz is None:  # settled now, so its signal is not held through training
+                emg_input.streams.choose_cutoff()
             fit(emg_input, run_dir, job)
         except BaseException:
             handle[0].close()

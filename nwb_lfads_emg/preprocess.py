@@ -386,7 +386,8 @@ def compute_stats(binned_raw: np.ndarray, config: PreprocessConfig, muscles: Seq
     else:
         clip = np.full(x.shape[1], np.inf)
     if config.normalize_percentile is not None:
-        scale = np.percentile(np.minimum(x, clip[None, :]), config.normalize_percentile, axis=0)
+        # the clipped copy is only sorted here, so the percentile may reorder it in place (no second copy)
+        scale = np.percentile(np.minimum(x, clip[None, :]), config.normalize_percentile, axis=0, overwrite_input=True)
     else:
         scale = np.ones(x.shape[1])
     bad = ~(np.isfinite(scale) & (scale > 0))
@@ -418,8 +419,11 @@ def _finish(
         raise EMGDataError(
             f"ChannelStats: shapes {clip.shape}/{scale.shape} do not match {binned_raw.shape[1]} channels"
         )
-    x = np.minimum(binned_raw, clip[None, :]) / scale[None, :]
-    x = np.maximum(x, config.positive_floor).astype(config.dtype)
+    # in place: the callers hand over freshly binned arrays (a long session's float64 bins are its largest array)
+    x = np.asarray(binned_raw, dtype=np.float64)
+    np.minimum(x, clip[None, :], out=x)
+    x /= scale[None, :]
+    x = np.maximum(x, config.positive_floor, out=x).astype(config.dtype)
     return Binned(
         data=x,
         bin_rate=rate / n_bin,

@@ -131,6 +131,7 @@ class BaselineStreams:
         self.k_cv = cv_decimation(self.rate)
         self.cv = _BlockSums(self.k_cv)
         self.cv_kept: list[np.ndarray] = []
+        self._cutoff: tuple[tuple[float, ...], float] | None = None
         self.cv_blocks = 0
         limit = int(cv_max_s * self.rate)
         if total_samples <= limit:
@@ -201,10 +202,18 @@ class BaselineStreams:
 
     # ----- the estimates ------------------------------------------------------------------
     def choose_cutoff(self, cutoffs: Sequence[float] = CV_CUTOFFS) -> float:
-        """`tuning.select_cutoff_cv` on the kept working signal."""
+        """`tuning.select_cutoff_cv` on the kept working signal, which is then dropped (up to 10 min x channels at
+        ~500 Hz in float64: `run` settles the choice right after the pass, before training); cached."""
+        key = tuple(float(c) for c in cutoffs)
+        if self._cutoff is not None and self._cutoff[0] == key:
+            return self._cutoff[1]
+        if self._cutoff is not None:
+            raise EMGDataError("low-pass baseline: the cutoff search's signal was dropped after the first choice")
         y = np.concatenate(self.cv_kept) if self.cv_kept else np.zeros((0, self.n_ch))
+        self.cv_kept = []
         scores = cutoff_cv_scores_decimated(y, self.rate / self.k_cv, cutoffs)
-        return min(scores, key=lambda c: scores[c])
+        self._cutoff = (key, min(scores, key=lambda c: scores[c]))
+        return self._cutoff[1]
 
     def tune_bayes(self) -> dict[str, float]:
         """`tuning.tune_bayes` from the first minutes' statistics."""
@@ -218,14 +227,17 @@ class BaselineStreams:
         return best_bayes(ll)
 
     def bayes_bins(self, k: int, out: np.ndarray, params: dict[str, Any], out_scale: np.ndarray) -> None:
-        """The Bayesian filter's MAP of segment k on its bins, divided by `scale`, into `out` (bins, ch)."""
+        """The Bayesian filter's MAP of segment k on its bins, divided by `scale`, into `out` (bins, ch); once per
+        segment (its step sums are consumed)."""
         seg = self.segments[k]
-        steps = np.concatenate(seg.step_sums)
-        kk = np.full(steps.shape[0], float(self.k_b))
         rest, count = seg.steps.leftover()
+        pieces = seg.step_sums + ([rest[None, :].astype(np.float32)] if count else [])
+        seg.step_sums = []  # one copy of the step sums from here on (the filter reads them once)
+        steps = np.concatenate(pieces)
+        del pieces
+        kk = np.full(steps.shape[0], float(self.k_b))
         if count:
-            steps = np.concatenate([steps, rest[None, :].astype(np.float32)])
-            kk = np.append(kk, float(count))
+            kk[-1] = float(count)
         windows = np.concatenate(seg.window_sums)
         scale = _scale_from_windows(windows, self.n_win, seg.total, seg.n)
         squared = self.stat != "laplace"
