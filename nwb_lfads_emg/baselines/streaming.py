@@ -6,11 +6,14 @@
   up to `cv_max_s`, else `cv_pieces` pieces spread evenly over it;
 - the Bayesian filter's tuning statistics over the first `tune_max_s` (100 ms window sums for its scale,
   10 ms step sums), exactly what `tune_bayes` computes from the raw series;
-- per segment, the Bayesian filter's step sums (float32) and 100 ms window sums (its scale);
+- per segment, the Bayesian filter's step sums (float32, spilled to a second unlinked file: at 5 ms steps
+  they are as large as the model's bins) and 100 ms window sums (its scale);
 - per segment, the rectified EMG averaged over `d` raw samples (`d` divides the bin; >= `LOWPASS_MIN_RATE`,
   so d = 1 up to 2 kHz), spilled to an unlinked temporary file (float32) and low-passed at the end in
   overlapping blocks.
-`BaselineStreams.estimates` then gives both baselines on the model's bins; memory follows the bins.
+`BaselineStreams.estimates` then gives both baselines on the model's bins; memory follows the bins, and
+between the pass and the baselines (training) only the cutoff search's signal (until `choose_cutoff`)
+and the window sums stay in memory.
 Up to 2 kHz all of it equals the whole-array path (`pipeline.baseline_estimates`) to float32 rounding;
 faster input is low-passed at the averaged rate (the cutoff is known only at the end of the pass).
 """
@@ -82,21 +85,25 @@ def lowpass_decimation(rate: float, bin_samples: int, lowpass_rate: float = LOWP
 class _Segment:
     """What one contiguous segment keeps: Bayesian step sums and scale windows, low-pass input rows."""
 
-    def __init__(self, n_ch: int, k_b: int, n_win: int, d: int, stat: str, spill_offset: int) -> None:
+    def __init__(self, n_ch: int, k_b: int, n_win: int, d: int, stat: str, spill_offset: int,
+                 step_offset: int = 0) -> None:
         self.steps = _BlockSums(k_b)
         self.windows = _BlockSums(n_win)
         self.dec = _BlockSums(d)
         self.stat = stat
-        self.step_sums: list[np.ndarray] = []
+        self.step_offset = step_offset  # first row of this segment's step sums in the step spill file
+        self.n_steps = 0
         self.window_sums: list[np.ndarray] = []
         self.total = np.zeros(n_ch)
         self.n = 0
         self.spill_offset = spill_offset  # first row of this segment in the spill file
         self.n_dec = 0
 
-    def feed(self, x: np.ndarray, spill: Any, d: int) -> None:
+    def feed(self, x: np.ndarray, spill: Any, d: int, step_spill: Any) -> None:
         stat_in = x if self.stat == "laplace" else x * x
-        self.step_sums.append(self.steps(stat_in).astype(np.float32))
+        steps = self.steps(stat_in).astype(np.float32)
+        steps.tofile(step_spill)  # float32 step sums on disk: a long recording's are as large as its bins
+        self.n_steps += steps.shape[0]
         self.window_sums.append(self.windows(x))
         self.total += x.sum(axis=0)
         self.n += x.shape[0]
@@ -157,11 +164,15 @@ class BaselineStreams:
         os.unlink(path)  # nothing is left behind, whatever ends the run
         self.spill = os.fdopen(fd, "w+b")
         self.spill_rows = 0
+        fd, path = temp_beside((directory or Path(tempfile.gettempdir())) / "bayes-steps", "spill")
+        os.unlink(path)
+        self.step_spill = os.fdopen(fd, "w+b")
+        self.step_rows = 0
 
     # ----- the pass -----------------------------------------------------------------------
     def start_segment(self) -> None:
         """A new contiguous segment begins (filters and blocks restart, as the preprocessing's)."""
-        self._current = _Segment(self.n_ch, self.k_b, self.n_win, self.d, self.stat, self.spill_rows)
+        self._current = _Segment(self.n_ch, self.k_b, self.n_win, self.d, self.stat, self.spill_rows, self.step_rows)
 
     def feed(self, rectified: np.ndarray) -> None:
         """One chunk of rectified EMG (time, channels) at the raw rate, in order."""
@@ -171,8 +182,9 @@ class BaselineStreams:
         if self._current is None:
             self.start_segment()
         assert self._current is not None
-        self._current.feed(x, self.spill, self.d)
+        self._current.feed(x, self.spill, self.d, self.step_spill)
         self.spill_rows = self._current.spill_offset + self._current.n_dec
+        self.step_rows = self._current.step_offset + self._current.n_steps
         # pooled statistics (segments concatenated, as the whole-array path pools them)
         y = self.cv(x)
         if y.shape[0]:
@@ -227,16 +239,17 @@ class BaselineStreams:
         return best_bayes(ll)
 
     def bayes_bins(self, k: int, out: np.ndarray, params: dict[str, Any], out_scale: np.ndarray) -> None:
-        """The Bayesian filter's MAP of segment k on its bins, divided by `scale`, into `out` (bins, ch); once per
-        segment (its step sums are consumed)."""
+        """The Bayesian filter's MAP of segment k on its bins, divided by `scale`, into `out` (bins, ch)."""
         seg = self.segments[k]
         rest, count = seg.steps.leftover()
-        pieces = seg.step_sums + ([rest[None, :].astype(np.float32)] if count else [])
-        seg.step_sums = []  # one copy of the step sums from here on (the filter reads them once)
-        steps = np.concatenate(pieces)
-        del pieces
+        steps = np.empty((seg.n_steps + (1 if count else 0), self.n_ch), dtype=np.float32)
+        self.step_spill.flush()
+        self.step_spill.seek(seg.step_offset * self.n_ch * 4)
+        steps[: seg.n_steps] = np.fromfile(self.step_spill, dtype=np.float32,
+                                           count=seg.n_steps * self.n_ch).reshape(seg.n_steps, self.n_ch)
         kk = np.full(steps.shape[0], float(self.k_b))
         if count:
+            steps[-1] = rest.astype(np.float32)
             kk[-1] = float(count)
         windows = np.concatenate(seg.window_sums)
         scale = _scale_from_windows(windows, self.n_win, seg.total, seg.n)
@@ -278,9 +291,10 @@ class BaselineStreams:
             np.float64)
 
     def close(self) -> None:
-        """Drop the spill file (it was unlinked when made: closing frees its space)."""
-        if not self.spill.closed:
-            self.spill.close()
+        """Drop the spill files (they were unlinked when made: closing frees their space)."""
+        for f in (self.spill, self.step_spill):
+            if not f.closed:
+                f.close()
 
 
 def _steps_to_bins(est: np.ndarray, sc: np.ndarray, kk: np.ndarray, n_bin: int, out: np.ndarray,

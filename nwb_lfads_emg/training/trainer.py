@@ -92,7 +92,10 @@ def check_data(data: Any, likelihood: str, what: str = "training data") -> np.nd
 
 
 def _data_digest(arr: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(arr).tobytes() + str(arr.shape).encode()).hexdigest()
+    """sha256 of the data's bytes and shape, hashed in place (no copy of a long recording's bins)."""
+    digest = hashlib.sha256(memoryview(np.ascontiguousarray(arr)).cast("B"))
+    digest.update(str(arr.shape).encode())
+    return digest.hexdigest()
 
 
 def _architecture(config: LFADSConfig) -> dict[str, Any]:
