@@ -815,6 +815,7 @@ def _annotate_input(source: str | Path, run_dir: str | Path, emg_input: EMGInput
                               allocate=_store_allocator(store, "AutoLFADS"))
             baselines = finish_baselines(emg_input, job, allocate=_store_allocator(store, ""))
             store.finish()
+            _release_freed_memory()
             inference, baselines = _stored(store, inference), [_stored(store, e) for e in baselines]
             results = build_results(emg_input, record, inference, baselines)
             del inference
@@ -889,12 +890,29 @@ def run(source: str | Path, run_dir: str | Path, out: str | Path | None = None, 
             check_lowpass(job, emg_input.binned.raw_rate)
             if job.lowpass_cutoff_hz is None:  # settled now, so its signal is not held through training
                 emg_input.streams.choose_cutoff()
+            _release_freed_memory()
             fit(emg_input, run_dir, job)
+            _release_freed_memory()
         except BaseException:
             handle[0].close()
             emg_input.streams.close()
             raise
         return _annotate_input(source, run_dir, emg_input, handle[0], out, in_place, overwrite, job, destination)
+
+
+def _release_freed_memory() -> None:
+    """Hand memory the process has freed back to the system between stages (glibc `malloc_trim`; elsewhere
+    nothing): the read pass frees ~10 s pieces that glibc keeps in its heap otherwise (measured on 10 min x
+    32 ch: 364 -> 254 MB resident after the pass), and a forked write-back child would count them too."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to release this way
+        pass
 
 
 def _refuse_if_annotated(source: str | Path) -> None:
