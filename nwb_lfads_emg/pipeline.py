@@ -888,6 +888,7 @@ def run(source: str | Path, run_dir: str | Path, out: str | Path | None = None, 
         try:
             _check_destination(source, out, in_place, emg_input)
             check_lowpass(job, emg_input.binned.raw_rate)
+            _release_freed_memory()  # the pass's float64 bin pieces
             if job.lowpass_cutoff_hz is None:  # settled now, so its signal is not held through training
                 emg_input.streams.choose_cutoff()
             _release_freed_memory()
