@@ -813,6 +813,7 @@ def _annotate_input(source: str | Path, run_dir: str | Path, emg_input: EMGInput
             store = EstimateStore(run_dir)  # estimates go to disk block by block, never whole in memory
             inference = infer(run_dir, emg_input, job.n_posterior_samples, job.device, job.seed,
                               allocate=_store_allocator(store, "AutoLFADS"))
+            _release_freed_memory()  # inference's freed batches, before the Bayesian filter's step arrays
             baselines = finish_baselines(emg_input, job, allocate=_store_allocator(store, ""))
             store.finish()
             _release_freed_memory()
