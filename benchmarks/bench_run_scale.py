@@ -7,7 +7,9 @@ Each size is a simulated session (`simulate_session`, 32 muscles, `--base-s` sec
 rate and tiled to the length) written as a Myomatrix-like NWB file (int16 ElectricalSeries with a
 conversion, 1 s x channels gzip chunks, block by block so the writer's memory stays flat). Each run is
 its own process (`pipeline.run`, the API the CLI calls), so its peak RSS (`ru_maxrss`, the write-back's
-forked child counted separately) is its own. The stages are timed by wrapping the pipeline's functions
+forked child counted separately) is its own; the benchmark also samples the PSS of the whole process tree
+every 0.2 s (pages the forked child shares with its parent counted once) and reads each stage's own peak
+(VmHWM, reset at the stage's start). Stage times are wall and CPU seconds (CPU: this process's threads). The stages are timed by wrapping the pipeline's functions
 (exclusive time, nested wrapped calls subtracted): read+preprocess (`read`, the raw series loaded for
 the baselines), baselines, training (`fit`), inference (`infer`), write-back (`write`); "other" is the
 rest (locks, checks, provenance). The same script times any revision of the package: put its folder
@@ -23,6 +25,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -32,7 +35,8 @@ STAGES = {  # stage -> (module, attribute) wrapped when present in the revision 
     "read+preprocess": [("nwb_lfads_emg.pipeline", "read"), ("nwb_lfads_emg.pipeline", "read_pass"),
                         ("nwb_lfads_emg.sources.reader", "EMGReader.to_dataarray")],
     "baselines": [("nwb_lfads_emg.pipeline", "baseline_estimates"),
-                  ("nwb_lfads_emg.pipeline", "finish_baselines")],
+                  ("nwb_lfads_emg.pipeline", "finish_baselines"),
+                  ("nwb_lfads_emg.baselines.streaming", "BaselineStreams.choose_cutoff")],
     "training": [("nwb_lfads_emg.pipeline", "fit")],
     "inference": [("nwb_lfads_emg.pipeline", "infer")],
     "write-back": [("nwb_lfads_emg.pipeline", "write")],
@@ -86,23 +90,53 @@ def write_session(path: Path, minutes: float, rate: float, n_ch: int, base_s: fl
     return n * n_ch * 2
 
 
-def _wrap_stages(times: dict[str, float]) -> None:
-    """Wrap the pipeline's stage functions with exclusive timers (nested wrapped calls subtracted)."""
+def _hwm_mb() -> float:
+    """This process's peak resident memory since the last reset (VmHWM), MB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _reset_hwm() -> None:
+    """Reset VmHWM to the current RSS (Linux: `5` into clear_refs), so each stage's own peak can be read."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def _wrap_stages(times: dict[str, float], cpu: dict[str, float], peaks: dict[str, float]) -> None:
+    """Wrap the pipeline's stage functions with exclusive wall and CPU timers (nested wrapped calls
+    subtracted) and each stage's peak RSS (VmHWM reset at its start; an outer stage keeps its own peak)."""
     import importlib
 
-    stack: list[list[float]] = []
+    stack: list[list[float]] = []  # [wall start, nested wall, cpu start, nested cpu, peak so far]
 
     def timed(stage: str, fn):  # type: ignore[no-untyped-def]
         def inner(*args, **kwargs):  # type: ignore[no-untyped-def]
-            stack.append([time.perf_counter(), 0.0])
+            if stack:
+                stack[-1][4] = max(stack[-1][4], _hwm_mb())
+            _reset_hwm()
+            stack.append([time.perf_counter(), 0.0, time.process_time(), 0.0, 0.0])
             try:
                 return fn(*args, **kwargs)
             finally:
-                start, nested = stack.pop()
-                spent = time.perf_counter() - start
+                start, nested, c0, cnested, peak = stack.pop()
+                spent, cspent = time.perf_counter() - start, time.process_time() - c0
+                peak = max(peak, _hwm_mb())
                 times[stage] = times.get(stage, 0.0) + spent - nested
+                cpu[stage] = cpu.get(stage, 0.0) + cspent - cnested
+                peaks[stage] = max(peaks.get(stage, 0.0), peak)
+                peaks["all"] = max(peaks.get("all", 0.0), peak)
+                print(f"# stage {stage}: wall {spent - nested:.0f} s, cpu {cspent - cnested:.0f} s, peak RSS "
+                      f"{peak:.0f} MB", file=sys.stderr, flush=True)  # partial results of a run cut short
                 if stack:
                     stack[-1][1] += spent
+                    stack[-1][3] += cspent
+                    stack[-1][4] = max(stack[-1][4], peak)
         return inner
 
     for stage, targets in STAGES.items():
@@ -117,35 +151,102 @@ def _wrap_stages(times: dict[str, float]) -> None:
 
 
 def child(source: Path, workdir: Path) -> dict:
-    """One `run --preset demo --max-epochs 1` in this process; stage times and peak RSS."""
+    """One `run --preset demo --max-epochs 1` in this process; stage times (wall, CPU) and peak RSS."""
     from nwb_lfads_emg import pipeline
 
     times: dict[str, float] = {}
-    _wrap_stages(times)
+    cpu: dict[str, float] = {}
+    peaks: dict[str, float] = {}
+    _wrap_stages(times, cpu, peaks)
     job = pipeline.JobConfig(preset="demo", max_epochs=1, progress=False, seed=0)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     pipeline.run(str(source), workdir / "run", out=workdir / "out.nwb", job=job)
     wall = time.perf_counter() - t0
     times["other"] = wall - sum(times.values())
+    cpu["other"] = time.process_time() - c0 - sum(cpu.values())
     self_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     child_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return {"wall_s": wall, "stages": times, "peak_rss_mb": self_kb / 1024, "child_peak_rss_mb": child_kb / 1024,
+    return {"wall_s": wall, "stages": times, "stage_cpu_s": cpu, "stage_peak_rss_mb": peaks,
+            "peak_rss_mb": max(self_kb / 1024, peaks.get("all", 0.0)), "child_peak_rss_mb": child_kb / 1024,
             "cpu_s": sum(resource.getrusage(resource.RUSAGE_SELF)[:2]),
+            "children_cpu_s": sum(resource.getrusage(resource.RUSAGE_CHILDREN)[:2]),
             "out_mb": (workdir / "out.nwb").stat().st_size / 1e6}
 
 
+def _tree(pid: int) -> list[int]:
+    """`pid` and its descendants (Linux /proc)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo += [int(c) for c in f.read().split()]
+        except OSError:
+            pass
+    return out
+
+
+def _tree_memory_mb(pid: int) -> tuple[float, float]:
+    """(sum of PSS, sum of RSS) over a process tree, MB: PSS counts pages a forked child shares once."""
+    pss = rss = 0.0
+    for p in _tree(pid):
+        try:
+            with open(f"/proc/{p}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith("Pss:"):
+                        pss += int(line.split()[1]) / 1024
+                    elif line.startswith("Rss:"):
+                        rss += int(line.split()[1]) / 1024
+        except OSError:
+            pass
+    return pss, rss
+
+
+def run_sampled(cmd: list[str]) -> tuple[subprocess.CompletedProcess, float, float]:
+    """Run `cmd`, sampling its process tree's memory every 0.2 s; (result, peak PSS sum, peak RSS sum) in MB."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=None, text=True, env=os.environ.copy())
+    peaks = [0.0, 0.0]
+    done = threading.Event()
+
+    def sample() -> None:
+        told = time.perf_counter()
+        while not done.wait(0.2):
+            pss, rss = _tree_memory_mb(proc.pid)
+            peaks[0], peaks[1] = max(peaks[0], pss), max(peaks[1], rss)
+            if time.perf_counter() - told > 60:  # partial results of a run cut short
+                told = time.perf_counter()
+                print(f"# process tree peak so far: PSS {peaks[0]:.0f} MB, RSS {peaks[1]:.0f} MB", file=sys.stderr,
+                      flush=True)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    out, err = proc.communicate()
+    done.set()
+    thread.join()
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err), peaks[0], peaks[1]
+
+
 def markdown_table(rows: list[dict]) -> str:
-    """One line per (size, label): raw size, wall time per stage, peak RSS of the run and of its write-back child."""
-    head = ("| session (32 ch) | raw float32 | code | read+preprocess | baselines | training | inference | write-back "
-            "| total | peak RSS (write-back child) |")
+    """One line per (size, label): raw size, wall (CPU) time per stage, peak RSS of the run (and of its
+    write-back child), and the peak PSS summed over the process tree (shared pages of the fork counted once)."""
+    stages = ("read+preprocess", "baselines", "training", "inference", "write-back")
+    head = ("| session (32 ch) | raw float32 | code | " + " | ".join(stages) + " | total "
+            "| peak RSS (write-back child) | peak PSS, process tree |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in sorted((r for r in rows if "stages" in r), key=lambda r: (r["rate"], r["minutes"], r["label"] != "before")):
-        s = r["stages"]
+        s, c = r["stages"], r.get("stage_cpu_s", {})
+
+        def cell(k: str, s: dict = s, c: dict = c) -> str:
+            return f"{s.get(k, 0.0):.0f} s" + (f" ({c[k]:.0f})" if k in c else "")
+
+        tree = f"{r['tree_peak_pss_mb'] / 1000:.2f} GB" if "tree_peak_pss_mb" in r else "-"
         lines.append(f"| {r['minutes']:g} min at {r['rate'] / 1000:g} kHz | {r['raw_float32_mb'] / 1000:.2f} GB | "
-                     f"{r['label']} | " + " | ".join(f"{s.get(k, 0.0):.0f} s" for k in
-                                                     ("read+preprocess", "baselines", "training", "inference",
-                                                      "write-back"))
-                     + f" | {r['wall_s']:.0f} s | {r['peak_rss_mb'] / 1000:.2f} GB ({r['child_peak_rss_mb'] / 1000:.2f} GB) |")
+                     f"{r['label']} | " + " | ".join(cell(k) for k in stages)
+                     + f" | {r['wall_s']:.0f} s" + (f" ({r['cpu_s'] + r.get('children_cpu_s', 0.0):.0f})"
+                                                     if "cpu_s" in r else "")
+                     + f" | {r['peak_rss_mb'] / 1000:.2f} GB ({r['child_peak_rss_mb'] / 1000:.2f} GB) | {tree} |")
     return "\n".join(lines)
 
 
@@ -181,20 +282,22 @@ def main() -> None:
             print(f"# wrote {src.name} in {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
         raw_mb = minutes * 60 * rate * args.channels * 4 / 1e6
         job_dir = Path(tempfile.mkdtemp(prefix="job_", dir=workdir))
-        proc = subprocess.run([sys.executable, __file__, "--child", str(src), "--workdir", str(job_dir)],
-                              capture_output=True, text=True, env=os.environ.copy())
-        if proc.returncode != 0:
-            print(proc.stderr[-3000:], file=sys.stderr)
+        proc, tree_pss, tree_rss = run_sampled([sys.executable, __file__, "--child", str(src), "--workdir",
+                                                str(job_dir)])
+        if proc.returncode != 0:  # its error went to stderr as it came
             rows.append({"size": spec, "failed": proc.returncode})
             continue
         res = json.loads(proc.stdout.strip().splitlines()[-1])
         res.update(size=spec, minutes=minutes, rate=rate, channels=args.channels, raw_float32_mb=raw_mb,
+                   tree_peak_pss_mb=tree_pss, tree_peak_rss_mb=tree_rss,
                    file_mb=src.stat().st_size / 1e6, label=args.label)
         rows.append(res)
         s = res["stages"]
         print(f"{args.label:8s} {minutes:5g} min {rate:6g} Hz {args.channels} ch  raw f32 {raw_mb:7.0f} MB  "
               f"wall {res['wall_s']:6.1f} s  " + "  ".join(f"{k} {v:6.1f}" for k, v in s.items())
-              + f"  peak RSS {res['peak_rss_mb']:6.0f} MB (write child {res['child_peak_rss_mb']:.0f} MB)",
+              + f"  peak RSS {res['peak_rss_mb']:6.0f} MB (write child {res['child_peak_rss_mb']:.0f} MB, tree PSS "
+              f"{tree_pss:.0f} MB)  stage peaks " + " ".join(f"{k} {v:.0f}" for k, v in res["stage_peak_rss_mb"].items())
+              + "  cpu " + " ".join(f"{k} {v:.0f}" for k, v in res["stage_cpu_s"].items()),
               flush=True)
         subprocess.run(["rm", "-rf", str(job_dir)], check=False)
         if args.json:  # after every size: a long series of runs keeps what it measured

@@ -451,9 +451,10 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
 
 
 def infer(run_dir: str | Path, emg_input: EMGInput, n_samples: int | None = None, device: str = "auto",
-          seed: int = 0) -> Any:
+          seed: int = 0, allocate: Any = None) -> Any:
     """Posterior means, spreads, factors and inferred inputs of a trained model on preprocessed EMG
-    (`n_samples` posterior samples; None: `training.inference.POSTERIOR_SAMPLES`)."""
+    (`n_samples` posterior samples; None: `training.inference.POSTERIOR_SAMPLES`), into outputs made by
+    `allocate` (`training.inference.Allocate`; e.g. an `EstimateStore`'s datasets) or arrays in memory."""
     from .training.inference import infer as infer_model
     from .training.inference import load_model
     from .training.trainer import set_torch_threads
@@ -474,7 +475,7 @@ def infer(run_dir: str | Path, emg_input: EMGInput, n_samples: int | None = None
     data = emg_input.binned.data
     ranges = emg_input.binned.segment_ranges
     if len(ranges) == 1:
-        return infer_model(model, data, config, n_samples=n_samples, device=device, seed=seed)
+        return infer_model(model, data, config, n_samples=n_samples, device=device, seed=seed, allocate=allocate)
     parts = []
     for a, b in ranges:  # each segment (trial) on its own; one shorter than a model window is edge-padded
         seg = data[a:b]
@@ -484,6 +485,12 @@ def infer(run_dir: str | Path, emg_input: EMGInput, n_samples: int | None = None
     first = parts[0][1]
     joined = {key: np.concatenate([getattr(inf, key)[:n] for n, inf in parts])
               for key in ("rates", "rates_std", "factors", "inferred_inputs")}
+    if allocate is not None:  # segments (trials) merged in memory, then stored like the continuous case
+        for key, name in (("rates", "rates"), ("rates_std", "rates_var"), ("factors", "factors"),
+                          ("inferred_inputs", "inputs")):
+            out = allocate(name, joined[key].shape)
+            out[:] = joined[key]
+            joined[key] = out
     return type(first)(**joined, n_samples=first.n_samples)
 
 
@@ -534,9 +541,10 @@ def baseline_estimates(emg_da: Any, binned: Binned, job: JobConfig) -> list[Acti
     ]
 
 
-def finish_baselines(emg_input: EMGInput, job: JobConfig) -> list[ActivationEstimate]:
+def finish_baselines(emg_input: EMGInput, job: JobConfig, allocate: Any = None) -> list[ActivationEstimate]:
     """Low-pass envelope and Bayesian filter from what the read pass gathered (`read(..., baselines=job)`), on
-    the model's bins and scale, segment by segment; memory follows the bins, not the raw series.
+    the model's bins and scale, segment by segment, into outputs made by `allocate` ((name, shape) -> array-like
+    filled by row slices; default: arrays in memory); memory follows the bins, not the raw series.
 
     Same parameters and estimates as `baseline_estimates` on the whole raw series (kept as the reference),
     to float32 rounding, except that input faster than 2 kHz is low-passed after averaging to >= 2 kHz, and
@@ -557,11 +565,12 @@ def finish_baselines(emg_input: EMGInput, job: JobConfig) -> list[ActivationEsti
         if "diffusion" not in bayes_params and "jump" not in bayes_params:
             bayes_params.update(streams.tune_bayes() | {"chosen_by": "maximum marginal likelihood"})
         chosen = bayes_params.pop("chosen_by", "given")
-        lowpass = np.empty(binned.data.shape, dtype=np.float32)
-        bayes_est = np.empty(binned.data.shape, dtype=np.float32)
+        allocate = allocate or (lambda name, shape: np.empty(shape, dtype=np.float32))
+        lowpass = allocate("LowPass", binned.data.shape)
+        bayes_est = allocate("BayesianFilter", binned.data.shape)
         for k, (a, b) in enumerate(ranges):  # on the model's scale, block by block
-            streams.lowpass_bins(k, lowpass[a:b], cutoff, binned.scale)
-            streams.bayes_bins(k, bayes_est[a:b], bayes_params, binned.scale)
+            streams.lowpass_bins(k, _Rows(lowpass, a, b), cutoff, binned.scale)
+            streams.bayes_bins(k, _Rows(bayes_est, a, b), bayes_params, binned.scale)
     finally:
         streams.close()
     return [
@@ -573,6 +582,18 @@ def finish_baselines(emg_input: EMGInput, job: JobConfig) -> list[ActivationEsti
         ActivationEstimate("BayesianFilter", bayes_est,
                            parameters={"likelihood": "laplace", **bayes_params, "parameters_chosen_by": chosen}),
     ]
+
+
+class _Rows:
+    """Rows [a, b) of an output (array or on-disk dataset) written by slices relative to a (never read)."""
+
+    def __init__(self, target: Any, a: int, b: int) -> None:
+        self.target, self.a = target, a
+        self.shape = (b - a, *target.shape[1:])
+
+    def __setitem__(self, key: slice, value: np.ndarray) -> None:
+        start, stop, _ = key.indices(self.shape[0])
+        self.target[self.a + start: self.a + stop] = value
 
 
 def check_lowpass(job: JobConfig, rate: float) -> None:
@@ -632,8 +653,8 @@ def build_results(emg_input: EMGInput, record: dict[str, Any], inference: Any,
     trained_on = {"trained_on": record.get("source_url") or shareable_location(record.get("source_location") or ""),
                   "trained_on_file_identifier": record["source_file_identifier"],
                   "trained_on_series_path": record["source_series_path"]}
-    autolfads = ActivationEstimate("AutoLFADS", np.asarray(inference.rates, dtype=np.float32),
-                                   uncertainty=np.asarray(inference.rates_std, dtype=np.float32),
+    autolfads = ActivationEstimate("AutoLFADS", _float32(inference.rates),
+                                   uncertainty=_float32(inference.rates_std),
                                    parameters={"n_posterior_samples": int(inference.n_samples), **trained_on,
                                                **input_source})
     for estimate in baselines:
@@ -649,10 +670,17 @@ def build_results(emg_input: EMGInput, record: dict[str, Any], inference: Any,
         muscles=emg_input.muscles,
         source_series_path=emg_input.series_path,
         electrode_indices=emg_input.electrode_indices,
-        factors=np.asarray(inference.factors, dtype=np.float32),
-        inferred_inputs=np.asarray(inference.inferred_inputs, dtype=np.float32),
+        factors=_float32(inference.factors),
+        inferred_inputs=_float32(inference.inferred_inputs),
         provenance=provenance,
     )
+
+
+def _float32(values: Any) -> Any:
+    """An estimate as float32: an array in memory converted, one in an estimate store left on disk."""
+    from .store import StoredArray
+
+    return values if isinstance(values, StoredArray) else np.asarray(values, dtype=np.float32)
 
 
 def shareable_location(location: str) -> str:
@@ -775,20 +803,52 @@ def _annotate_input(source: str | Path, run_dir: str | Path, emg_input: EMGInput
                     out: str | Path | None, in_place: bool, overwrite: bool, job: JobConfig,
                     destination: Destination) -> Path:
     """Infer, finish the baselines gathered by the read pass, write back; closes the source (and the streams)."""
+    from .store import EstimateStore
+
     record = load_run(run_dir)
+    store = None
     try:
-        _check_destination(source, out, in_place, emg_input)
-        inference = infer(run_dir, emg_input, job.n_posterior_samples, job.device, job.seed)
-        baselines = finish_baselines(emg_input, job)
-        results = build_results(emg_input, record, inference, baselines)
-        del inference
-        if emg_input.is_remote:
-            return write(source, emg_input, results, out, in_place, overwrite, opened.nwbfile)
+        try:
+            _check_destination(source, out, in_place, emg_input)
+            store = EstimateStore(run_dir)  # estimates go to disk block by block, never whole in memory
+            inference = infer(run_dir, emg_input, job.n_posterior_samples, job.device, job.seed,
+                              allocate=_store_allocator(store, "AutoLFADS"))
+            _release_freed_memory()  # inference's freed batches, before the Bayesian filter's step arrays
+            baselines = finish_baselines(emg_input, job, allocate=_store_allocator(store, ""))
+            store.finish()
+            _release_freed_memory()
+            inference, baselines = _stored(store, inference), [_stored(store, e) for e in baselines]
+            results = build_results(emg_input, record, inference, baselines)
+            del inference
+            if emg_input.is_remote:
+                return write(source, emg_input, results, out, in_place, overwrite, opened.nwbfile)
+        finally:
+            opened.close()
+            if emg_input.streams is not None:
+                emg_input.streams.close()
+        return write(source, emg_input, results, out, in_place, overwrite, stamp=destination.stamp)
     finally:
-        opened.close()
-        if emg_input.streams is not None:
-            emg_input.streams.close()
-    return write(source, emg_input, results, out, in_place, overwrite, stamp=destination.stamp)
+        if store is not None:
+            store.remove()
+
+
+_INFERENCE_NAMES = {"rates": "AutoLFADS/data", "rates_var": "AutoLFADS/uncertainty", "factors": "LatentFactors/data",
+                    "inputs": "LatentFactors/inferred_inputs"}
+_INFERENCE_FIELDS = {"rates": "rates", "rates_std": "rates_var", "factors": "factors", "inferred_inputs": "inputs"}
+
+
+def _store_allocator(store: Any, kind: str) -> Any:
+    """`allocate` for inference ("AutoLFADS": its output keys) or the baselines (their method names) into `store`."""
+    if kind == "AutoLFADS":
+        return lambda key, shape: store.allocate(_INFERENCE_NAMES[key], shape)
+    return lambda method, shape: store.allocate(f"{method}/data", shape)
+
+
+def _stored(store: Any, value: Any) -> Any:
+    """An inference or a baseline estimate whose arrays (datasets of the closed `store`) are read lazily."""
+    if isinstance(value, ActivationEstimate):
+        return replace(value, data=store.stored(f"{value.method}/data"))
+    return replace(value, **{f: store.stored(_INFERENCE_NAMES[k]) for f, k in _INFERENCE_FIELDS.items()})
 
 
 def write(source: str | Path, emg_input: EMGInput, results: SessionResults, out: str | Path | None = None,
@@ -829,12 +889,32 @@ def run(source: str | Path, run_dir: str | Path, out: str | Path | None = None, 
         try:
             _check_destination(source, out, in_place, emg_input)
             check_lowpass(job, emg_input.binned.raw_rate)
+            _release_freed_memory()  # the pass's float64 bin pieces
+            if job.lowpass_cutoff_hz is None:  # settled now, so its signal is not held through training
+                emg_input.streams.choose_cutoff()
+            _release_freed_memory()
             fit(emg_input, run_dir, job)
+            _release_freed_memory()
         except BaseException:
             handle[0].close()
             emg_input.streams.close()
             raise
         return _annotate_input(source, run_dir, emg_input, handle[0], out, in_place, overwrite, job, destination)
+
+
+def _release_freed_memory() -> None:
+    """Hand memory the process has freed back to the system between stages (glibc `malloc_trim`; elsewhere
+    nothing): the read pass frees ~10 s pieces that glibc keeps in its heap otherwise (measured on 10 min x
+    32 ch: 364 -> 254 MB resident after the pass), and a forked write-back child would count them too."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to release this way
+        pass
 
 
 def _refuse_if_annotated(source: str | Path) -> None:

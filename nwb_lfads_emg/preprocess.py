@@ -375,23 +375,28 @@ def rectify_highpass(emg: object, rate: float | None, config: PreprocessConfig |
     return _Stage1(rate, config)(data)
 
 
-def compute_stats(binned_raw: np.ndarray, config: PreprocessConfig, muscles: Sequence[str] | None = None
-                  ) -> ChannelStats:
-    """Per-channel clip level and scale of binned rectified EMG (raw units), as `preprocess` computes them."""
-    x = np.asarray(binned_raw, dtype=np.float64)
-    if x.shape[0] == 0:
+def compute_stats(binned_raw: np.ndarray | Sequence[np.ndarray], config: PreprocessConfig,
+                  muscles: Sequence[str] | None = None) -> ChannelStats:
+    """Per-channel clip level and scale of binned rectified EMG (raw units), as `preprocess` computes them.
+
+    `binned_raw` may also be a list of consecutive pieces (bins, channels): each channel is gathered on its
+    own, so memory holds one channel's copy, not a second copy of the whole series.
+    """
+    pieces = [np.asarray(binned_raw, dtype=np.float64)] if isinstance(binned_raw, np.ndarray) else list(binned_raw)
+    n_ch = pieces[0].shape[1] if pieces else 0
+    if not pieces or sum(p.shape[0] for p in pieces) == 0:
         raise EMGDataError("EMG array: recording is shorter than one bin")
-    if config.clip_percentile is not None:
-        clip = np.percentile(x, config.clip_percentile, axis=0)
-    else:
-        clip = np.full(x.shape[1], np.inf)
-    if config.normalize_percentile is not None:
-        scale = np.percentile(np.minimum(x, clip[None, :]), config.normalize_percentile, axis=0)
-    else:
-        scale = np.ones(x.shape[1])
+    clip, scale = np.full(n_ch, np.inf), np.ones(n_ch)
+    for c in range(n_ch):
+        col = np.concatenate([np.asarray(p[:, c], dtype=np.float64) for p in pieces])
+        if config.clip_percentile is not None:
+            clip[c] = np.percentile(col, config.clip_percentile)
+        if config.normalize_percentile is not None:
+            # the clipped copy is only sorted here, so the percentile may reorder it in place
+            scale[c] = np.percentile(np.minimum(col, clip[c]), config.normalize_percentile, overwrite_input=True)
     bad = ~(np.isfinite(scale) & (scale > 0))
     if np.any(bad):
-        names = list(muscles) if muscles is not None else [f"ch{i}" for i in range(x.shape[1])]
+        names = list(muscles) if muscles is not None else [f"ch{i}" for i in range(n_ch)]
         flat = [names[i] for i in np.flatnonzero(bad)]
         raise EMGDataError(
             f"EMG channels {flat}: flat signal (the {config.normalize_percentile}th percentile of the "
@@ -401,7 +406,7 @@ def compute_stats(binned_raw: np.ndarray, config: PreprocessConfig, muscles: Seq
 
 
 def _finish(
-    binned_raw: np.ndarray,
+    pieces: list[np.ndarray],
     rate: float,
     n_bin: int,
     starting_time: float,
@@ -409,19 +414,30 @@ def _finish(
     config: PreprocessConfig,
     stats: ChannelStats | None,
 ) -> Binned:
+    """Clip, scale and floor consecutive pieces of raw bins (float64) into one array of `config.dtype`; the
+    pieces are consumed (emptied) as they are copied, so memory holds them plus the output, never a float64 copy
+    of the whole series."""
     stats_from = "given" if stats is not None else "data"
     if stats is None:
-        stats = compute_stats(binned_raw, config, muscles)
+        stats = compute_stats(pieces, config, muscles)
+    n_ch = pieces[0].shape[1]
     clip = np.asarray(stats.clip, dtype=np.float64)
     scale = np.asarray(stats.scale, dtype=np.float64)
-    if clip.shape != (binned_raw.shape[1],) or scale.shape != (binned_raw.shape[1],):
+    if clip.shape != (n_ch,) or scale.shape != (n_ch,):
         raise EMGDataError(
-            f"ChannelStats: shapes {clip.shape}/{scale.shape} do not match {binned_raw.shape[1]} channels"
+            f"ChannelStats: shapes {clip.shape}/{scale.shape} do not match {n_ch} channels"
         )
-    x = np.minimum(binned_raw, clip[None, :]) / scale[None, :]
-    x = np.maximum(x, config.positive_floor).astype(config.dtype)
+    out = np.empty((sum(p.shape[0] for p in pieces), n_ch), dtype=config.dtype)
+    row = 0
+    pieces.reverse()
+    while pieces:
+        x = np.asarray(pieces.pop(), dtype=np.float64)
+        m = x.shape[0]
+        x = np.minimum(x, clip[None, :]) / scale[None, :]
+        out[row: row + m] = np.maximum(x, config.positive_floor)
+        row += m
     return Binned(
-        data=x,
+        data=out,
         bin_rate=rate / n_bin,
         starting_time=starting_time,
         muscles=list(muscles),
@@ -463,7 +479,7 @@ def preprocess(
     binned = _Binner(n_bin)(stage1(data, antialias=True))
     if binned.shape[0] == 0:
         raise EMGDataError(f"EMG array: {data.shape[0]} samples is shorter than one bin ({n_bin} samples)")
-    return _finish(binned, rate, n_bin, t0, names, config, stats)
+    return _finish([binned], rate, n_bin, t0, names, config, stats)
 
 
 def _bin_chunks(
@@ -473,9 +489,9 @@ def _bin_chunks(
     starting_time: float | None,
     muscles: Sequence[str] | None,
     tap: Tap | None = None,
-) -> tuple[np.ndarray, np.ndarray | None, float, int, float, list[str]] | None:
-    """Stage 1 and binning of consecutive chunks: (bins, bin start times or None, rate, samples per
-    bin, start time, muscles), or None when the chunks hold no data."""
+) -> tuple[list[np.ndarray], np.ndarray | None, float, int, float, list[str]] | None:
+    """Stage 1 and binning of consecutive chunks: (bins as consecutive pieces, bin start times or None, rate,
+    samples per bin, start time, muscles), or None when the chunks hold no data."""
     stage1: _Stage1 | None = None
     binner: _Binner | None = None
     pieces: list[np.ndarray] = []
@@ -527,9 +543,8 @@ def _bin_chunks(
         _as_array(pending, rate, starting_time, muscles)  # refuses the missing rate
     if stage1 is None or not pieces or binner is None:
         return None
-    binned = np.concatenate(pieces, axis=0)
     starts = np.concatenate(binner.starts) if timed and binner.starts else None
-    return binned, starts, float(rate), n_bin, float(t0 or 0.0), list(names or [])
+    return pieces, starts, float(rate), n_bin, float(t0 or 0.0), list(names or [])
 
 
 def _with_bins(config: PreprocessConfig, rate: float | None) -> PreprocessConfig:
@@ -591,15 +606,17 @@ def preprocess_segments(
         if got is None:
             continue
         binned, starts, _, n_bin, t0, names = got
+        n_rows = sum(p.shape[0] for p in binned)
         if starts is None:
-            starts = t0 + np.arange(binned.shape[0]) * n_bin / rate
+            starts = t0 + np.arange(n_rows) * n_bin / rate
         pieces.append(binned)
         stamps.append(starts)
-        ranges.append((offset, offset + binned.shape[0]))
-        offset += binned.shape[0]
+        ranges.append((offset, offset + n_rows))
+        offset += n_rows
     if not pieces:
         raise EMGDataError(f"EMG: every segment is shorter than one bin ({n_bin} samples); use a smaller --bin-ms")
-    out = _finish(np.concatenate(pieces, axis=0), rate, n_bin, float(stamps[0][0]), list(names or []), config, stats)
+    out = _finish([p for piece in pieces for p in piece], rate, n_bin, float(stamps[0][0]), list(names or []),
+                  config, stats)
     out.timestamps = np.concatenate(stamps)
     out.segments = ranges
     return out

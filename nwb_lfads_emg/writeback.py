@@ -41,6 +41,7 @@ from .files import (
     target_lock,
     temp_beside,
 )
+from .store import OpenStores, StoredArray, dataset_options
 
 log = logging.getLogger("nwb_lfads_emg")
 
@@ -81,13 +82,17 @@ class SessionResults:
     timestamps: np.ndarray | None = None  # bin start times, when the input's own timestamps are kept (gaps)
 
 
-def _compressed(data: np.ndarray) -> Any:
-    """Chunked, gzip-compressed dataset for large arrays (nwbinspector's best practice)."""
+def _compressed(data: np.ndarray | StoredArray, stores: OpenStores | None = None) -> Any:
+    """Chunked, gzip-compressed dataset for large arrays (nwbinspector's best practice). An array in an
+    estimate store (already laid out so) is copied by HDF5 chunk by chunk, never loaded."""
     from hdmf.backends.hdf5 import H5DataIO
 
+    if isinstance(data, StoredArray):
+        if stores is None:
+            raise WriteBackError(f"{data.path}: an estimate on disk needs the write-back's open stores")
+        return H5DataIO(stores.dataset(data), link_data=False)
     data = np.ascontiguousarray(data, dtype=np.float32)
-    chunk_rows = max(1, min(data.shape[0], (1 << 18) // max(1, data[0].size * 4)))
-    return H5DataIO(data, compression="gzip", compression_opts=4, chunks=(chunk_rows, *data.shape[1:]))
+    return H5DataIO(data, **dataset_options(data.shape))
 
 
 def _resolve(nwbfile: Any, path: str) -> Any | None:
@@ -128,8 +133,10 @@ def _names_to_write(results: SessionResults) -> list[str]:
     return names
 
 
-def add_results(nwbfile: Any, results: SessionResults, link_source: bool = True) -> None:
-    """Add MuscleActivation per method, LatentFactors and provenance to an in-memory NWBFile."""
+def add_results(nwbfile: Any, results: SessionResults, link_source: bool = True,
+                stores: OpenStores | None = None) -> None:
+    """Add MuscleActivation per method, LatentFactors and provenance to an in-memory NWBFile (arrays in
+    estimate stores are read through `stores`, which must stay open until the file is written)."""
     from hdmf.common import DynamicTableRegion
 
     from .ndx import LatentFactors, LFADSModelProvenance, MuscleActivation
@@ -170,14 +177,14 @@ def add_results(nwbfile: Any, results: SessionResults, link_source: bool = True)
         if source is not None:
             kwargs["source_series"] = source
         if estimate.uncertainty is not None:
-            kwargs["uncertainty"] = _compressed(estimate.uncertainty)
+            kwargs["uncertainty"] = _compressed(estimate.uncertainty, stores)
         if estimate.method == "AutoLFADS" and provenance is not None:
             kwargs["model_provenance"] = provenance
         series = MuscleActivation(
             name=estimate.method,
             description=METHOD_DESCRIPTIONS.get(estimate.method, f"Muscle activation estimated by {estimate.method}.")
             + f" Source: {results.source_series_path}. Columns: {', '.join(results.muscles)}.",
-            data=_compressed(estimate.data),
+            data=_compressed(estimate.data, stores),
             unit="a.u.",
             **timing(),
             method=estimate.method,
@@ -190,7 +197,7 @@ def add_results(nwbfile: Any, results: SessionResults, link_source: bool = True)
     if results.factors is not None:
         kwargs = {}
         if results.inferred_inputs is not None:
-            kwargs["inferred_inputs"] = _compressed(results.inferred_inputs)
+            kwargs["inferred_inputs"] = _compressed(results.inferred_inputs, stores)
         if source is not None:
             kwargs["source_series"] = source
         if provenance is not None:
@@ -200,7 +207,7 @@ def add_results(nwbfile: Any, results: SessionResults, link_source: bool = True)
                 name=FACTORS_NAME,
                 description="Latent factors of the AutoLFADS model (row-normalised linear map of the generator state)"
                 + (" and its inferred inputs (controller outputs)." if results.inferred_inputs is not None else "."),
-                data=_compressed(results.factors),
+                data=_compressed(results.factors, stores),
                 unit="a.u.",
                 **timing(),
                 **kwargs,
@@ -239,7 +246,10 @@ def validate_file(path: Path, ours: list[str] | None = None, display: str | Path
         errors = [e for e in errors if str(e) not in before]
     if errors:
         raise WriteBackError(f"{shown}: written file fails NWB validation: {errors[0]}")
-    for message in inspect_nwbfile(str(path), config=load_config("dandi")):
+    # CRITICAL checks only (the others were filtered out below anyway), and no second schema validation:
+    # the same guarantee, without the time (and the reads) of every best-practice check
+    for message in inspect_nwbfile(str(path), config=load_config("dandi"), importance_threshold=Importance.CRITICAL,
+                                   skip_validate=True):
         if message.importance.value < Importance.CRITICAL.value:
             continue
         where = message.location or message.object_name
@@ -294,7 +304,7 @@ def results_nbytes(results: SessionResults) -> int:
     arrays = [results.factors, results.inferred_inputs]
     for e in results.estimates:
         arrays += [e.data, e.uncertainty]
-    return sum(int(np.asarray(a).size) * 4 for a in arrays if a is not None)
+    return sum(int(np.prod(np.shape(a), dtype=np.int64)) * 4 for a in arrays if a is not None)
 
 
 def _scrub(text: str, temp: Path, target: Path) -> str:
@@ -439,11 +449,13 @@ def write_into_copy(
             def append() -> None:  # no `with`: a failed write must not be flushed again on the way out
                 if clash:
                     _delete_groups(temp, clash)
+                stores = OpenStores()
                 io = NWBHDF5IO(str(temp), "a")
                 nwbfile = io.read()
-                add_results(nwbfile, results)
+                add_results(nwbfile, results, stores=stores)
                 io.write(nwbfile)
                 io.close()
+                stores.close()
 
             _write_isolated(append, temp, target, "original untouched")
             if before_commit is not None:
@@ -542,12 +554,14 @@ def write_new_file(
         temp = _partial_beside(target)
         try:
             nwbfile = _copy_session(src_nwbfile, source_location)
-            add_results(nwbfile, results, link_source=False)
 
-            def create() -> None:
+            def create() -> None:  # the results are added in the writer (child) process: stores open there only
+                stores = OpenStores()
+                add_results(nwbfile, results, link_source=False, stores=stores)
                 io = NWBHDF5IO(str(temp), "w")
                 io.write(nwbfile)
                 io.close()
+                stores.close()
 
             _write_isolated(create, temp, target, "nothing was written")
             issues = validate_file(temp, ours=names, display=target) if validate else []

@@ -17,7 +17,8 @@ from nwb_lfads_emg.errors import TrainingError
 from nwb_lfads_emg.lfads import LFADSConfig
 from nwb_lfads_emg.training import Trainer, fit, infer, load_model
 from nwb_lfads_emg.training.checkpoint import list_checkpoints, sha256_file
-from nwb_lfads_emg.training.segments import chop, merge, split_blocks
+from nwb_lfads_emg.training.segments import block_starts, chop, chop_blocks, merge, split_blocks
+from nwb_lfads_emg.training.trainer import Windows
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,6 +45,19 @@ def test_chop_merge_reconstructs_exactly(n, seg, ov):
     assert segs.shape[1:] == (seg, 3) and starts[0] == 0 and starts[-1] + seg == n
     np.testing.assert_allclose(merge(segs, starts, n, ov), x, rtol=0, atol=1e-12)
     np.testing.assert_allclose(merge(segs[..., 0], starts, n, ov), x[:, 0], atol=1e-12)
+
+
+def test_windows_cut_on_demand_equal_the_chopped_segments():
+    """The trainer's windows (cut per batch from the series) hold exactly chop_blocks' segments, by index or slice."""
+    data = np.random.default_rng(0).random((1000, 3)).astype(np.float32)
+    blocks = [(0, 400), (450, 1000)]
+    chopped, starts = chop_blocks(data, blocks, 60, 30)
+    assert np.array_equal(block_starts(blocks, 60, 30), starts)
+    windows = Windows(torch.from_numpy(data), block_starts(blocks, 60, 30), 60)
+    idx = torch.tensor([3, 0, 7, len(starts) - 1])
+    assert windows.shape == chopped.shape
+    assert torch.equal(windows[idx], torch.from_numpy(chopped[idx.numpy()]))
+    assert torch.equal(windows[2:9], torch.from_numpy(chopped[2:9]))
 
 
 def test_chop_errors_and_blocks():

@@ -6,11 +6,14 @@
   up to `cv_max_s`, else `cv_pieces` pieces spread evenly over it;
 - the Bayesian filter's tuning statistics over the first `tune_max_s` (100 ms window sums for its scale,
   10 ms step sums), exactly what `tune_bayes` computes from the raw series;
-- per segment, the Bayesian filter's step sums (float32) and 100 ms window sums (its scale);
+- per segment, the Bayesian filter's step sums (float32, spilled to a second unlinked file: at 5 ms steps
+  they are as large as the model's bins) and 100 ms window sums (its scale);
 - per segment, the rectified EMG averaged over `d` raw samples (`d` divides the bin; >= `LOWPASS_MIN_RATE`,
   so d = 1 up to 2 kHz), spilled to an unlinked temporary file (float32) and low-passed at the end in
   overlapping blocks.
-`BaselineStreams.estimates` then gives both baselines on the model's bins; memory follows the bins.
+`BaselineStreams.estimates` then gives both baselines on the model's bins; memory follows the bins, and
+between the pass and the baselines (training) only the cutoff search's signal (until `choose_cutoff`)
+and the window sums stay in memory.
 Up to 2 kHz all of it equals the whole-array path (`pipeline.baseline_estimates`) to float32 rounding;
 faster input is low-passed at the averaged rate (the cutoff is known only at the end of the pass).
 """
@@ -82,21 +85,25 @@ def lowpass_decimation(rate: float, bin_samples: int, lowpass_rate: float = LOWP
 class _Segment:
     """What one contiguous segment keeps: Bayesian step sums and scale windows, low-pass input rows."""
 
-    def __init__(self, n_ch: int, k_b: int, n_win: int, d: int, stat: str, spill_offset: int) -> None:
+    def __init__(self, n_ch: int, k_b: int, n_win: int, d: int, stat: str, spill_offset: int,
+                 step_offset: int = 0) -> None:
         self.steps = _BlockSums(k_b)
         self.windows = _BlockSums(n_win)
         self.dec = _BlockSums(d)
         self.stat = stat
-        self.step_sums: list[np.ndarray] = []
+        self.step_offset = step_offset  # first row of this segment's step sums in the step spill file
+        self.n_steps = 0
         self.window_sums: list[np.ndarray] = []
         self.total = np.zeros(n_ch)
         self.n = 0
         self.spill_offset = spill_offset  # first row of this segment in the spill file
         self.n_dec = 0
 
-    def feed(self, x: np.ndarray, spill: Any, d: int) -> None:
+    def feed(self, x: np.ndarray, spill: Any, d: int, step_spill: Any) -> None:
         stat_in = x if self.stat == "laplace" else x * x
-        self.step_sums.append(self.steps(stat_in).astype(np.float32))
+        steps = self.steps(stat_in).astype(np.float32)
+        steps.tofile(step_spill)  # float32 step sums on disk: a long recording's are as large as its bins
+        self.n_steps += steps.shape[0]
         self.window_sums.append(self.windows(x))
         self.total += x.sum(axis=0)
         self.n += x.shape[0]
@@ -131,6 +138,7 @@ class BaselineStreams:
         self.k_cv = cv_decimation(self.rate)
         self.cv = _BlockSums(self.k_cv)
         self.cv_kept: list[np.ndarray] = []
+        self._cutoff: tuple[tuple[float, ...], float] | None = None
         self.cv_blocks = 0
         limit = int(cv_max_s * self.rate)
         if total_samples <= limit:
@@ -156,11 +164,15 @@ class BaselineStreams:
         os.unlink(path)  # nothing is left behind, whatever ends the run
         self.spill = os.fdopen(fd, "w+b")
         self.spill_rows = 0
+        fd, path = temp_beside((directory or Path(tempfile.gettempdir())) / "bayes-steps", "spill")
+        os.unlink(path)
+        self.step_spill = os.fdopen(fd, "w+b")
+        self.step_rows = 0
 
     # ----- the pass -----------------------------------------------------------------------
     def start_segment(self) -> None:
         """A new contiguous segment begins (filters and blocks restart, as the preprocessing's)."""
-        self._current = _Segment(self.n_ch, self.k_b, self.n_win, self.d, self.stat, self.spill_rows)
+        self._current = _Segment(self.n_ch, self.k_b, self.n_win, self.d, self.stat, self.spill_rows, self.step_rows)
 
     def feed(self, rectified: np.ndarray) -> None:
         """One chunk of rectified EMG (time, channels) at the raw rate, in order."""
@@ -170,8 +182,9 @@ class BaselineStreams:
         if self._current is None:
             self.start_segment()
         assert self._current is not None
-        self._current.feed(x, self.spill, self.d)
+        self._current.feed(x, self.spill, self.d, self.step_spill)
         self.spill_rows = self._current.spill_offset + self._current.n_dec
+        self.step_rows = self._current.step_offset + self._current.n_steps
         # pooled statistics (segments concatenated, as the whole-array path pools them)
         y = self.cv(x)
         if y.shape[0]:
@@ -201,10 +214,18 @@ class BaselineStreams:
 
     # ----- the estimates ------------------------------------------------------------------
     def choose_cutoff(self, cutoffs: Sequence[float] = CV_CUTOFFS) -> float:
-        """`tuning.select_cutoff_cv` on the kept working signal."""
+        """`tuning.select_cutoff_cv` on the kept working signal, which is then dropped (up to 10 min x channels at
+        ~500 Hz in float64: `run` settles the choice right after the pass, before training); cached."""
+        key = tuple(float(c) for c in cutoffs)
+        if self._cutoff is not None and self._cutoff[0] == key:
+            return self._cutoff[1]
+        if self._cutoff is not None:
+            raise EMGDataError("low-pass baseline: the cutoff search's signal was dropped after the first choice")
         y = np.concatenate(self.cv_kept) if self.cv_kept else np.zeros((0, self.n_ch))
+        self.cv_kept = []
         scores = cutoff_cv_scores_decimated(y, self.rate / self.k_cv, cutoffs)
-        return min(scores, key=lambda c: scores[c])
+        self._cutoff = (key, min(scores, key=lambda c: scores[c]))
+        return self._cutoff[1]
 
     def tune_bayes(self) -> dict[str, float]:
         """`tuning.tune_bayes` from the first minutes' statistics."""
@@ -220,12 +241,16 @@ class BaselineStreams:
     def bayes_bins(self, k: int, out: np.ndarray, params: dict[str, Any], out_scale: np.ndarray) -> None:
         """The Bayesian filter's MAP of segment k on its bins, divided by `scale`, into `out` (bins, ch)."""
         seg = self.segments[k]
-        steps = np.concatenate(seg.step_sums)
-        kk = np.full(steps.shape[0], float(self.k_b))
         rest, count = seg.steps.leftover()
+        steps = np.empty((seg.n_steps + (1 if count else 0), self.n_ch), dtype=np.float32)
+        self.step_spill.flush()
+        self.step_spill.seek(seg.step_offset * self.n_ch * 4)
+        steps[: seg.n_steps] = np.fromfile(self.step_spill, dtype=np.float32,
+                                           count=seg.n_steps * self.n_ch).reshape(seg.n_steps, self.n_ch)
+        kk = np.full(steps.shape[0], float(self.k_b))
         if count:
-            steps = np.concatenate([steps, rest[None, :].astype(np.float32)])
-            kk = np.append(kk, float(count))
+            steps[-1] = rest.astype(np.float32)
+            kk[-1] = float(count)
         windows = np.concatenate(seg.window_sums)
         scale = _scale_from_windows(windows, self.n_win, seg.total, seg.n)
         squared = self.stat != "laplace"
@@ -266,9 +291,10 @@ class BaselineStreams:
             np.float64)
 
     def close(self) -> None:
-        """Drop the spill file (it was unlinked when made: closing frees its space)."""
-        if not self.spill.closed:
-            self.spill.close()
+        """Drop the spill files (they were unlinked when made: closing frees their space)."""
+        for f in (self.spill, self.step_spill):
+            if not f.closed:
+                f.close()
 
 
 def _steps_to_bins(est: np.ndarray, sc: np.ndarray, kk: np.ndarray, n_bin: int, out: np.ndarray,

@@ -59,12 +59,20 @@ class LFADS(nn.Module):
     def set_input_stats(self, data: Tensor) -> None:
         """Fix the encoder-input transform and the readout bias from training data (T, C)."""
         data = data.float()
-        pos = data.clamp_min(0)
-        offset = torch.zeros(self.n_channels) if bool((data > 0).all()) else 1e-2 * pos.mean(0).clamp_min(1e-6)
-        z = torch.log(pos + offset) if self.config.log_input else data
+        # one (T, C) temporary at a time (a long recording's training rows are large); same values as
+        # log(clamp_min(data, 0) + offset): with all data > 0 the clamp and the zero offset change nothing
+        if bool((data > 0).all()):
+            offset = torch.zeros(self.n_channels)
+            z = torch.log(data) if self.config.log_input else data
+        else:
+            pos = data.clamp_min(0)
+            offset = 1e-2 * pos.mean(0).clamp_min(1e-6)
+            z = pos.add_(offset).log_() if self.config.log_input else data
+            del pos
         self.in_offset.copy_(offset)
         self.in_loc.copy_(z.mean(0))
         self.in_scale.copy_(z.std(0).clamp_min(1e-6))
+        del z
         mean = data.mean(0)
         bias = self.readout.bias.view(self.likelihood.n_params, self.n_channels)
         self.readout.weight.mul_(0.1)

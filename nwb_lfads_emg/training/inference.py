@@ -3,9 +3,10 @@ continuous recording and merge the segments back into continuous series."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,9 +47,10 @@ class Inference:
     n_samples: int = 1
 
 
-MAX_BATCH_SEQUENCES = 2048
+MAX_BATCH_SEQUENCES = 512
 """Sequences (segments x posterior samples) per forward pass of inference: memory follows this batch, not
-the recording (2048 at the `demo` size: ~0.5 GB below 8192, which held ~1.9 GB)."""
+the recording (at the `demo` size ~80 MB; 2048 held ~0.35 GB, 8192 ~1.9 GB; CPU time per bin the same
+within 3 %, benchmarks in docs/design.md)."""
 
 
 def _plan(model: LFADS, data: np.ndarray, config: LFADSConfig, device: str, overlap: int | None,
@@ -68,17 +70,27 @@ def _plan(model: LFADS, data: np.ndarray, config: LFADSConfig, device: str, over
     return arr, resolve_device(device), starts, n_samples, batch_size
 
 
+Allocate = Callable[[str, tuple[int, ...]], Any]
+"""Makes an output of inference: (key, shape) -> a float32 array-like filled by row slices (`out[a:b] = rows`)."""
+
+
+def _empty(key: str, shape: tuple[int, ...]) -> np.ndarray:
+    return np.empty(shape, dtype=np.float32)
+
+
 def infer(model: LFADS, data: np.ndarray, config: LFADSConfig | None = None, n_samples: int | None = None,
           device: str = "auto", batch_size: int | None = None, seed: int = 0,
-          overlap: int | None = None) -> Inference:
+          overlap: int | None = None, allocate: Allocate | None = None) -> Inference:
     """Posterior-sample the model over a continuous (bins, channels) recording and merge the segments.
 
     Segments are cut batch by batch and merged into the float32 outputs as they come (`_StreamMerge`):
-    besides the outputs, memory holds one batch and the bins its segments still overlap.
+    besides the outputs, memory holds one batch and the bins its segments still overlap. `allocate` makes
+    the outputs (keys "rates", "rates_var" (the SD), "factors", "inputs"; default: arrays in memory); an
+    on-disk dataset keeps even the outputs out of memory.
     """
     config = config or model.config
     arr, dev, starts, n_samples, batch_size = _plan(model, data, config, device, overlap, n_samples, batch_size)
-    merge_into = _StreamMerge(starts, config.seg_len, arr.shape[0])
+    merge_into = _StreamMerge(starts, config.seg_len, arr.shape[0], allocate or _empty)
     for i, batch in _posterior_batches(model, arr, starts, config, n_samples, dev, batch_size, seed):
         merge_into.add(i, batch)
     outs = merge_into.outs  # "rates_var" holds the SD by now (`_StreamMerge._flush`)
@@ -126,9 +138,10 @@ class _StreamMerge:
     for the bins later segments still reach; bins before the next segment's start are final and go to
     the float32 outputs (the same sums in the same order, so the same numbers as merging all at the end)."""
 
-    def __init__(self, starts: np.ndarray, seg_len: int, n_total: int) -> None:
+    def __init__(self, starts: np.ndarray, seg_len: int, n_total: int, allocate: Allocate = _empty) -> None:
         self.starts, self.seg_len, self.n_total = np.asarray(starts, dtype=np.int64), seg_len, n_total
-        self.outs: dict[str, np.ndarray] = {}  # float32 (n_total, ...) per key, made at the first batch
+        self.allocate = allocate
+        self.outs: dict[str, Any] = {}  # float32 (n_total, ...) per key, made at the first batch
         self.acc: dict[str, np.ndarray] = {}
         self.lo = 0  # first bin not yet final
         self.wsum = np.zeros(0)
@@ -145,7 +158,7 @@ class _StreamMerge:
         """Merge segments first, first + 1, ... (their values per key, (b, seg_len, ...)) and flush final bins."""
         b = next(iter(values.values())).shape[0]
         if not self.outs:
-            self.outs = {k: np.empty((self.n_total,) + v.shape[2:], dtype=np.float32) for k, v in values.items()}
+            self.outs = {k: self.allocate(k, (self.n_total,) + v.shape[2:]) for k, v in values.items()}
             self.acc = {k: np.zeros((0,) + v.shape[2:]) for k, v in values.items()}
         end = int(self.starts[first + b - 1]) + self.seg_len
         grow = end - self.lo - self.wsum.shape[0]
@@ -175,7 +188,7 @@ class _StreamMerge:
             merged = acc[:m] / wsum.reshape((m,) + (1,) * (acc.ndim - 1))
             if k == "rates_var":  # the spread across posterior samples, stitched like the means, as an SD
                 merged = np.sqrt(np.clip(merged, 0.0, None))
-            self.outs[k][self.lo: final] = merged
+            self.outs[k][self.lo: final] = merged.astype(np.float32)
             self.acc[k] = acc[m:]
         self.wsum = self.wsum[m:]
         self.lo = final

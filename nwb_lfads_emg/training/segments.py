@@ -104,6 +104,13 @@ def cut_at_breaks(blocks: list, breaks: list[int] | None, seg_len: int) -> list:
     return out
 
 
+def block_starts(blocks: list, seg_len: int, overlap: int) -> np.ndarray:
+    """The absolute starts `chop_blocks` gives, without cutting the segments."""
+    if not blocks:
+        return np.zeros(0, dtype=np.int64)
+    return np.concatenate([segment_starts(b1 - b0, seg_len, overlap) + b0 for b0, b1 in blocks]).astype(np.int64)
+
+
 def chop_blocks(data: np.ndarray, blocks: list, seg_len: int, overlap: int) -> tuple[np.ndarray, np.ndarray]:
     """Chop each block separately (no segment crosses a block border); returns (segments, absolute starts)."""
     segs, starts = [], []

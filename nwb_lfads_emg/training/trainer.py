@@ -25,7 +25,7 @@ from ..lfads.config import MUTABLE_HYPERPARAMETERS, LFADSConfig
 from ..lfads.likelihoods import make_likelihood
 from ..lfads.model import LFADS, lr_factor, ramp
 from . import checkpoint as ckpt
-from .segments import chop_blocks, cut_at_breaks, split_blocks
+from .segments import block_starts, cut_at_breaks, split_blocks
 
 # Config fields that may differ between a checkpoint and the config given on resume.
 _RESUME_FREE = set(MUTABLE_HYPERPARAMETERS) | {"max_epochs", "patience", "compile", "num_threads",
@@ -92,7 +92,10 @@ def check_data(data: Any, likelihood: str, what: str = "training data") -> np.nd
 
 
 def _data_digest(arr: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(arr).tobytes() + str(arr.shape).encode()).hexdigest()
+    """sha256 of the data's bytes and shape, hashed in place (no copy of a long recording's bins)."""
+    digest = hashlib.sha256(memoryview(np.ascontiguousarray(arr)).cast("B"))
+    digest.update(str(arr.shape).encode())
+    return digest.hexdigest()
 
 
 def _architecture(config: LFADSConfig) -> dict[str, Any]:
@@ -142,19 +145,18 @@ class Trainer:
                                 f"segment ({c.seg_len} bins); choose shorter segments (--segment-ms)")
         sv = (sample_validation_mask(self.data.shape, c.sv_rate, torch.Generator().manual_seed(self.seed + 7919))
               if self._sv_given is None else torch.from_numpy(self._sv_given))
-        sv_np = sv.numpy()
-        x_tr, self.train_starts = chop_blocks(self.data, self.train_blocks, c.seg_len, c.seg_overlap)
-        sv_tr, _ = chop_blocks(sv_np, self.train_blocks, c.seg_len, c.seg_overlap)
-        x_va, self.val_starts = chop_blocks(self.data, self.val_blocks, c.seg_len, c.seg_overlap)
-        sv_va, _ = chop_blocks(sv_np, self.val_blocks, c.seg_len, c.seg_overlap)
-        if c.epoch_segments and x_va.shape[0] > c.epoch_segments:  # a long recording: an even spread of them
-            keep = np.unique(np.linspace(0, x_va.shape[0] - 1, int(c.epoch_segments)).round().astype(np.int64))
-            x_va, sv_va, self.val_starts = x_va[keep], sv_va[keep], self.val_starts[keep]
+        self.train_starts = block_starts(self.train_blocks, c.seg_len, c.seg_overlap)
+        self.val_starts = block_starts(self.val_blocks, c.seg_len, c.seg_overlap)
+        if c.epoch_segments and len(self.val_starts) > c.epoch_segments:  # a long recording: an even spread of them
+            keep = np.unique(np.linspace(0, len(self.val_starts) - 1, int(c.epoch_segments)).round().astype(np.int64))
+            self.val_starts = self.val_starts[keep]
         dev = self.device
-        self.x_train = torch.from_numpy(x_tr).to(dev)
-        self.sv_train = torch.from_numpy(sv_tr).to(dev)
-        self.x_val = torch.from_numpy(x_va).to(dev)
-        self.sv_val = torch.from_numpy(sv_va).to(dev)
+        # the series once (not its overlapping segments, which would double it): segments are cut per batch
+        series, sv_series = torch.from_numpy(self.data).to(dev), sv.to(dev)
+        self.x_train = Windows(series, self.train_starts, c.seg_len)
+        self.sv_train = Windows(sv_series, self.train_starts, c.seg_len)
+        self.x_val = Windows(series, self.val_starts, c.seg_len)
+        self.sv_val = Windows(sv_series, self.val_starts, c.seg_len)
         train_rows = np.concatenate([self.data[a:b] for a, b in self.train_blocks])
         self.model = LFADS(c, self.n_channels)
         self.model.config = c  # hyper-parameter changes reach the loss
@@ -437,6 +439,23 @@ def _tensorboard_writer(run_dir: Path) -> Any:
     except Exception:  # noqa: BLE001 - TensorBoard is optional
         return None
     return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+
+
+class Windows:
+    """The (segments, seg_len, ...) windows of a (bins, ...) series at `starts`, cut when indexed (by an index
+    tensor or a slice): the values `chop_blocks` would hold, without holding the overlapping copies."""
+
+    def __init__(self, series: torch.Tensor, starts: np.ndarray, seg_len: int) -> None:
+        self.series = series
+        self.starts = torch.as_tensor(np.asarray(starts, dtype=np.int64), device=series.device)
+        self.offsets = torch.arange(seg_len, device=series.device)
+        self.shape = (int(self.starts.shape[0]), seg_len, *series.shape[1:])
+
+    def __getitem__(self, idx: torch.Tensor | slice) -> torch.Tensor:
+        return self.series[self.starts[idx][:, None] + self.offsets[None, :]]
+
+    def __len__(self) -> int:
+        return self.shape[0]
 
 
 def fit(data: np.ndarray, config: LFADSConfig, run_dir: str | Path, device: str = "auto", seed: int = 0,
