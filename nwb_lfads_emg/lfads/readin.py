@@ -135,6 +135,7 @@ class MultiSessionLFADS(nn.Module):
 
         with torch.enable_grad():
             opt.step(closure)
+        with torch.no_grad():
             final = float(io.likelihood.nll(io.readout(factors), target).mean())
         for p, flag in zip(params, saved, strict=True):
             p.requires_grad_(flag)
