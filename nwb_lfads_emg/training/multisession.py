@@ -371,6 +371,8 @@ def adapt(model: MultiSessionLFADS, data: np.ndarray, muscles: Sequence[str], co
         raise TrainingError(f"adaptation: {exc}") from None
     if regress_readout:
         segs = chop(arr, config.seg_len, config.seg_overlap)[0]
+        if config.epoch_segments and segs.shape[0] > config.epoch_segments:  # a long session: an even spread
+            segs = segs[np.unique(np.linspace(0, segs.shape[0] - 1, int(config.epoch_segments)).round().astype(int))]
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             model.fit_readout(index, torch.from_numpy(segs))
