@@ -8,8 +8,11 @@ last session trained, the shared dynamics frozen) and, for that session, a model
 alone. R^2 against the true activation (best affine map per muscle, mean over muscles, 5 ms bins),
 beside the best low-pass (cutoff chosen with the truth) and the Bayesian filter; training seconds.
 
-    python benchmarks/bench_multisession.py                        # the test's settings, 3 seeds
-    python benchmarks/bench_multisession.py --epochs 70 --seeds 0 1 2 3 4
+    python benchmarks/bench_multisession.py                        # the test's settings (40 epochs), 3 seeds
+    python benchmarks/bench_multisession.py --epochs 70 --compare-adapt --seeds 0 1 2 3 4
+
+A stitched epoch has as many steps as a per-session one (each step trains one batch of every session),
+so equal epochs are equal gradient steps.
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--train", type=int, default=4, help="sessions the stitched model trains on")
-    ap.add_argument("--epochs", type=int, default=8, help="per model (the test's 8)")
+    ap.add_argument("--epochs", type=int, default=40, help="per model (the test's 40)")
     ap.add_argument("--single-epochs", type=int, default=None, help="per-session models (default: --epochs)")
     ap.add_argument("--adapt-epochs", type=int, default=None, help="default: --epochs")
     ap.add_argument("--duration", type=float, default=20.0)
