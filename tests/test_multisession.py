@@ -77,12 +77,16 @@ def test_readin_tied_by_muscle_name_and_adapt_freezes_shared_weights(sims):
 # epoch has as many steps as a per-session one (each step one batch of every session). 40 epochs is the
 # cheapest length at which the per-session models are trained (R^2 0.76-0.91 vs truth, near the low-pass;
 # at 8 they are at 0.2-0.35, starved, and comparing there says nothing). It costs about 8 minutes of one
-# CPU core: over the suite's per-test budget (README, stitching: the table over seeds at 40 and 70 epochs).
+# CPU core, over the suite's per-test budget. The claim holds on simulator seed 1 but not on this one
+# (seed 0), so the test is a strict expected failure: it fails the suite if the claim starts to hold
+# (then drop the mark) or if anything but the claim's assertions fails.
 STITCH_EPOCHS = 40
 MARGIN = 0.03
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="issue 17's claim does not hold on this seed at 40 epochs: the stitched "
+                   "model loses to the per-session models in sessions 0 and 1 (README, stitching)")
 def test_stitched_beats_per_session_models_and_adapt_beats_a_new_model(sims):
     """Four 20 s sessions trained together beat a model per session (same preset and epochs) in every
     session; the held-out fifth, adapted (only its read-in/read-out trained), beats its own model."""
