@@ -8,13 +8,17 @@ last session trained, the shared dynamics frozen) and, for that session, a model
 alone. R^2 against the true activation (best affine map per muscle, mean over muscles, 5 ms bins),
 beside the best low-pass (cutoff chosen with the truth) and the Bayesian filter; training seconds.
 
-    python benchmarks/bench_multisession.py                        # the test's settings, 3 seeds
-    python benchmarks/bench_multisession.py --epochs 70 --seeds 0 1 2 3 4
+    python benchmarks/bench_multisession.py                        # the test's settings (40 epochs), 3 seeds
+    python benchmarks/bench_multisession.py --epochs 70 --compare-adapt --seeds 0 1 2 3 4
+
+A stitched epoch has as many steps as a per-session one (each step trains one batch of every session),
+so equal epochs are equal gradient steps.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 
 import numpy as np
@@ -39,31 +43,36 @@ def _binmean(x: np.ndarray, factor: int, n: int) -> np.ndarray:
     return x[: m * factor].reshape(m, factor, -1).mean(1)[:n]
 
 
-def single(data: np.ndarray, config, seed: int) -> tuple[torch.nn.Module, float]:
-    """A per-session model trained the way `fit` trains it (best weights), and its training seconds."""
+def single(data: np.ndarray, config, seed: int) -> tuple[torch.nn.Module, float, int]:
+    """A per-session model trained the way `fit` trains it (early stopping, best weights); seconds, epochs run."""
     t0 = time.perf_counter()
     trainer = Trainer(data, config, device="cpu", seed=seed)
     while trainer.epoch < config.max_epochs and not trainer.should_stop:
         trainer.train_epoch()
     trainer.model.load_state_dict(trainer.best_model_state())
-    return trainer.model.eval(), time.perf_counter() - t0
+    return trainer.model.eval(), time.perf_counter() - t0, trainer.epoch
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--train", type=int, default=4, help="sessions the stitched model trains on")
-    ap.add_argument("--epochs", type=int, default=8, help="per model (the test's 8)")
+    ap.add_argument("--epochs", type=int, default=40, help="per model (the test's 40)")
+    ap.add_argument("--single-epochs", type=int, default=None, help="per-session models (default: --epochs)")
     ap.add_argument("--adapt-epochs", type=int, default=None, help="default: --epochs")
     ap.add_argument("--duration", type=float, default=20.0)
     ap.add_argument("--preset", default="demo")
     ap.add_argument("--samples", type=int, default=1, help="posterior samples at inference")
+    ap.add_argument("--compare-adapt", action="store_true",
+                    help="also adapt without first regressing the read-out onto the frozen factors")
     ap.add_argument("--no-baselines", dest="baselines", action="store_false",
                     help="skip the low-pass and Bayesian filter columns")
     args = ap.parse_args()
     torch.set_num_threads(1)
     config = preset(args.preset)
     config.max_epochs = args.epochs
+    single_config = copy.deepcopy(config)
+    single_config.max_epochs = args.single_epochs or args.epochs
     prep = PreprocessConfig()
     rows = []
     for seed in args.seeds:
@@ -80,19 +89,27 @@ def main() -> None:
                                 device="cpu", seed=0, progress=False)
         t_stitch = time.perf_counter() - t0
         held = args.train
+        plain = copy.deepcopy(stitched.model)  # adapted without the read-out regression, for comparison
         t0 = time.perf_counter()
-        index, _ = adapt(stitched.model, data[held], sims[held].muscle_names, device="cpu", seed=0, progress=False,
-                         max_epochs=args.adapt_epochs)
+        index, adapted = adapt(stitched.model, data[held], sims[held].muscle_names, device="cpu", seed=0,
+                               progress=False, max_epochs=args.adapt_epochs)
         t_adapt = time.perf_counter() - t0
+        if args.compare_adapt:
+            adapt(plain, data[held], sims[held].muscle_names, device="cpu", seed=0, progress=False,
+                  max_epochs=args.adapt_epochs, regress_readout=False)
         for k, sim in enumerate(sims):
-            model, t_single = single(data[k], config, seed=0)
+            model, t_single, ep_single = single(data[k], single_config, seed=0)
             row = {"seed": seed, "session": k, "muscles": len(sim.muscle_names),
                    "single": score(infer(model, data[k], config, n_samples=args.samples, device="cpu").rates, k),
-                   "t_single": t_single}
+                   "t_single": t_single, "ep_single": ep_single}
             view = stitched.model.session_view(index if k == held else k)
             row["stitched" if k < held else "adapt"] = score(
                 infer(view, data[k], config, n_samples=args.samples, device="cpu").rates, k)
             row["t_stitched" if k < held else "t_adapt"] = t_stitch if k < held else t_adapt
+            row["ep_stitched" if k < held else "ep_adapt"] = len((stitched if k < held else adapted).metrics)
+            if k == held and args.compare_adapt:
+                row["adapt_no_regression"] = score(infer(plain.session_view(index), data[k], config,
+                                                         n_samples=args.samples, device="cpu").rates, k)
             if args.baselines:
                 rect = rectify_highpass(sim.emg, sim.emg_rate, prep)
                 factor, n = int(round(sim.emg_rate / binned[k].bin_rate)), data[k].shape[0]
@@ -104,7 +121,7 @@ def main() -> None:
     import pandas as pd
 
     table = pd.DataFrame(rows)
-    print(f"\npreset {args.preset}, {args.epochs} epochs, {args.duration:.0f} s sessions, stitched on {args.train}:")
+    print(f"\npreset {args.preset}, {args.epochs} epochs (per-session: at most {single_config.max_epochs}), {args.duration:.0f} s sessions, stitched on {args.train}:")
     print(table.round(3).to_string(index=False))
     gain = table["stitched"] - table["single"]
     print(f"stitched - single: min {gain.min():.3f}, mean {gain.mean():.3f}")

@@ -73,11 +73,20 @@ def test_readin_tied_by_muscle_name_and_adapt_freezes_shared_weights(sims):
 
 
 # ---------------------------------------------------------------------------- the claim
-STITCH_EPOCHS = 8
+# Both sides trained as `fit` trains them (early stopping, best weights) for the same epochs; a stitched
+# epoch has as many steps as a per-session one (each step one batch of every session). 40 epochs is the
+# cheapest length at which the per-session models are trained (R^2 0.76-0.91 vs truth, near the low-pass;
+# at 8 they are at 0.2-0.35, starved, and comparing there says nothing). It costs about 8 minutes of one
+# CPU core, over the suite's per-test budget. The claim holds on simulator seed 1 but not on this one
+# (seed 0), so the test is a strict expected failure: it fails the suite if the claim starts to hold
+# (then drop the mark) or if anything but the claim's assertions fails.
+STITCH_EPOCHS = 40
 MARGIN = 0.03
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="issue 17's claim does not hold on this seed at 40 epochs: the stitched "
+                   "model loses to the per-session models in sessions 0 and 1 (README, stitching)")
 def test_stitched_beats_per_session_models_and_adapt_beats_a_new_model(sims):
     """Four 20 s sessions trained together beat a model per session (same preset and epochs) in every
     session; the held-out fifth, adapted (only its read-in/read-out trained), beats its own model."""
@@ -91,6 +100,7 @@ def test_stitched_beats_per_session_models_and_adapt_beats_a_new_model(sims):
         truth = [true_activation_binned(s, b.bin_rate)[: b.data.shape[0]] for s, b in zip(sims, binned, strict=True)]
         stitched = fit_sessions(data[:4], [s.muscle_names for s in sims[:4]], config, None, device="cpu",
                                 progress=False)
+        assert stitched.model.config.fac_dim == len(stitched.model.union) > config.fac_dim
         index, _ = adapt(stitched.model, data[4], sims[4].muscle_names, device="cpu", progress=False)
         rows = []
         for k in range(5):
@@ -106,6 +116,7 @@ def test_stitched_beats_per_session_models_and_adapt_beats_a_new_model(sims):
     finally:
         torch.set_num_threads(threads)
     print("\nsession, per-session model, stitched (4: adapted):", [tuple(round(v, 3) for v in r) for r in rows])
+    assert min(own for _, own, _ in rows) > 0.7, rows  # the per-session models are trained, not starved
     for _k, own, shared in rows:
         assert shared > own + MARGIN, rows
 

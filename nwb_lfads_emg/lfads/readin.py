@@ -10,6 +10,7 @@ each: muscles shared by name are tied through the initialisation, then train fre
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import torch
@@ -55,6 +56,14 @@ def check_muscles(muscles: Sequence[str], what: str) -> None:
         raise ValueError(f"{what}: muscle name(s) {sorted(set(seen))} appear more than once")
 
 
+def stitched_factors(config: LFADSConfig, sessions: Sequence[Sequence[str]]) -> int:
+    """Factors of a stitched model: the configuration's, or as many as the sessions' muscles together if more.
+
+    The shared factors are read out into every muscle of every session; fewer factors than muscles in
+    the union cannot follow each muscle's own cycle-to-cycle gain (measured: README, stitching)."""
+    return max(int(config.fac_dim), len(union_muscles(sessions)))
+
+
 class MultiSessionLFADS(nn.Module):
     """One LFADS (encoders, controller, generator, priors) shared by sessions with their own `SessionIO`."""
 
@@ -63,8 +72,9 @@ class MultiSessionLFADS(nn.Module):
         config.validate()
         for k, muscles in enumerate(sessions):
             check_muscles(muscles, f"session {k}")
-        self.config = config
         self.union = union_muscles(sessions)
+        config = dataclasses.replace(config, fac_dim=stitched_factors(config, sessions))
+        self.config = config
         self.readin_dim = int(readin_dim or len(self.union))
         self.core = LFADS(config, self.readin_dim)
         self.core.readout = nn.Identity()  # each session reads the shared factors out itself
@@ -100,6 +110,38 @@ class MultiSessionLFADS(nn.Module):
         self.sessions.append(io)
         return len(self.sessions) - 1
 
+    def fit_readout(self, session: int, segments: Tensor, steps: int = 100) -> float:
+        """Fit `session`'s read-out to the shared model's factors on its (B, T, C) segments (the posterior-mean
+        factors given its current read-in, held fixed): a regression onto the frozen factors, so that training
+        a new session's read-in starts from a read-out that already explains its channels. Returns the NLL."""
+        io = self.sessions[session]
+        was_training = self.training
+        self.eval()
+        with torch.no_grad():
+            factors = torch.cat([self(segments[i : i + 256], session, sample=False).factors
+                                 for i in range(0, segments.shape[0], 256)]).float()
+        target = segments.float()
+        params = list(io.readout.parameters())
+        saved = [p.requires_grad for p in params]
+        for p in params:
+            p.requires_grad_(True)
+        opt = torch.optim.LBFGS(params, lr=0.5, max_iter=steps, line_search_fn="strong_wolfe")
+
+        def closure() -> Tensor:
+            opt.zero_grad()
+            loss = io.likelihood.nll(io.readout(factors), target).mean()
+            loss.backward()
+            return loss
+
+        with torch.enable_grad():
+            opt.step(closure)
+        with torch.no_grad():
+            final = float(io.likelihood.nll(io.readout(factors), target).mean())
+        for p, flag in zip(params, saved, strict=True):
+            p.requires_grad_(flag)
+        self.train(was_training)
+        return final
+
     @torch.no_grad()
     def initialise(self, data: Sequence[Tensor]) -> None:
         """Set each session's input transform from its training data (T, C_s) and the read-ins from a
@@ -131,25 +173,49 @@ class MultiSessionLFADS(nn.Module):
 
     def forward(self, x: Tensor, session: int, keep: Tensor | None = None, sample: bool = True) -> LFADSOutput:
         """x (B, T, C_s) data of `session`; keep (B, T, C_s) entries given to the encoders (as `LFADS`)."""
-        io, core = self.sessions[session], self.core
-        z = io.transform_input(x)
-        if keep is not None:
-            frac = keep.float().mean().clamp_min(1e-3)
-            z = torch.where(keep, z / frac, torch.zeros_like(z))
-        z = io.readin(core.in_dropout(z))
+        return self.forward_sessions([x], [session], None if keep is None else [keep], sample=sample)[0]
+
+    def forward_sessions(self, xs: Sequence[Tensor], sessions: Sequence[int], keeps: Sequence[Tensor] | None = None,
+                         sample: bool = True) -> list[LFADSOutput]:
+        """One batch of several sessions (xs[i]: (B_i, T, C_s) of session sessions[i], same T) through the
+        shared encoders and generator in one pass: each read in by its own layers, read out by its own."""
+        core, zs = self.core, []
+        for i, (x, session) in enumerate(zip(xs, sessions, strict=True)):
+            io = self.sessions[session]
+            z = io.transform_input(x)
+            if keeps is not None:
+                frac = keeps[i].float().mean().clamp_min(1e-3)
+                z = torch.where(keeps[i], z / frac, torch.zeros_like(z))
+            zs.append(io.readin(core.in_dropout(z)))
+        z = torch.cat(zs)
         ic_mean, ic_var = core.ic_encoder(z)
         ic = ic_mean + ic_var.sqrt() * torch.randn_like(ic_mean) if sample else ic_mean
         ci = core.ci_encoder(z) if core.ci_encoder is not None else None
-        dec = core.decoder(ic, ci, x.shape[1], sample=sample)
-        params = io.readout(dec["factors"])
-        return LFADSOutput(params=params, means=io.likelihood.mean(params.float()), factors=dec["factors"],
-                           inputs=dec["inputs"], ic_mean=ic_mean, ic_var=ic_var, co_mean=dec["co_mean"],
-                           co_log_var=dec["co_log_var"])
+        dec = core.decoder(ic, ci, z.shape[1], sample=sample)
+        outs, start = [], 0
+        for x, session in zip(xs, sessions, strict=True):
+            io, part = self.sessions[session], slice(start, start + x.shape[0])
+            start += x.shape[0]
+            params = io.readout(dec["factors"][part])
+            outs.append(LFADSOutput(params=params, means=io.likelihood.mean(params.float()),
+                                    factors=dec["factors"][part], inputs=dec["inputs"][part],
+                                    ic_mean=ic_mean[part], ic_var=ic_var[part], co_mean=dec["co_mean"][part],
+                                    co_log_var=dec["co_log_var"][part]))
+        return outs
 
     def loss(self, out: LFADSOutput, target: Tensor, grad_mask: Tensor | None = None, heldin: Tensor | None = None,
              kl_ramp: float = 1.0, l2_ramp: float = 1.0) -> dict[str, Tensor]:
         """The shared model's loss (`LFADS.loss`, lfads-torch's conventions) on one session's batch."""
         return self.core.loss(out, target, grad_mask, heldin, kl_ramp=kl_ramp, l2_ramp=l2_ramp)
+
+    def loss_sessions(self, outs: Sequence[LFADSOutput], targets: Sequence[Tensor],
+                      grad_masks: Sequence[Tensor | None], heldins: Sequence[Tensor | None],
+                      kl_ramp: float = 1.0, l2_ramp: float = 1.0) -> dict[str, Tensor]:
+        """The loss of a `forward_sessions` batch: each session's `loss`, averaged over the sessions (as
+        lfads-torch averages its per-session reconstruction costs; the L2 term counts once)."""
+        parts = [self.loss(o, t, g, h, kl_ramp=kl_ramp, l2_ramp=l2_ramp)
+                 for o, t, g, h in zip(outs, targets, grad_masks, heldins, strict=True)]
+        return {key: torch.stack([p[key] for p in parts]).mean() for key in parts[0]}
 
     def recon_nll(self, out: LFADSOutput, target: Tensor) -> Tensor:
         """Per-entry negative log-likelihood (B, T, C_s)."""
@@ -174,4 +240,4 @@ class SessionModel(nn.Module):
         return self.model(x, self.session, keep=keep, sample=sample)
 
 
-__all__ = ["MultiSessionLFADS", "SessionIO", "SessionModel", "union_muscles", "check_muscles"]
+__all__ = ["MultiSessionLFADS", "SessionIO", "SessionModel", "union_muscles", "check_muscles", "stitched_factors"]

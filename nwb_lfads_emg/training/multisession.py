@@ -27,9 +27,9 @@ from ..errors import TrainingError
 from ..lfads.augment import sample_validation_mask
 from ..lfads.config import MUTABLE_HYPERPARAMETERS, LFADSConfig
 from ..lfads.model import lr_factor, ramp
-from ..lfads.readin import MultiSessionLFADS
+from ..lfads.readin import MultiSessionLFADS, stitched_factors
 from . import checkpoint as ckpt
-from .segments import chop_blocks, split_blocks
+from .segments import chop, chop_blocks, split_blocks
 from .trainer import (
     Trainer,
     _architecture,
@@ -65,6 +65,10 @@ class MultiSessionTrainer:
         if len(data) != len(muscles) or not data:
             raise TrainingError(f"multi-session training: {len(data)} data arrays for {len(muscles)} muscle lists")
         self.config = copy.deepcopy(config)
+        if model is None:
+            self.config.fac_dim = stitched_factors(config, muscles)
+        else:
+            self.config.fac_dim = model.config.fac_dim
         self.device = resolve_device(device)
         self.seed = int(seed)
         self.data = []
@@ -94,6 +98,7 @@ class MultiSessionTrainer:
                 xs.append(torch.from_numpy(chop_blocks(arr, blocks, c.seg_len, c.seg_overlap)[0]).to(dev))
                 svs.append(torch.from_numpy(chop_blocks(sv_np, blocks, c.seg_len, c.seg_overlap)[0]).to(dev))
             train_rows.append(torch.from_numpy(np.concatenate([arr[a:b] for a, b in train_blocks])))
+        self._cap_validation()
         if model is None:
             try:
                 self.model = MultiSessionLFADS(c, muscles, readin_dim)
@@ -118,6 +123,18 @@ class MultiSessionTrainer:
         self.bad_epochs = 0
         self.metrics: list[dict[str, Any]] = []
 
+    def _cap_validation(self) -> None:
+        """Score at most `epoch_segments` validation segments over all sessions (each session's share evenly
+        spread over its blocks), so that a long set's validation cost does not grow either."""
+        cap, sizes = self.config.epoch_segments, [int(x.shape[0]) for x in self.x_val]
+        if not cap or sum(sizes) <= int(cap):
+            return
+        for k, n in enumerate(sizes):
+            share = max(1, int(round(int(cap) * n / sum(sizes)))) if n else 0
+            keep = torch.from_numpy(np.unique(np.linspace(0, n - 1, share).round().astype(np.int64))) if n else None
+            if keep is not None and share < n:
+                self.x_val[k], self.sv_val[k] = self.x_val[k][keep.to(self.device)], self.sv_val[k][keep.to(self.device)]
+
     # the single-session trainer's early-stopping rule, augmentations and hyper-parameter handling
     ramp_end = Trainer.ramp_end
     should_stop = Trainer.should_stop
@@ -135,12 +152,25 @@ class MultiSessionTrainer:
         return sum(int(x.shape[0]) for x in self.x_train)
 
     def train_epoch(self) -> dict[str, Any]:
-        """One pass over every session's segments (batches of one session each, shuffled together)."""
+        """One epoch (as lfads-torch counts it): every step trains on one batch of every session at once
+        (a shorter session cycles through its segments again), as many steps as the longest session has
+        batches, or fewer when that would exceed `epoch_segments` segments over all sessions."""
         with torch.random.fork_rng(devices=self._cuda_devices):
             torch.set_rng_state(self._rng_state)
             metrics = self._train_epoch()
             self._rng_state = torch.get_rng_state()
         return metrics
+
+    def _epoch_batches(self) -> list[list[torch.Tensor]]:
+        """This epoch's steps: per step, the segment indices of each session's batch (shuffled every epoch)."""
+        c = self.config
+        orders = [torch.randperm(int(x.shape[0]), generator=self.generator) for x in self.x_train]
+        sizes = [min(c.batch_size, len(o)) for o in orders]
+        n_steps = max(math.ceil(len(o) / c.batch_size) for o in orders)
+        if c.epoch_segments:
+            n_steps = min(n_steps, max(1, math.ceil(int(c.epoch_segments) / sum(sizes))))
+        return [[o[torch.arange(i * b, (i + 1) * b) % len(o)] for o, b in zip(orders, sizes, strict=True)]
+                for i in range(n_steps)]
 
     def _train_epoch(self) -> dict[str, Any]:
         c, t0 = self.config, time.perf_counter()
@@ -150,20 +180,21 @@ class MultiSessionTrainer:
         lr_now = c.lr * lr_factor(self.epoch, c.max_epochs, c.lr_schedule, c.lr_min_ratio)
         for group in self.optimizer.param_groups:
             group["lr"] = lr_now
-        batches = []
-        for k, x in enumerate(self.x_train):
-            order = torch.randperm(x.shape[0], generator=self.generator)
-            batches += [(k, order[i : i + c.batch_size]) for i in range(0, x.shape[0], c.batch_size)]
+        batches = self._epoch_batches()
         sums = {key: 0.0 for key in ("loss", "recon", "kl_ic", "kl_co", "l2")}
         sv_sum = np.zeros(len(self.x_train))
         sv_count = np.zeros(len(self.x_train))
-        for b in torch.randperm(len(batches), generator=self.generator).tolist():
-            k, idx = batches[b]
-            x, sv = self.x_train[k][idx.to(self.device)], self.sv_train[k][idx.to(self.device)]
-            x_in, x_tgt, keep, grad_mask, heldin = self._batch_masks(x, sv)
+        for step in batches:
+            xs, svs, masks = [], [], []
+            for k, idx in enumerate(step):
+                x, sv = self.x_train[k][idx.to(self.device)], self.sv_train[k][idx.to(self.device)]
+                xs.append(x)
+                svs.append(sv)
+                masks.append(self._batch_masks(x, sv))  # (input, target, keep, gradient mask, held-in)
             with _autocast(self.device, self.amp_dtype):
-                out = self.model(x_in, self.session_ids[k], keep=keep)
-            losses = self.model.loss(out, x_tgt, grad_mask, heldin, kl_ramp=kl_ramp, l2_ramp=l2_ramp)
+                outs = self.model.forward_sessions([m[0] for m in masks], self.session_ids, [m[2] for m in masks])
+            losses = self.model.loss_sessions(outs, [m[1] for m in masks], [m[3] for m in masks],
+                                              [m[4] for m in masks], kl_ramp=kl_ramp, l2_ramp=l2_ramp)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(losses["loss"]).backward()
             self.scaler.unscale_(self.optimizer)
@@ -173,9 +204,10 @@ class MultiSessionTrainer:
             with torch.no_grad():
                 for key in sums:
                     sums[key] += float(losses[key])
-                sv_t = sv if c.temporal_shift_ms == 0 else sv & ~keep
-                sv_sum[k] += float((self.model.recon_nll(out, x) * sv_t).sum())
-                sv_count[k] += float(sv_t.sum())
+                for k, (out, x, sv, m) in enumerate(zip(outs, xs, svs, masks, strict=True)):
+                    sv_t = sv if c.temporal_shift_ms == 0 else sv & ~m[2]
+                    sv_sum[k] += float((self.model.recon_nll(out, x) * sv_t).sum())
+                    sv_count[k] += float(sv_t.sum())
         stats = {key: v / max(len(batches), 1) for key, v in sums.items()}
         if not all(math.isfinite(v) for v in stats.values()):
             raise TrainingError(f"training: the loss became NaN or infinite at epoch {self.epoch} "
@@ -322,17 +354,28 @@ def fit_sessions(data: Sequence[np.ndarray], muscles: Sequence[Sequence[str]], c
 
 def adapt(model: MultiSessionLFADS, data: np.ndarray, muscles: Sequence[str], config: LFADSConfig | None = None,
           device: str = "auto", seed: int = 0, progress: bool = True, max_epochs: int | None = None,
-          weights_path: str | Path | None = None) -> tuple[int, MultiSessionFitResult]:
+          weights_path: str | Path | None = None, regress_readout: bool = True) -> tuple[int, MultiSessionFitResult]:
     """Add a session to a trained model and fit only its read-in/read-out (shared weights frozen).
 
+    The read-in starts from the trained sessions' by muscle name; with `regress_readout` the read-out is
+    first fitted to the frozen model's factors on the new data (`MultiSessionLFADS.fit_readout`).
     Returns the new session's index and the result (the model with the session added, in place).
     """
     config = copy.deepcopy(config or model.config)
+    # the frozen model was trained to the full objective: no KL/L2 ramp again, early stopping from the start
+    config.kl_start_epoch = config.kl_increase_epoch = config.l2_start_epoch = config.l2_increase_epoch = 0
     arr = check_data(data, config.likelihood, what="adaptation data")
     try:
         index = model.add_session(muscles, torch.from_numpy(arr))
     except ValueError as exc:
         raise TrainingError(f"adaptation: {exc}") from None
+    if regress_readout:
+        segs = chop(arr, config.seg_len, config.seg_overlap)[0]
+        if config.epoch_segments and segs.shape[0] > config.epoch_segments:  # a long session: an even spread
+            segs = segs[np.unique(np.linspace(0, segs.shape[0] - 1, int(config.epoch_segments)).round().astype(int))]
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            model.fit_readout(index, torch.from_numpy(segs))
     for p in model.parameters():
         p.requires_grad_(False)
     own = list(model.sessions[index].parameters())
