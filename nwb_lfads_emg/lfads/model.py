@@ -172,7 +172,9 @@ def noise_shape(data: Tensor, lo: float = 1.0, hi: float = 100.0) -> Tensor:
         return torch.ones(x.shape[1], dtype=torch.float32)
     diff = x[1:] - x[:-1]
     level = (0.5 * (x[1:] + x[:-1])).clamp_min(1e-12)
-    cv2 = (0.5 * diff.pow(2) / level.pow(2)).median(dim=0).values / _CHI2_1_MEDIAN
+    ratio = 0.5 * diff.pow(2) / level.pow(2)
+    ratio[(x[1:] <= 0) | (x[:-1] <= 0)] = float("nan")  # exact zeros (zero-inflated data) say nothing of the shape
+    cv2 = ratio.nanmedian(dim=0).values.nan_to_num(1.0) / _CHI2_1_MEDIAN
     shape = torch.where(cv2 > 0, 1.0 / cv2.clamp_min(1e-12), torch.full_like(cv2, hi))
     return shape.clamp(lo, hi).float()
 
