@@ -67,7 +67,7 @@ def main() -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     torch.set_num_threads(1)
     duration = 30.0 if args.tiny and args.duration == 60.0 else args.duration
-    session = simulate_session(SimulationConfig(n_muscles=8, duration_s=duration, seed=args.seed))
+    session = simulate_session(SimulationConfig(emg_model="carrier", n_muscles=8, duration_s=duration, seed=args.seed))
     binned = preprocess(session.emg, session.emg_rate, PreprocessConfig(bin_ms=5.0))
     data = binned.data
     truth = true_activation_binned(session, binned.bin_rate)[: data.shape[0]]

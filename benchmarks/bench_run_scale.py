@@ -55,7 +55,7 @@ def write_session(path: Path, minutes: float, rate: float, n_ch: int, base_s: fl
 
     from nwb_lfads_emg.simulate import SimulationConfig, simulate_session
 
-    cfg = SimulationConfig(n_muscles=n_ch, duration_s=base_s, emg_rate=rate, seed=0)
+    cfg = SimulationConfig(emg_model="carrier", n_muscles=n_ch, duration_s=base_s, emg_rate=rate, seed=0)
     session = simulate_session(cfg)
     conversion = cfg.emg_amplitude_v * 20 / 32767
     base = np.clip(np.round(session.emg / conversion), -32767, 32767).astype(np.int16)

@@ -9,7 +9,7 @@ from .pipeline import JobConfig, check_job, run
 from .simulate import SimulationConfig, simulate_session, write_session_nwb
 
 # The regime of the accuracy claim (narrow, low EMG carrier band: see tests/test_lfads_accuracy.py).
-DEMO_SIMULATION = SimulationConfig(n_muscles=8, duration_s=60.0, emg_rate=2000.0, task="locomotion", seed=0,
+DEMO_SIMULATION = SimulationConfig(emg_model="carrier", n_muscles=8, duration_s=60.0, emg_rate=2000.0, task="locomotion", seed=0,
                                    carrier_band_hz=(15.0, 50.0))
 
 

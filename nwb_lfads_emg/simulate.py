@@ -48,9 +48,10 @@ class SimulationConfig:
     """Physiological tremor added to the activation during holds (0 gives none)."""
     # locomotion: fraction of each cycle (from touchdown, phase 0) spent in stance
     stance_fraction: float = 0.6
-    # EMG generation: "carrier" (activation-modulated band-limited noise, carrier_band_hz) or "motor_units"
-    # (pools of `motor_units_per_muscle` motor units, nwb_lfads_emg.motor_units); truth is the activation
-    emg_model: str = "carrier"
+    # EMG generation: "motor_units" (the default for accuracy claims: pools of `motor_units_per_muscle` motor
+    # units, nwb_lfads_emg.motor_units) or "carrier" (activation-modulated band-limited noise, carrier_band_hz);
+    # truth is the activation
+    emg_model: str = "motor_units"
     motor_units_per_muscle: int = 100
     carrier_band_hz: tuple[float, float] = (30.0, 250.0)
     emg_amplitude_v: float = 2e-4

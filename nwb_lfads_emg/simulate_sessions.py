@@ -38,7 +38,7 @@ class SessionSetConfig:
     gain_sd: float = 0.5  # SD of the log electrode gain
     crosstalk: tuple[float, float] = (0.05, 0.3)  # range of the per-session cross-talk level
     seed: int = 0
-    base: SimulationConfig = field(default_factory=lambda: SimulationConfig(n_units=10))
+    base: SimulationConfig = field(default_factory=lambda: SimulationConfig(emg_model="carrier", n_units=10))
 
 
 @dataclass

@@ -69,7 +69,7 @@ def small_session():
     """A 20 s, 8-muscle locomotion session at 2 kHz (seed 0)."""
     from nwb_lfads_emg.simulate import SimulationConfig, simulate_session
 
-    return simulate_session(SimulationConfig(n_muscles=8, duration_s=20.0, seed=0))
+    return simulate_session(SimulationConfig(emg_model="carrier", n_muscles=8, duration_s=20.0, seed=0))
 
 
 @pytest.fixture(scope="session")
@@ -98,7 +98,7 @@ def shared_data_dir() -> Path:
 
 
 # The regime of the accuracy claim: narrow, low EMG carrier band (see tests/test_lfads_accuracy.py).
-ACCURACY_SIMULATION = dict(n_muscles=8, duration_s=60.0, seed=0, carrier_band_hz=(15.0, 50.0))
+ACCURACY_SIMULATION = dict(emg_model="carrier", n_muscles=8, duration_s=60.0, seed=0, carrier_band_hz=(15.0, 50.0))
 
 
 @pytest.fixture(scope="session")

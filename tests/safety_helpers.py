@@ -19,7 +19,7 @@ def tiny_nwb(path: Path, subject: bool = True, seconds: float = 4.0, muscles: in
     """A short simulated session written by the package's NWB writer (ElectricalSeries layout)."""
     from nwb_lfads_emg.simulate import SimulationConfig, simulate_session, write_session_nwb
 
-    session = simulate_session(SimulationConfig(n_muscles=muscles, duration_s=seconds, n_units=6, seed=seed))
+    session = simulate_session(SimulationConfig(emg_model="carrier", n_muscles=muscles, duration_s=seconds, n_units=6, seed=seed))
     write_session_nwb(session, path)
     if not subject:  # a valid NWB file without a Subject (optional in NWB; CRITICAL for a DANDI upload)
         with h5py.File(path, "r+") as f:

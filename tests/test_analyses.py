@@ -55,7 +55,7 @@ def test_simulator_writes_cycles_and_holds(small_nwb, small_session, tmp_path):
     assert 0.5 < duration.median() < 1.2  # 1.2 Hz strides with drift
     stance = (cycles["liftoff_time"] - cycles["start_time"]) / duration
     np.testing.assert_allclose(stance, 0.6)
-    iso = simulate_session(SimulationConfig(n_muscles=4, duration_s=12.0, task="isometric", seed=3))
+    iso = simulate_session(SimulationConfig(emg_model="carrier", n_muscles=4, duration_s=12.0, task="isometric", seed=3))
     path = write_session_nwb(iso, tmp_path / "iso.nwb")
     with NWBHDF5IO(str(path), "r") as io:
         holds = io.read().intervals["holds"].to_dataframe()
@@ -93,7 +93,7 @@ def test_truth_is_wider_band_at_sharp_onsets():
     """The simulator's bursts rise sharply and fall slowly: the ideal (truth) filter of the rectified EMG
     passes a wider band at each muscle's burst onset than at its offset (60 s; measured medians
     24.2 vs 2.7 Hz for seed 0, 10.3 vs 3.0 Hz for seed 1)."""
-    s = simulate_session(SimulationConfig(n_muscles=8, duration_s=60.0, seed=0))
+    s = simulate_session(SimulationConfig(emg_model="carrier", n_muscles=8, duration_s=60.0, seed=0))
     n = int(s.duration_s * RATE)
     rect = rectify_highpass(s.emg, s.emg_rate)
     reference = bin_like(lowpass_envelope(rect, s.emg_rate, 0.4 * RATE), s.emg_rate, RATE, n)
@@ -107,7 +107,7 @@ def test_truth_is_wider_band_at_sharp_onsets():
 
 
 def _isometric(tremor: float):
-    s = simulate_session(SimulationConfig(n_muscles=8, duration_s=40.0, task="isometric", seed=0,
+    s = simulate_session(SimulationConfig(emg_model="carrier", n_muscles=8, duration_s=40.0, task="isometric", seed=0,
                                           tremor_amplitude=tremor))
     n = int(s.duration_s * RATE)
     rect = rectify_highpass(s.emg, s.emg_rate)
@@ -165,7 +165,7 @@ def test_smoothness_control_and_report(gait_report):
 
 def test_holds_through_the_file(tmp_path, capsys):
     """`evaluate --behavior force --holds holds` on a simulated isometric file with strong tremor."""
-    s = simulate_session(SimulationConfig(n_muscles=4, duration_s=16.0, task="isometric", seed=1,
+    s = simulate_session(SimulationConfig(emg_model="carrier", n_muscles=4, duration_s=16.0, task="isometric", seed=1,
                                           tremor_amplitude=0.2, n_units=0))
     src = write_session_nwb(s, tmp_path / "iso.nwb")
     out = _annotate(s, src, tmp_path / "iso_annotated.nwb", cutoff_hz=20.0)

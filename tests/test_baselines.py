@@ -17,7 +17,7 @@ from nwb_lfads_emg.preprocess import PreprocessConfig, bin_to, preprocess, recti
 def iso_session():
     from nwb_lfads_emg.simulate import SimulationConfig, simulate_session
 
-    return simulate_session(SimulationConfig(n_muscles=8, duration_s=20.0, seed=1, task="isometric"))
+    return simulate_session(SimulationConfig(emg_model="carrier", n_muscles=8, duration_s=20.0, seed=1, task="isometric"))
 
 
 def _prepared(session):

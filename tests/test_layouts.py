@@ -58,7 +58,7 @@ def _write(nwb, path: Path) -> Path:
 @pytest.fixture(scope="module")
 def raw_emg():
     """8 s of 4-muscle raw EMG at 1 kHz (volts) and its true activation."""
-    s = simulate_session(SimulationConfig(n_muscles=len(MUSCLES), duration_s=8.0, emg_rate=1000.0, seed=3,
+    s = simulate_session(SimulationConfig(emg_model="carrier", n_muscles=len(MUSCLES), duration_s=8.0, emg_rate=1000.0, seed=3,
                                           n_units=4))
     return s
 

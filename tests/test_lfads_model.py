@@ -12,7 +12,7 @@ from nwb_lfads_emg.lfads import LFADS, LFADSConfig, preset
 from nwb_lfads_emg.lfads.augment import coordinated_dropout, random_shifts, shift_pair, temporal_shift
 from nwb_lfads_emg.lfads.decoder import gru_step, normalized_rows
 from nwb_lfads_emg.lfads.likelihoods import make_likelihood
-from nwb_lfads_emg.lfads.model import lr_factor, ramp
+from nwb_lfads_emg.lfads.model import lr_factor, noise_shape, ramp
 from nwb_lfads_emg.lfads.priors import AR1Prior, GaussianICPrior
 
 
@@ -32,6 +32,29 @@ def test_gamma_nll_matches_torch():
     ref = -D.Gamma(log_a.exp(), log_b.exp()).log_prob(x)
     torch.testing.assert_close(lik.nll(params, x), ref, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(lik.mean(params), (log_a - log_b).exp())
+
+
+def test_noise_shape_recovers_the_gamma_shape_under_bursts():
+    """The read-out's initial Gamma shape is the data's bin-to-bin noise level: Gamma(k) noise around a
+    slowly varying, bursting mean gives k back (the onsets do not drag it down), and the read-out starts
+    with mean = the data's mean and alpha = that shape ("one": alpha = 1, as before)."""
+    torch.manual_seed(0)
+    t = torch.arange(20000, dtype=torch.float64)
+    level = 0.1 + torch.stack([(torch.sin(t / 40.0 + p) > 0.6).double() * 2.0 for p in (0.0, 2.0)], 1)
+    level = level + 0.05 * torch.sin(t / 300.0)[:, None]
+    for k in (2.0, 10.0):
+        x = D.Gamma(torch.full((20000, 2), k, dtype=torch.float64), k).sample() * level
+        assert torch.allclose(noise_shape(x), torch.tensor([k, k]), rtol=0.12)
+    assert torch.equal(noise_shape(torch.ones(50, 2)), torch.tensor([100.0, 100.0]))  # no noise: the cap
+    data = (x.float() + 0.01)[:2000]
+    for init, shape in (("noise", noise_shape(data)), ("one", torch.ones(2))):
+        model = LFADS(tiny(shape_init=init), n_channels=2)
+        model.set_input_stats(data)
+        log_a, log_b = model.readout.bias.detach().view(2, 2)
+        torch.testing.assert_close(log_a.exp(), shape)
+        torch.testing.assert_close((log_a - log_b).exp(), data.mean(0))
+    with pytest.raises(ValueError, match="shape_init"):
+        tiny(shape_init="two").validate()
 
 
 def test_poisson_and_gaussian_nll_match_torch():

@@ -20,7 +20,7 @@ TOLERANCE = {"LowPass": 1e-5, "BayesianFilter": 3e-4}
 def _session(minutes: float, tmp_path_factory) -> Path:
     from nwb_lfads_emg.simulate import SimulationConfig, simulate_session, write_session_nwb
 
-    session = simulate_session(SimulationConfig(n_muscles=N_MUSCLES, duration_s=60.0 * minutes, emg_rate=RATE,
+    session = simulate_session(SimulationConfig(emg_model="carrier", n_muscles=N_MUSCLES, duration_s=60.0 * minutes, emg_rate=RATE,
                                                 n_units=4, seed=3))
     return write_session_nwb(session, tmp_path_factory.mktemp("long") / f"emg_{minutes:g}min.nwb", store_truth=False)
 

@@ -75,3 +75,5 @@ def test_simulator_motor_unit_model(task):
     assert min(corr) > 0.7, corr
     with pytest.raises(ValueError, match="emg_model"):
         simulate_session(SimulationConfig(emg_model="spikes", duration_s=1.0))
+    # the motor-unit model is the simulator's default (the carrier model stays an option)
+    assert SimulationConfig().emg_model == "motor_units"

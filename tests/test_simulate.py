@@ -16,18 +16,18 @@ from nwb_lfads_emg.simulate import (
 
 
 def test_deterministic_for_a_seed():
-    cfg = SimulationConfig(n_muscles=4, duration_s=3.0, seed=7)
+    cfg = SimulationConfig(emg_model="carrier", n_muscles=4, duration_s=3.0, seed=7)
     a, b = simulate_session(cfg), simulate_session(cfg)
     np.testing.assert_array_equal(a.emg, b.emg)
     np.testing.assert_array_equal(a.activation, b.activation)
     assert all(np.array_equal(x, y) for x, y in zip(a.spike_times, b.spike_times, strict=True))
-    other = simulate_session(SimulationConfig(n_muscles=4, duration_s=3.0, seed=8))
+    other = simulate_session(SimulationConfig(emg_model="carrier", n_muscles=4, duration_s=3.0, seed=8))
     assert not np.allclose(a.emg, other.emg)
 
 
 @pytest.mark.parametrize("task", ["locomotion", "isometric"])
 def test_activation_drives_emg_power_and_behaviour(task):
-    s = simulate_session(SimulationConfig(n_muscles=6, duration_s=20.0, task=task, seed=1))
+    s = simulate_session(SimulationConfig(emg_model="carrier", n_muscles=6, duration_s=20.0, task=task, seed=1))
     assert s.emg.shape == s.activation.shape == (40000, 6)
     assert s.activation.min() >= 0 and s.activation.max() <= 1
     # The envelope of the EMG follows the activation: rectified EMG smoothed at 5 Hz correlates with it.
@@ -43,7 +43,7 @@ def test_activation_drives_emg_power_and_behaviour(task):
 
 
 def test_bursts_have_sharp_onsets_and_slower_offsets():
-    s = simulate_session(SimulationConfig(n_muscles=4, duration_s=30.0, seed=2))
+    s = simulate_session(SimulationConfig(emg_model="carrier", n_muscles=4, duration_s=30.0, seed=2))
     d = np.diff(s.activation, axis=0) * s.emg_rate
     # rising slopes are steeper than falling ones (phase-dependent sharpness)
     assert np.all(np.percentile(d, 99.9, axis=0) > 1.5 * -np.percentile(d, 0.1, axis=0))

@@ -74,7 +74,7 @@ def noise(n: int, c: int, seed: int = 0) -> np.ndarray:
 def sim(tmp_path_factory: pytest.TempPathFactory):
     """A simulated session written in both layouts (FALCON-like with timestamps, Myomatrix-like)."""
     d = tmp_path_factory.mktemp("sim")
-    session = simulate_session(SimulationConfig(n_muscles=5, duration_s=12.0, n_units=6, seed=3))
+    session = simulate_session(SimulationConfig(emg_model="carrier", n_muscles=5, duration_s=12.0, n_units=6, seed=3))
     el = write_session_nwb(session, d / "electrical.nwb", layout="electrical")
     pm = write_session_nwb(session, d / "per_muscle.nwb", layout="per_muscle", timestamps=True)
     return session, el, pm

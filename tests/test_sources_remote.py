@@ -26,7 +26,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("remote")
     muscles = [f"M{k:02d}" for k in range(32)]
     big = write_nwb(d / "big.nwb", electrical=noise(360_000, 32, 7), muscles=muscles, rate=2000.0, chunks=(2000, 32))
-    session = simulate_session(SimulationConfig(n_muscles=4, duration_s=8.0, n_units=4, seed=1))
+    session = simulate_session(SimulationConfig(emg_model="carrier", n_muscles=4, duration_s=8.0, n_units=4, seed=1))
     small = write_session_nwb(session, d / "sim.nwb", layout="per_muscle", timestamps=True)
     return {"big": big, "small": small}
 

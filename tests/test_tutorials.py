@@ -127,7 +127,7 @@ def test_01_annotate_local_file(tmp_path):
 def test_02_stream_dandi_asset(tmp_path):
     from nwb_lfads_emg.simulate import SimulationConfig, simulate_session, write_session_nwb
 
-    session = simulate_session(SimulationConfig(n_muscles=8, duration_s=15.0, task="isometric", seed=3))
+    session = simulate_session(SimulationConfig(emg_model="carrier", n_muscles=8, duration_s=15.0, task="isometric", seed=3))
     source = write_session_nwb(session, tmp_path / "falcon_like.nwb", layout="per_muscle", timestamps=True)
     with DandiServer({"000941": {FALCON_ASSET: source}}) as server:
         out = _run("02_stream_dandi_asset", tmp_path, DANDI_INSTANCE=server.api_url,

@@ -51,7 +51,7 @@ TRAINING = ["--max-epochs", "2"] if FAST else []  # the demo preset trains up to
 # electrodes table's `location` column), 30 cortical units and joint angles.
 
 # %%
-session = simulate_session(SimulationConfig(n_muscles=8, duration_s=DURATION_S, task="locomotion", seed=0))
+session = simulate_session(SimulationConfig(emg_model="carrier", n_muscles=8, duration_s=DURATION_S, task="locomotion", seed=0))
 SOURCE = write_session_nwb(session, OUT / "session.nwb")
 EMG = "EMG"
 print(f"wrote {SOURCE}: {DURATION_S:.0f} s, muscles {', '.join(session.muscle_names)}")

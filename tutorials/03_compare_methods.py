@@ -61,7 +61,7 @@ METHODS = ["AutoLFADS", "LowPass", "BayesianFilter"]
 # instead.)
 
 # %%
-session = simulate_session(SimulationConfig(n_muscles=8, duration_s=DURATION_S, task="locomotion", seed=1))
+session = simulate_session(SimulationConfig(emg_model="carrier", n_muscles=8, duration_s=DURATION_S, task="locomotion", seed=1))
 SOURCE = write_session_nwb(session, OUT / "session.nwb")
 ANNOTATED = OUT / "session_annotated.nwb"
 run_cli("run", SOURCE, "--emg", "EMG", "--out", ANNOTATED, "--run-dir", OUT / "run", "--overwrite", *TRAINING)

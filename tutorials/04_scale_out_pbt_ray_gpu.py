@@ -43,7 +43,7 @@ POPULATION = 2 if FAST else 8
 RAY_ADDRESS = os.environ.get("TUTORIAL_RAY_ADDRESS") or os.environ.get("RAY_ADDRESS")
 
 
-session = simulate_session(SimulationConfig(n_muscles=8, duration_s=DURATION_S, seed=0))
+session = simulate_session(SimulationConfig(emg_model="carrier", n_muscles=8, duration_s=DURATION_S, seed=0))
 SOURCE = write_session_nwb(session, OUT / "session.nwb")
 
 # %% [markdown]

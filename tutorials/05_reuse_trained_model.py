@@ -51,7 +51,7 @@ METHODS = ["AutoLFADS", "LowPass", "BayesianFilter"]
 # %%
 sessions = {}
 for label, seed in (("A", 0), ("B", 1)):
-    sim = simulate_session(SimulationConfig(n_muscles=8, duration_s=DURATION_S, task="locomotion", seed=seed))
+    sim = simulate_session(SimulationConfig(emg_model="carrier", n_muscles=8, duration_s=DURATION_S, task="locomotion", seed=seed))
     sessions[label] = (sim, write_session_nwb(sim, OUT / f"session_{label}.nwb"))
     print(label, sessions[label][1].name, sim.muscle_names)
 
@@ -138,7 +138,7 @@ print("figure:", OUT / "session_b_estimates.png")
 # pick the matching series with `--emg`.
 
 # %%
-other = simulate_session(SimulationConfig(n_muscles=6, duration_s=min(DURATION_S, 10.0), seed=2))
+other = simulate_session(SimulationConfig(emg_model="carrier", n_muscles=6, duration_s=min(DURATION_S, 10.0), seed=2))
 OTHER = write_session_nwb(other, OUT / "session_C_6_muscles.nwb")
 code = run_cli("annotate", OTHER, "--run-dir", RUN_DIR, "--out", OUT / "session_C_annotated.nwb", expect=2)
 print("exit code:", code)

@@ -19,6 +19,7 @@ def auto_config(n_bins: int, n_channels: int, bin_ms: float, segment_ms: float, 
     gpu = device.startswith("cuda")
     cfg = preset("default" if gpu else "demo")
     cfg.preset_name = "auto"
+    cfg.shape_init = "noise"  # Gamma shape from the data's bin-to-bin noise (the demo keeps alpha = 1)
     cfg.temporal_shift_ms = 5.0  # on (the demo widths' preset turns it off; see lfads.config)
     cfg.fac_dim = int(min(max(n_channels, 4), 16))
     cfg.bin_ms = float(bin_ms)
