@@ -29,7 +29,7 @@ from ..lfads.config import MUTABLE_HYPERPARAMETERS, LFADSConfig
 from ..lfads.model import lr_factor, ramp
 from ..lfads.readin import MultiSessionLFADS, stitched_factors
 from . import checkpoint as ckpt
-from .segments import chop, chop_blocks, split_blocks
+from .segments import chop, chop_blocks, split_blocks, spread
 from .trainer import (
     Trainer,
     _architecture,
@@ -131,7 +131,7 @@ class MultiSessionTrainer:
             return
         for k, n in enumerate(sizes):
             share = max(1, int(round(int(cap) * n / sum(sizes)))) if n else 0
-            keep = torch.from_numpy(np.unique(np.linspace(0, n - 1, share).round().astype(np.int64))) if n else None
+            keep = torch.from_numpy(spread(n, share)) if n else None
             if keep is not None and share < n:
                 self.x_val[k], self.sv_val[k] = self.x_val[k][keep.to(self.device)], self.sv_val[k][keep.to(self.device)]
 
@@ -372,7 +372,7 @@ def adapt(model: MultiSessionLFADS, data: np.ndarray, muscles: Sequence[str], co
     if regress_readout:
         segs = chop(arr, config.seg_len, config.seg_overlap)[0]
         if config.epoch_segments and segs.shape[0] > config.epoch_segments:  # a long session: an even spread
-            segs = segs[np.unique(np.linspace(0, segs.shape[0] - 1, int(config.epoch_segments)).round().astype(int))]
+            segs = segs[spread(segs.shape[0], config.epoch_segments)]
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             model.fit_readout(index, torch.from_numpy(segs))

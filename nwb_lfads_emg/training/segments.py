@@ -104,6 +104,12 @@ def cut_at_breaks(blocks: list, breaks: list[int] | None, seg_len: int) -> list:
     return out
 
 
+def spread(n: int, k: int) -> np.ndarray:
+    """Indices of at most `k` of `n` items evenly spread from the first to the last (sorted, unique): the
+    segments a capped epoch, validation or regression keeps of a long recording."""
+    return np.unique(np.linspace(0, n - 1, int(k)).round().astype(np.int64))
+
+
 def block_starts(blocks: list, seg_len: int, overlap: int) -> np.ndarray:
     """The absolute starts `chop_blocks` gives, without cutting the segments."""
     if not blocks:

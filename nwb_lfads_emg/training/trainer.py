@@ -25,7 +25,7 @@ from ..lfads.config import MUTABLE_HYPERPARAMETERS, LFADSConfig
 from ..lfads.likelihoods import make_likelihood
 from ..lfads.model import LFADS, lr_factor, ramp
 from . import checkpoint as ckpt
-from .segments import block_starts, cut_at_breaks, split_blocks
+from .segments import block_starts, cut_at_breaks, split_blocks, spread
 
 # Config fields that may differ between a checkpoint and the config given on resume.
 _RESUME_FREE = set(MUTABLE_HYPERPARAMETERS) | {"max_epochs", "patience", "compile", "num_threads",
@@ -148,7 +148,7 @@ class Trainer:
         self.train_starts = block_starts(self.train_blocks, c.seg_len, c.seg_overlap)
         self.val_starts = block_starts(self.val_blocks, c.seg_len, c.seg_overlap)
         if c.epoch_segments and len(self.val_starts) > c.epoch_segments:  # a long recording: an even spread of them
-            keep = np.unique(np.linspace(0, len(self.val_starts) - 1, int(c.epoch_segments)).round().astype(np.int64))
+            keep = spread(len(self.val_starts), c.epoch_segments)
             self.val_starts = self.val_starts[keep]
         dev = self.device
         # the series once (not its overlapping segments, which would double it): segments are cut per batch
