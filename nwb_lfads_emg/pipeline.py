@@ -486,8 +486,7 @@ def infer(run_dir: str | Path, emg_input: EMGInput, n_samples: int | None = None
     joined = {key: np.concatenate([getattr(inf, key)[:n] for n, inf in parts])
               for key in ("rates", "rates_std", "factors", "inferred_inputs")}
     if allocate is not None:  # segments (trials) merged in memory, then stored like the continuous case
-        for key, name in (("rates", "rates"), ("rates_std", "rates_var"), ("factors", "factors"),
-                          ("inferred_inputs", "inputs")):
+        for key, name in _INFERENCE_FIELDS.items():
             out = allocate(name, joined[key].shape)
             out[:] = joined[key]
             joined[key] = out
@@ -892,7 +891,7 @@ def run(source: str | Path, run_dir: str | Path, out: str | Path | None = None, 
             _release_freed_memory()  # the pass's float64 bin pieces
             if job.lowpass_cutoff_hz is None:  # settled now, so its signal is not held through training
                 emg_input.streams.choose_cutoff()
-            _release_freed_memory()
+                _release_freed_memory()
             fit(emg_input, run_dir, job)
             _release_freed_memory()
         except BaseException:
