@@ -52,35 +52,51 @@ def _session(seed: int, duration_s: float):
     return simulate_session(SimulationConfig(seed=seed, duration_s=duration_s))  # the simulator's defaults
 
 
-def throughput(data: np.ndarray, bin_ms: float, segment_ms: float, device: str, epochs: int, out: Path | None) -> None:
-    """Seconds per training epoch of both auto sizes on every device here (first epoch = warm-up, left out)."""
-    rows = []
-    devices = [("cpu", None), ("cpu", 1)] + ([(device, None)] if device.startswith("cuda") else [])
-    for size in ("cpu", "cuda"):
-        cfg = auto_config(data.shape[0], data.shape[1], bin_ms, segment_ms, device=size)
-        cfg.num_threads = None
-        for dev, threads in devices:
-            saved = torch.get_num_threads()
-            if threads:
-                torch.set_num_threads(threads)
-            trainer = Trainer(data, cfg, dev, seed=0)
+def _epoch_seconds(data: np.ndarray, cfg, dev: str, threads: int | None, epochs: int) -> tuple[float, int]:
+    """Mean seconds of `epochs` training epochs after one warm-up epoch, and the segments an epoch trains."""
+    saved = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        trainer = Trainer(data, cfg, dev, seed=0)
+        trainer.train_epoch()
+        _sync(dev)
+        t0 = time.perf_counter()
+        for _ in range(epochs):
             trainer.train_epoch()
-            _sync(dev)
-            t0 = time.perf_counter()
-            for _ in range(epochs):
-                trainer.train_epoch()
-            _sync(dev)
-            per_epoch = (time.perf_counter() - t0) / epochs
-            torch.set_num_threads(saved)
-            segs = min(trainer.n_train_segments, cfg.epoch_segments or trainer.n_train_segments)
-            rows.append({"sizes": f"auto-{size} (gen {cfg.gen_dim}, batch {cfg.batch_size}, seg {cfg.seg_len})",
-                         "device": dev if not threads else f"{dev} x{threads} thread",
-                         "threads": threads or torch.get_num_threads(), "s_per_epoch": round(per_epoch, 4),
-                         "segments_per_s": round(segs / per_epoch, 1),
-                         "epochs_to_end": cfg.max_epochs,
-                         "est_training_s": round(per_epoch * cfg.max_epochs, 1)})
-            print(rows[-1], flush=True)
-            del trainer
+        _sync(dev)
+        return (time.perf_counter() - t0) / epochs, min(trainer.n_train_segments, cfg.epoch_segments or 1 << 62)
+    finally:
+        torch.set_num_threads(saved)
+
+
+def throughput(sessions: dict[str, tuple[np.ndarray, float, float]], device: str, epochs: int,
+               out: Path | None) -> None:
+    """Seconds per training epoch of the auto preset's sizes on one CPU thread (as the CPU preset runs) and
+    on CUDA in fp32 (the default) and bf16 autocast, side by side on the same data."""
+    rows = []
+    runs = [("cpu", 1, "auto")]
+    if device.startswith("cuda"):
+        runs += [(device, None, "auto"), (device, None, "bf16")]
+    for label, (data, bin_ms, segment_ms) in sessions.items():
+        for size in ("cpu", "cuda"):
+            cfg = auto_config(data.shape[0], data.shape[1], bin_ms, segment_ms, device=size)
+            cfg.num_threads = None
+            full_epoch = cfg.epoch_segments
+            cfg.epoch_segments = min(full_epoch or 1 << 30, 512)  # timing only: at most 512 segments an epoch
+            for dev, threads, precision in runs:
+                cfg.precision = precision
+                per_epoch, segs = _epoch_seconds(data, cfg, dev, threads, epochs)
+                steps = -(-segs // cfg.batch_size)
+                n_train = segs if segs < cfg.epoch_segments else -(-data.shape[0] // (cfg.seg_len - cfg.seg_overlap))
+                steps_to_end = cfg.max_epochs * -(-min(n_train, full_epoch or n_train) // cfg.batch_size)
+                rows.append({"session": label, "sizes": f"auto-{size} (gen {cfg.gen_dim}, batch {cfg.batch_size}, "
+                             f"seg {cfg.seg_len})", "device": dev if not threads else f"{dev} x{threads} thread",
+                             "precision": precision, "s_per_epoch": round(per_epoch, 3),
+                             "ms_per_step": round(1000 * per_epoch / steps, 1),
+                             "segments_per_s": round(segs / per_epoch, 1), "epochs_to_end": cfg.max_epochs,
+                             "est_training_s": round(per_epoch / steps * steps_to_end, 1)})
+                print(rows[-1], flush=True)
     _save(out, "throughput", rows)
 
 
@@ -119,7 +135,7 @@ def default_path(seed: int, device: str, max_epochs: int | None, out: Path | Non
         **{k: round(v, 1) for k, v in stages.items()}})
 
 
-def long_inference(minutes: float, devices: list[str], out: Path | None) -> None:
+def long_inference(minutes: float, devices: list[str], out: Path | None, sizes: tuple[str, ...] = ("cpu",)) -> None:
     """Posterior means over `minutes` of 32 channels at 5 ms bins with both auto sizes' models, on each device."""
     from nwb_lfads_emg.lfads import LFADS
     from nwb_lfads_emg.training.inference import infer
@@ -128,21 +144,24 @@ def long_inference(minutes: float, devices: list[str], out: Path | None) -> None
     rng = np.random.default_rng(0)
     data = rng.gamma(4.0, 0.25, size=(n_bins, 32)).astype(np.float32)
     rows = []
-    for size in ("cpu", "cuda"):
+    for size in sizes:
         cfg = auto_config(n_bins, 32, 5.0, 500.0, device=size)
         cfg.num_threads = None
         torch.manual_seed(0)
         model = LFADS(cfg, 32)
         model.set_input_stats(torch.from_numpy(data[:20000]))
         for dev in devices:
+            if dev == "cpu":
+                torch.set_num_threads(1)  # as `run` infers on a CPU (the CPU preset's one thread)
             t0 = time.perf_counter()
             inf = infer(model, data, cfg, device=dev)
             _sync(dev)
             seconds = time.perf_counter() - t0
             rows.append({"sizes": f"auto-{size} (gen {cfg.gen_dim})", "device": dev, "minutes": minutes,
-                         "threads": torch.get_num_threads(), "samples": inf.n_samples, "seconds": round(seconds, 1),
+                         "threads": torch.get_num_threads() if dev == "cpu" else None, "samples": inf.n_samples, "seconds": round(seconds, 1),
                          "recording_s_per_s": round(minutes * 60 / seconds, 1)})
             print(rows[-1], flush=True)
+            torch.set_num_threads(os.cpu_count() or 1)
     _save(out, f"inference_{minutes:g}min", rows)
 
 
@@ -166,12 +185,16 @@ def main() -> None:
 
                 session = _session(a.seed, 10.0 if a.quick else 60.0)
                 binned = preprocess(session.emg, session.emg_rate, replace(PreprocessConfig(), bin_ms=8.0))
-                throughput(np.asarray(binned.data), 8.0, 1000.0, a.device, 1 if a.quick else 3, a.out)
+                minutes = 0.5 if a.quick else 10.0  # a long recording: the GPU preset's batch of 128
+                long = np.random.default_rng(0).gamma(4.0, 0.25, size=(int(minutes * 60 * 200), 32))
+                sessions = {"60 s motor-unit locomotion, 8 ch, 8 ms": (np.asarray(binned.data), 8.0, 1000.0),
+                            f"{minutes:g} min, 32 ch, 5 ms": (long.astype(np.float32), 5.0, 500.0)}
+                throughput(sessions, a.device, 1 if a.quick else 2, a.out)
             elif part == "inference":
                 both = ["cpu"] + ([a.device] if a.device.startswith("cuda") else [])
-                long_inference(0.5 if a.quick else 10.0, both, a.out)
+                long_inference(0.5 if a.quick else 2.0, both, a.out)
                 if not a.quick and a.device.startswith("cuda"):
-                    long_inference(60.0, [a.device], a.out)  # the 1 h session of the run-scale table, GPU only
+                    long_inference(60.0, [a.device], a.out, ("cpu", "cuda"))  # the run-scale table's 1 h, GPU only
             elif part == "default":
                 default_path(a.seed, a.device, 2 if a.quick else None, a.out, Path(tmp))
             else:

@@ -14,6 +14,7 @@ import torch
 from nwb_lfads_emg.lfads import LFADS, LFADSConfig
 from nwb_lfads_emg.training import Trainer, fit, infer, load_model
 from nwb_lfads_emg.training.multisession import MultiSessionTrainer
+from nwb_lfads_emg.training.trainer import autocast_dtype
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible to torch")
 
@@ -71,9 +72,9 @@ def test_forward_loss_and_gradients_match_the_cpu_in_fp32():
 
 
 def test_bf16_training_learns_exports_and_loads_on_cpu(tmp_path):
-    """Default precision on CUDA (bf16 autocast) lowers the held-out loss; the export runs on a CPU-only machine."""
+    """bf16 autocast training on CUDA lowers the held-out loss; the export runs on a CPU-only machine."""
     data = tiny_data()
-    res = fit(data, tiny_config(max_epochs=12), tmp_path / "run", device="cuda", seed=0, progress=False)
+    res = fit(data, tiny_config(max_epochs=12, precision="bf16"), tmp_path / "run", device="cuda", seed=0, progress=False)
     assert res.device.startswith("cuda")
     val = [m["val_loss"] for m in res.metrics]
     assert all(np.isfinite(val)) and min(val[-3:]) < val[0] - 0.05, val
@@ -82,15 +83,18 @@ def test_bf16_training_learns_exports_and_loads_on_cpu(tmp_path):
     on_cpu = infer(model, data, cfg, n_samples=1, device="cpu")
     on_gpu = infer(model, data, dataclasses.replace(cfg, precision="fp32"), n_samples=1, device="cuda")
     np.testing.assert_allclose(on_gpu.rates, on_cpu.rates, rtol=1e-3, atol=1e-4)
-    bf16 = infer(model, data, cfg, n_samples=1, device="cuda")  # precision "auto": bf16 autocast
+    assert cfg.precision == "bf16"
+    bf16 = infer(model, data, cfg, n_samples=1, device="cuda")
     rel = np.abs(bf16.rates - on_cpu.rates).mean() / np.abs(on_cpu.rates).mean()
     assert rel < 0.02, rel
 
 
 def test_cuda_training_resumes_exactly_and_repeats(tmp_path):
-    """A run stopped and resumed on the GPU ends with the uninterrupted run's weights; a repeat gives the same."""
+    """A run stopped and resumed on the GPU ends with the uninterrupted run's weights; a repeat gives the same.
+    The default precision trains in fp32 on CUDA too, through the decoder's fused loop."""
     data = tiny_data()
-    cfg = tiny_config(precision="fp32")
+    cfg = tiny_config()
+    assert cfg.precision == "auto" and autocast_dtype(cfg.precision, torch.device("cuda")) is None
     full = fit(data, cfg, tmp_path / "full", device="cuda", seed=2, progress=False)
     part = fit(data, cfg, tmp_path / "part", device="cuda", seed=2, progress=False, max_epochs=2)
     assert len(part.metrics) == 2

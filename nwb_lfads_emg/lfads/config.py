@@ -98,7 +98,7 @@ class LFADSConfig:
     spread over the validation blocks. A recording with fewer segments (below ~10 min at 5 ms bins and the
     demo's 60-bin segments) trains and validates on all of them every epoch."""
     # --- compute
-    precision: str = "auto"  # "auto" (bf16/fp16 autocast on CUDA, fp32 on CPU), "fp32", "bf16", "fp16"
+    precision: str = "auto"  # "auto" (fp32 everywhere: see training.trainer.autocast_dtype), "fp32", "bf16", "fp16"
     compile: bool = False
     # the decoder's time loop as one autograd Function with a hand-written backward (same outputs,
     # gradients and RNG use as the eager step loop, faster on CPU)

@@ -59,13 +59,15 @@ def set_torch_threads(num_threads: int | None) -> None:
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for a precision setting on a device (None = full fp32)."""
-    if precision == "fp32":
+    """The autocast dtype for a precision setting on a device (None = full fp32).
+
+    "auto" is fp32 on every device: LFADS's matrices (a batch of tens to hundreds of rows, widths of
+    64-256) are latency-bound on a GPU, so bf16 gains nothing there, and autocast would also turn off the
+    decoder's fused time loop (measured on an H200 in benchmarks/bench_cuda.py)."""
+    if precision in ("fp32", "auto"):
         return None
-    if precision == "auto":
-        if device.type != "cuda":
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.float16
     return torch.bfloat16 if precision == "bf16" else torch.float16
 
 
