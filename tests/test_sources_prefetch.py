@@ -195,9 +195,11 @@ def test_requests_are_concurrent_and_old_path_is_not(dandi_server, files) -> Non
     url = srv.blob_url(DS, "sub-a/chunked.nwb")
     local = local_window(files["chunked"], 0.0, 40.0)
     seen = {}
-    for workers in (4, 0):
+    for workers in (4, 0, None):
         with open_source(url, cache_dir=False, prefetch_workers=workers) as opened:
             reader = EMGReader(opened, check_dead=False)
+            if workers == 4:
+                opened._prefetcher.span_bytes = 2 * 1024 * 1024  # a 10 MB window in 2 MiB spans, 4 at once
             srv.latency = 0.05  # a far server: each request waits 50 ms before answering
             srv.reset_counts()
             t = time.monotonic()
@@ -207,6 +209,8 @@ def test_requests_are_concurrent_and_old_path_is_not(dandi_server, files) -> Non
     assert seen[4][0] >= 3, seen  # the server saw several requests in flight at once
     assert seen[0][0] == 1, seen  # remfile alone: one at a time
     assert seen[4][2] < seen[0][2], seen
+    assert seen[None][:2] == (1, 1), seen  # default spans: the whole window in one request, none for look-ups
+    assert seen[None][2] < seen[0][2], seen
 
 
 def test_pinned_blocks_are_released_by_the_next_window(dandi_server, files) -> None:  # noqa: F811
@@ -247,6 +251,7 @@ def test_requests_path_serves_the_same_bytes(dandi_server, files, monkeypatch) -
     monkeypatch.setattr(RetryingSession, "_lean", lambda self, url: False)  # as behind a proxy: requests does it all
     srv = dandi_server({DS: {"sub-a/chunked.nwb": files["chunked"]}})
     with open_source(srv.blob_url(DS, "sub-a/chunked.nwb"), cache_dir=False) as opened:
+        opened._prefetcher.span_bytes = 2 * 1024 * 1024  # several spans, each received through requests
         window = EMGReader(opened, check_dead=False).window(3.3, 21.7)
         assert opened._prefetcher.requests >= 2
     np.testing.assert_array_equal(window.values, local_window(files["chunked"], 3.3, 21.7).values)
