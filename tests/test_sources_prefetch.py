@@ -12,7 +12,7 @@ import pytest
 from dandi_server import dandi_server  # noqa: F401  (pytest fixture)
 from test_sources import noise, write_nwb
 
-from nwb_lfads_emg.errors import SourceError
+from nwb_lfads_emg.errors import EMGDataError, SourceError
 from nwb_lfads_emg.sources import EMGReader, open_source
 from nwb_lfads_emg.sources.prefetch import block_runs, chunk_byte_ranges
 
@@ -74,6 +74,20 @@ def refilter(path: Path, data: np.ndarray, chunks: tuple[int, int], filters: lis
     return path
 
 
+def rewrite_in_order(path: Path, data: np.ndarray, chunks: tuple[int, int], order: list[int]) -> Path:
+    """Rewrite acquisition/EMG/data unfiltered with its row chunks written in ``order``: HDF5 lays them out in the
+    file in that order (a layout where a window's chunks are not back to back, or not ascending)."""
+    with h5py.File(path, "r+") as f:
+        grp = f["acquisition/EMG"]
+        attrs = dict(grp["data"].attrs)
+        del grp["data"]
+        d = grp.create_dataset("data", shape=data.shape, dtype=data.dtype, chunks=chunks)
+        for k in order:
+            d.id.write_direct_chunk((k * chunks[0], 0), np.ascontiguousarray(data[k * chunks[0]:(k + 1) * chunks[0]]).tobytes())
+        d.attrs.update(attrs)
+    return path
+
+
 def int16_emg(n: int, n_ch: int, dtype: str = "<i2") -> np.ndarray:
     rng = np.random.default_rng(3)
     return (rng.normal(0, 800, size=(n, n_ch)) * np.linspace(0.2, 1.0, n)[:, None]).astype(dtype)
@@ -99,8 +113,15 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     sg32 = write_es(d / "sg32.nwb", f32, (2000, 16), "gzip", shuffle=True)
     with pytest.warns(UserWarning, match="lzf"):  # h5py's portability note
         lzf = write_es(d / "lzf.nwb", int16_emg(60_000, 16), (1000, 16), "lzf", 1e-7)
+    f32 = noise(40_000, 16, 9).astype("<f4")
+    swaps = [k for pair in zip(range(1, 40, 2), range(0, 40, 2), strict=True) for k in pair]  # 1, 0, 3, 2, ...
+    scattered = rewrite_in_order(write_es(d / "scattered.nwb", f32, (1000, 16)), f32, (1000, 16),
+                                 swaps[:20] + list(range(20, 30)) + list(range(39, 29, -1)))  # swapped, in order, reversed
+    f32 = noise(40_000, 16, 10).astype("<f4")
+    f32[12_345, 3], f32[12_400, 7], f32[20_100, 0] = np.nan, np.inf, np.nan  # 6.17 s, 6.2 s; 10.05 s
+    nan = write_es(d / "nan.nwb", f32, (1000, 16))
     return {"chunked": chunked, "contiguous": contiguous, "gzip": gz, "tiles": tiles, "per_muscle": per_muscle,
-            "nc": nc, "order": order, "sg32": sg32, "lzf": lzf}
+            "nc": nc, "order": order, "sg32": sg32, "lzf": lzf, "scattered": scattered, "nan": nan}
 
 
 def covering_bytes(path: Path, series: str, i0: int, i1: int) -> int:
@@ -243,6 +264,43 @@ def test_consecutive_windows_fetch_each_chunk_once_and_keep_little(dandi_server,
                                   local_window(files["chunked"], 0.3, 39.7).values)
     covering = covering_bytes(files["chunked"], "acquisition/EMG/data", 600, 79_400)
     assert sent <= 1.1 * covering, (sent, covering)  # an edge chunk is fetched once, not by both its windows
+
+
+def test_chunks_not_laid_out_back_to_back_are_fetched_where_they_are(dandi_server, files) -> None:  # noqa: F811
+    srv = dandi_server({DS: {"sub-a/scattered.nwb": files["scattered"]}})
+    with open_source(srv.blob_url(DS, "sub-a/scattered.nwb"), cache_dir=False) as opened:
+        pre = opened._prefetcher
+        reader = EMGReader(opened, check_dead=False)
+        srv.reset_counts()
+        chunks = list(reader.iter_chunks(chunk_s=1.7))  # windows over swapped, ascending and reversed chunks
+        sent = srv.bytes_served
+        assert pre.requests > len(chunks)  # chunks not where the span's guess put them: asked for again
+    np.testing.assert_array_equal(np.concatenate([c.values for c in chunks]),
+                                  local_window(files["scattered"], 0.0, 20.0).values)
+    covering = covering_bytes(files["scattered"], "acquisition/EMG/data", 0, 40_000)
+    assert sent <= 2.5 * covering, (sent, covering)  # each window wastes at most its span (1.6x measured)
+
+
+def test_streamed_float_windows_find_nan_and_inf_as_a_local_read_does(dandi_server, files) -> None:  # noqa: F811
+    srv = dandi_server({DS: {"sub-a/nan.nwb": files["nan"]}})
+    with open_source(srv.blob_url(DS, "sub-a/nan.nwb"), cache_dir=False) as opened, \
+            open_source(files["nan"]) as local:
+        remote, here = EMGReader(opened, check_dead=False), EMGReader(local, check_dead=False)
+        for t0, t1 in ((2.0, 10.01), (6.18, 9.0), (10.0, 13.0)):  # NaN and Inf; an Inf; a NaN at 10.05 s
+            with pytest.raises(EMGDataError) as streamed:
+                remote.window(t0, t1)
+            with pytest.raises(EMGDataError) as read_here:
+                here.window(t0, t1)
+            assert str(streamed.value).replace(str(srv.blob_url(DS, "sub-a/nan.nwb")), "") == \
+                str(read_here.value).replace(str(files["nan"]), "")
+        window = remote.window(6.201, 10.04)  # the NaN at 6.17 s and the one at 10.05 s lie in its edge chunks only
+        assert np.isfinite(window.values).all() and "valid" not in window.coords
+        assert opened._prefetcher._edges  # (its edge chunks, NaN included, were fetched and kept)
+        masked = EMGReader(opened, check_dead=False, on_nonfinite="mask").window(2.0, 13.0)
+        expected = EMGReader(local, check_dead=False, on_nonfinite="mask").window(2.0, 13.0)
+    np.testing.assert_array_equal(masked.values, expected.values)
+    np.testing.assert_array_equal(masked.valid.values, expected.valid.values)
+    assert int((~masked.valid.values).sum()) == 3
 
 
 def test_requests_path_serves_the_same_bytes(dandi_server, files, monkeypatch) -> None:  # noqa: F811
