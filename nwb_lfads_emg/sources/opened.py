@@ -180,6 +180,9 @@ def _open_url(url: str, cache_dir: Any, timeout: float, retries: int, *, label: 
         session.close()
         raise
     workers = DEFAULT_WORKERS if prefetch_workers is None else int(prefetch_workers)
+    prefetcher = Prefetcher(rf, url, session, workers=workers) if workers > 0 else None
+    if prefetcher is not None:
+        prefetcher.warm()
     return OpenedSource(
         nwbfile,
         url,
@@ -190,5 +193,5 @@ def _open_url(url: str, cache_dir: Any, timeout: float, retries: int, *, label: 
         session=session,
         cache_dir=cache,
         dandi_asset=dandi_asset,
-        prefetcher=Prefetcher(rf, url, session, workers=workers) if workers > 0 else None,
+        prefetcher=prefetcher,
     )
