@@ -303,6 +303,18 @@ def test_streamed_float_windows_find_nan_and_inf_as_a_local_read_does(dandi_serv
     assert int((~masked.valid.values).sum()) == 3
 
 
+def test_integer_data_scaled_past_the_float_range_is_still_checked(tmp_path: Path) -> None:
+    """Integer samples skip the NaN/Inf pass only when the type's bounds times the scale stay finite."""
+    data = int16_emg(4000, 4)
+    huge = write_es(tmp_path / "huge.nwb", data, (1000, 4), conversion=1e36)  # 32767 x 1e36 > float32's 3.4e38
+    with open_source(huge) as opened, pytest.raises(EMGDataError, match="NaN/Inf sample"):
+        EMGReader(opened, check_dead=False).window(0.0, 2.0)
+    small = write_es(tmp_path / "small.nwb", data, (1000, 4), conversion=1e-7)
+    with open_source(small) as opened:
+        window = EMGReader(opened, check_dead=False).window(0.0, 2.0)
+    np.testing.assert_array_equal(window.values, (data.astype(np.float32) * np.float32(1e-7)))
+
+
 def test_requests_path_serves_the_same_bytes(dandi_server, files, monkeypatch) -> None:  # noqa: F811
     from nwb_lfads_emg.sources.remote import RetryingSession
 

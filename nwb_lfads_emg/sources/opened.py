@@ -62,14 +62,13 @@ class OpenedSource:
         if self._prefetcher is not None:
             self._prefetcher.prefetch(datasets, i0, i1, columns)
 
-    def read_rows(self, datasets: Sequence[Any], i0: int, i1: int, columns: Sequence[int] | None = None,
-                  finite: list[bool] | None = None) -> list[Any] | None:
+    def read_rows(self, datasets: Sequence[Any], i0: int, i1: int,
+                  columns: Sequence[int] | None = None) -> list[Any] | None:
         """Streamed files: rows [i0, i1) of each dataset (``columns`` of a 2-D one) fetched concurrently and
-        decoded without h5py's read; None when that does not apply (local file, other filters...).
-        ``finite`` gets True appended when every value read is known finite (checked as the chunks arrived)."""
+        decoded without h5py's read; None when that does not apply (local file, other filters...)."""
         if self._prefetcher is None:
             return None
-        return self._prefetcher.read(datasets, i0, i1, columns, finite)
+        return self._prefetcher.read(datasets, i0, i1, columns)
 
     def close(self) -> None:
         """Close the NWB reader, the HDF5 file and any network session."""

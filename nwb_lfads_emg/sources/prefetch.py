@@ -235,7 +235,7 @@ class _Piece:
     """One stored chunk of one requested dataset: its bytes, where they are received, where its rows go."""
 
     __slots__ = ("item", "offset", "size", "r0", "r1", "out0", "col_chunk", "sink", "keep", "undo", "itemsize",
-                 "expect", "dest", "finite")
+                 "expect", "dest")
 
     def __init__(self, item: int, offset: int, size: int, r0: int, r1: int, out0: int, col_chunk: int) -> None:
         self.item, self.offset, self.size, self.r0, self.r1 = item, offset, size, r0, r1
@@ -245,7 +245,6 @@ class _Piece:
         self.undo: tuple[int, ...] = ()  # filters the fetch thread undoes (the sink then holds the decoded chunk)
         self.itemsize = self.expect = 0
         self.dest: memoryview | None = None  # where the fetch thread decodes a whole chunk of full rows (no copy after)
-        self.finite: bool | None = None  # every value finite (checked in the fetch thread); None: not checked
 
 
 class _Abandoned(Exception):
@@ -260,7 +259,6 @@ class _Span:
         self.pieces: list[_Piece] = []
         self.taken = 0  # chunks received; the later ones lay elsewhere than guessed (fetched afterwards)
         self.received = 0
-        self.dtype: np.dtype | None = None  # float chunks: each one checked for NaN/Inf as it arrives
         self._done = self._abandoned = False
         self._cond = threading.Condition()
         self.asking = threading.Event()  # set by the fetch thread as it sends the request
@@ -399,17 +397,15 @@ class Prefetcher:
             future.exception()
         return sum(future.result() for future in futures)
 
-    def read(self, datasets: Sequence[Any], i0: int, i1: int, columns: Sequence[int] | None = None,
-             finite: list[bool] | None = None) -> list[np.ndarray] | None:
+    def read(self, datasets: Sequence[Any], i0: int, i1: int,
+             columns: Sequence[int] | None = None) -> list[np.ndarray] | None:
         """Rows [i0, i1) of each dataset (of a 2-D one, ``columns`` in that order), decoded without h5py.
 
         Whole chunks of full rows are received straight into the output array; partial or tiled
         or compressed (deflate/shuffle, decoded in the fetch threads) chunks into their own buffer, then
         copied. None when a dataset has other filters,
         partly unwritten, not plain numbers or the window is over ``max_bytes``: then
-        :meth:`prefetch` and h5py's own read serve it. ``finite``, if given, gets True appended when every value
-        read is known to be finite (float chunks checked in the fetch threads as they arrive; the caller's own
-        NaN/Inf pass can be skipped), else False or nothing.
+        :meth:`prefetch` and h5py's own read serve it.
         """
         layouts = []
         for d in datasets:
@@ -447,7 +443,7 @@ class Prefetcher:
         layout = layouts[0]
         if (len(layouts) == 1 and layout.contiguous_offset is None and not layout.filters and layout.full_rows
                 and (outs[0].ndim == 1 or selections[0] is None)):
-            return self._read_spans(layout, outs[0], i0, i1, plans[0][0], finite)
+            return self._read_spans(layout, outs[0], i0, i1, plans[0][0])
         part_bytes = min(DEFAULT_MAX_PART_BYTES, max(self.min_part_bytes, math.ceil(total / self.workers)))
         part: list[_Piece] = []
         parts: list[list[_Piece]] = []
@@ -522,8 +518,7 @@ class Prefetcher:
             raise
         return outs
 
-    def _read_spans(self, layout: _Layout, out: np.ndarray, i0: int, i1: int, rows: range,
-                    finite: list[bool] | None = None) -> list[np.ndarray] | None:
+    def _read_spans(self, layout: _Layout, out: np.ndarray, i0: int, i1: int, rows: range) -> list[np.ndarray] | None:
         """Rows [i0, i1) of an unfiltered dataset of full-row chunks: each span of file-adjacent chunks is asked for
         in ONE range request as soon as its first chunk is located, guessing its length (its chunks back to back,
         plus ``SPAN_SLACK_BYTES``); while it streams into the output, the look-ups of the later chunks go on
@@ -539,7 +534,6 @@ class Prefetcher:
         span: _Span | None = None
         copies: list[_Piece] = []
         ahead = _Span()  # its thread opens a connection while the first look-up goes on
-        ahead.dtype = layout.dtype if finite is not None and layout.dtype.kind == "f" else None
         spans.append((self._submit(self._fetch_span, ahead), ahead))
         guessed = self._guess_start(layout, rows)  # the next window of a pass: no wait for a new B-tree leaf
         if guessed is not None:
@@ -574,7 +568,6 @@ class Prefetcher:
                         ahead.abandon()
                         dropped.append(spans.pop(0))
                         ahead = _Span()
-                        ahead.dtype = dropped[-1][1].dtype
                 if span is None or span.count >= per_span:
                     if span is not None:
                         span.finish()
@@ -584,7 +577,6 @@ class Prefetcher:
                         span = ahead
                     else:
                         span = _Span()
-                        span.dtype = ahead.dtype
                         spans.append((self._submit(self._fetch_span, span), span))
                     span.place(offset, min(planned + slack, self.rf.length - offset))
                     span.asking.wait(HANDOVER_S)
@@ -611,11 +603,6 @@ class Prefetcher:
                         self._hold(piece.offset, piece.size, piece.sink)
             for piece in copies:
                 self._copy(piece, layout, out, None)
-            if finite is not None:
-                finite.append(layout.dtype.kind != "f" or all(
-                    p.finite if p.finite is not None else bool(np.isfinite(out[p.out0:p.out0 + p.r1 - p.r0].sum()))
-                    for _, sp in spans for p in sp.pieces) and all(
-                    bool(np.isfinite(out[p.out0:p.out0 + p.r1 - p.r0].sum())) for p in copies))
         finally:
             for _, sp in spans:
                 sp.abandon()  # a span still waiting for look-ups stops (its connection is closed)
@@ -657,8 +644,6 @@ class Prefetcher:
                 read_into(piece.sink)
                 at = piece.offset + piece.size
                 span.taken += 1
-                if span.dtype is not None:  # NaN/Inf looked for while the next bytes arrive (numpy frees the lock)
-                    piece.finite = bool(np.isfinite(np.frombuffer(piece.sink, dtype=span.dtype).sum()))
             if span.wait(span.taken) is None and end - at <= MAX_GAP_BYTES:
                 skip(read_into, end - at)  # unused slack: read, so the connection can be kept
                 at = end

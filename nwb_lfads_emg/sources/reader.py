@@ -308,11 +308,10 @@ class EMGReader:
         """Rows [i0, i1) of ``columns``, scaled; sets ``_known_finite`` when no value can be NaN/Inf (no check needed)."""
         single = self.source_kind in ("ElectricalSeries", "TimeSeries")  # one 2-D dataset, else 1-D per muscle
         fetched = None
-        finite: list[bool] = []
         self._known_finite = False
         if hasattr(self._opened, "prefetch_rows"):  # streamed: fetch the covering chunks concurrently
             datasets = [self._objects[0].data] if single else [self._objects[c].data for c in columns]
-            fetched = self._opened.read_rows(datasets, i0, i1, columns if single else None, finite=finite)
+            fetched = self._opened.read_rows(datasets, i0, i1, columns if single else None)
             if fetched is None:  # compressed or unusual layout: prefetch, then h5py reads from memory
                 self._opened.prefetch_rows(datasets, i0, i1, columns if single else None)
         if single:
@@ -343,8 +342,6 @@ class EMGReader:
                 with np.errstate(all="ignore"):
                     bound = top * float(np.max(np.abs(factors), initial=0.0)) + abs(offset)
                 self._known_finite = bool(np.isfinite(bound) and bound < 0.5 * float(np.finfo(dtype).max))
-            elif out is raw and not offset:
-                self._known_finite = finite == [True]  # float values read as they are, checked as they arrived
             return out + dtype.type(offset) if offset else out
         cols = []
         for k, c in enumerate(columns):
