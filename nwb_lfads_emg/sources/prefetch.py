@@ -48,7 +48,9 @@ CONTIGUOUS_PIECE_BYTES = 1024 * 1024
 #: A window of unfiltered chunks goes out as one range request per this many bytes (at most ``workers`` at once):
 #: on loopback one request matches a raw GET, two concurrent fresh connections cost ~+40% (bench_streaming.py).
 SPAN_BYTES = 16 * 1024 * 1024
-#: Bytes asked for beyond a span's chunks (B-tree nodes HDF5 wrote between them), at most this and 1/32 of the span.
+#: Bytes asked for beyond a span's chunks, for the B-tree nodes HDF5 wrote between them (~2.6 kB each, one per
+#: 32-64 chunks): this per 32 chunks of the span, at most ``SPAN_SLACK_BYTES`` (unused slack is read and dropped).
+SPAN_SLACK_PER_32 = 8 * 1024
 SPAN_SLACK_BYTES = 64 * 1024
 #: Once a span's range is known, the reader waits up to this long for its thread to send the request: else
 #: the thread waits for the interpreter lock while the reader's look-ups run (up to 5 ms, sys.getswitchinterval).
@@ -306,6 +308,11 @@ class _Span:
             return self.pieces[k] if k < len(self.pieces) else None
 
 
+def _slack(n_chunks: int) -> int:
+    """Bytes asked for beyond a span of ``n_chunks`` chunks (room for the B-tree nodes among them)."""
+    return min(SPAN_SLACK_BYTES, SPAN_SLACK_PER_32 * (n_chunks // 32 + 1))
+
+
 def _settle(futures: Sequence[Future]) -> None:
     """Wait for every future, ignoring their errors (the caller raises its own)."""
     for future in futures:
@@ -538,8 +545,8 @@ class Prefetcher:
         guessed = self._guess_start(layout, rows)  # the next window of a pass: no wait for a new B-tree leaf
         if guessed is not None:
             k, start = guessed
-            planned = min(per_span, len(rows) - k) * layout.chunk_bytes
-            ahead.place(start, min(planned + min(SPAN_SLACK_BYTES, planned // 32), self.rf.length - start))
+            n = min(per_span, len(rows) - k)
+            ahead.place(start, min(n * layout.chunk_bytes + _slack(n), self.rf.length - start))
             ahead.asking.wait(HANDOVER_S)
         dropped: list[tuple[Future, _Span]] = []
         try:
@@ -571,8 +578,8 @@ class Prefetcher:
                 if span is None or span.count >= per_span:
                     if span is not None:
                         span.finish()
-                    planned = min(per_span, len(rows) - k) * layout.chunk_bytes
-                    slack = 0 if planned <= layout.chunk_bytes else min(SPAN_SLACK_BYTES, planned // 32)
+                    n = min(per_span, len(rows) - k)
+                    planned, slack = n * layout.chunk_bytes, 0 if n == 1 else _slack(n)
                     if span is None and spans and spans[0][1] is ahead:
                         span = ahead
                     else:
