@@ -527,8 +527,9 @@ class Prefetcher:
 
     def _read_spans(self, layout: _Layout, out: np.ndarray, i0: int, i1: int, rows: range) -> list[np.ndarray] | None:
         """Rows [i0, i1) of an unfiltered dataset of full-row chunks: each span of file-adjacent chunks is asked for
-        in ONE range request as soon as its first chunk is located, guessing its length (its chunks back to back,
-        plus ``SPAN_SLACK_BYTES``); while it streams into the output, the look-ups of the later chunks go on
+        in ONE range request as soon as its first chunk is located (or guessed from the memoised chunk before it),
+        guessing its length (its chunks back to back, plus ``_slack``); while it streams into the output, the
+        look-ups of the later chunks go on
         (a B-tree node on the way is fetched alongside by h5py), and the receiving thread places each chunk's
         bytes once its look-up is published. Chunks elsewhere than guessed are fetched afterwards."""
         flat = memoryview(out.reshape(-1)).cast("B")
