@@ -8,10 +8,11 @@ a local h5py read vs one raw HTTP GET of the same bytes; bytes moved; bounded-me
    share the client's interpreter lock), read in one run, interleaved, median of ``--repeats``:
    - plain h5py on the local file (warm page cache) and the same through EMGReader.window;
    - one raw HTTP GET (http.client) of as many bytes as the covering chunks: the link's speed;
-   - streamed, each on a fresh open: the library read (``OpenedSource.read_rows``: chunks looked up,
-     fetched by concurrent range requests straight into the output, no h5py read), prefetch + h5py's
-     read (the path of compressed chunks), EMGReader.window (first window after the open) and the
-     same reader's next window (the time per window of a pass over a recording);
+   - streamed, each on a fresh open: the library read (``OpenedSource.read_rows``: one range request per
+     16 MiB span, asked for once its first chunk is located and received straight into the output while
+     the other look-ups go on; no h5py read), prefetch + h5py's read (the path of other filters),
+     EMGReader.window (first window after the open) and the same reader's next window (the time per
+     window of a pass over a recording: its span starts from the memoised chunk before it);
    - streamed the old way (prefetch off: h5py asks remfile chunk by chunk);
    - both streamed paths again with ``--latency-ms`` added by the server to every request (a far
      server's round trip), where concurrency is what counts;
@@ -168,7 +169,7 @@ def streamed(url: str, srv: ServerProcess, workers: int, i0: int, i1: int, t0s: 
                 d.id.get_chunk_info_by_coord((r * d.chunks[0], 0))
             out["lookups_s"] = time.perf_counter() - t  # the chunk look-ups alone, on a fresh open
             t = time.perf_counter()
-            opened.read_rows([d], i0, i1)  # look-ups now memoised: the transfer into the output alone
+            opened.read_rows([d], i0, i1)  # B-tree nodes now in HDF5's cache: the transfer (and cheap look-ups) alone
             out["transfer_s"] = time.perf_counter() - t
         with open_source(url, cache_dir=False, prefetch_workers=workers) as opened:
             d = opened.h5file[SERIES]
@@ -282,7 +283,7 @@ def print_table(win: dict, kind: str = "uncompressed") -> None:
               f"{cell(r['reader_next_MBps'], r['reader_next_x_local'], r['reader_next_x_raw_get'])} | {extra} |")
 
     print("\nwhere the library read's time goes (fresh open; medians, ms):\n")
-    print("| path | whole read | chunk look-ups alone | transfer alone (look-ups memoised) | raw GET |")
+    print("| path | whole read | chunk look-ups alone | transfer alone (B-tree nodes already read by HDF5) | raw GET |")
     print("|---|---|---|---|---|")
     for label, r in win["rows"].items():
         if r.get("lookups_ms"):

@@ -155,6 +155,7 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             with srv.lock:
                 srv.in_flight -= 1
+                srv.idle.notify_all()
 
     def _blob_body(self, key: str, by_name: bool) -> None:
         srv = self.server.owner
@@ -242,6 +243,7 @@ class DandiServer:
                 self.by_id[aid] = (ds, p, f)
                 self.by_path[(ds, p)] = aid
         self.lock = threading.Lock()
+        self.idle = threading.Condition(self.lock)  # notified when a blob request ends
         self.bytes_served = 0
         self.requests: list[tuple[str, str, str | None]] = []
         self.support_range = True
@@ -297,9 +299,12 @@ class DandiServer:
         with self.lock:
             self.bytes_served += n
 
-    def reset_counts(self) -> None:
-        """Zero the byte counter, the request log and the in-flight high-water mark."""
+    def reset_counts(self, settle_s: float = 10.0) -> None:
+        """Zero the byte counter, the request log and the in-flight high-water mark, once the blob requests
+        in flight have ended (up to ``settle_s``): a client may hold a response's last bytes before the
+        server thread that sent them has counted them, and that count must not land after the reset."""
         with self.lock:
+            self.idle.wait_for(lambda: self.in_flight == 0, timeout=settle_s)
             self.bytes_served = 0
             self.max_in_flight = self.in_flight
             self.requests.clear()

@@ -12,7 +12,7 @@ import pytest
 from dandi_server import dandi_server  # noqa: F401  (pytest fixture)
 from test_sources import noise, write_nwb
 
-from nwb_lfads_emg.errors import SourceError
+from nwb_lfads_emg.errors import EMGDataError, SourceError
 from nwb_lfads_emg.sources import EMGReader, open_source
 from nwb_lfads_emg.sources.prefetch import block_runs, chunk_byte_ranges
 
@@ -74,6 +74,20 @@ def refilter(path: Path, data: np.ndarray, chunks: tuple[int, int], filters: lis
     return path
 
 
+def rewrite_in_order(path: Path, data: np.ndarray, chunks: tuple[int, int], order: list[int]) -> Path:
+    """Rewrite acquisition/EMG/data unfiltered with its row chunks written in ``order``: HDF5 lays them out in the
+    file in that order (a layout where a window's chunks are not back to back, or not ascending)."""
+    with h5py.File(path, "r+") as f:
+        grp = f["acquisition/EMG"]
+        attrs = dict(grp["data"].attrs)
+        del grp["data"]
+        d = grp.create_dataset("data", shape=data.shape, dtype=data.dtype, chunks=chunks)
+        for k in order:
+            d.id.write_direct_chunk((k * chunks[0], 0), np.ascontiguousarray(data[k * chunks[0]:(k + 1) * chunks[0]]).tobytes())
+        d.attrs.update(attrs)
+    return path
+
+
 def int16_emg(n: int, n_ch: int, dtype: str = "<i2") -> np.ndarray:
     rng = np.random.default_rng(3)
     return (rng.normal(0, 800, size=(n, n_ch)) * np.linspace(0.2, 1.0, n)[:, None]).astype(dtype)
@@ -99,8 +113,15 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     sg32 = write_es(d / "sg32.nwb", f32, (2000, 16), "gzip", shuffle=True)
     with pytest.warns(UserWarning, match="lzf"):  # h5py's portability note
         lzf = write_es(d / "lzf.nwb", int16_emg(60_000, 16), (1000, 16), "lzf", 1e-7)
+    f32 = noise(40_000, 16, 9).astype("<f4")
+    swaps = [k for pair in zip(range(1, 40, 2), range(0, 40, 2), strict=True) for k in pair]  # 1, 0, 3, 2, ...
+    scattered = rewrite_in_order(write_es(d / "scattered.nwb", f32, (1000, 16)), f32, (1000, 16),
+                                 swaps[:20] + list(range(20, 30)) + list(range(39, 29, -1)))  # swapped, in order, reversed
+    f32 = noise(40_000, 16, 10).astype("<f4")
+    f32[12_345, 3], f32[12_400, 7], f32[20_100, 0] = np.nan, np.inf, np.nan  # 6.17 s, 6.2 s; 10.05 s
+    nan = write_es(d / "nan.nwb", f32, (1000, 16))
     return {"chunked": chunked, "contiguous": contiguous, "gzip": gz, "tiles": tiles, "per_muscle": per_muscle,
-            "nc": nc, "order": order, "sg32": sg32, "lzf": lzf}
+            "nc": nc, "order": order, "sg32": sg32, "lzf": lzf, "scattered": scattered, "nan": nan}
 
 
 def covering_bytes(path: Path, series: str, i0: int, i1: int) -> int:
@@ -195,9 +216,11 @@ def test_requests_are_concurrent_and_old_path_is_not(dandi_server, files) -> Non
     url = srv.blob_url(DS, "sub-a/chunked.nwb")
     local = local_window(files["chunked"], 0.0, 40.0)
     seen = {}
-    for workers in (4, 0):
+    for workers in (4, 0, None):
         with open_source(url, cache_dir=False, prefetch_workers=workers) as opened:
             reader = EMGReader(opened, check_dead=False)
+            if workers == 4:
+                opened._prefetcher.span_bytes = 2 * 1024 * 1024  # a 10 MB window in 2 MiB spans, 4 at once
             srv.latency = 0.05  # a far server: each request waits 50 ms before answering
             srv.reset_counts()
             t = time.monotonic()
@@ -207,6 +230,8 @@ def test_requests_are_concurrent_and_old_path_is_not(dandi_server, files) -> Non
     assert seen[4][0] >= 3, seen  # the server saw several requests in flight at once
     assert seen[0][0] == 1, seen  # remfile alone: one at a time
     assert seen[4][2] < seen[0][2], seen
+    assert seen[None][:2] == (1, 1), seen  # default spans: the whole window in one request, none for look-ups
+    assert seen[None][2] < seen[0][2], seen
 
 
 def test_pinned_blocks_are_released_by_the_next_window(dandi_server, files) -> None:  # noqa: F811
@@ -241,12 +266,62 @@ def test_consecutive_windows_fetch_each_chunk_once_and_keep_little(dandi_server,
     assert sent <= 1.1 * covering, (sent, covering)  # an edge chunk is fetched once, not by both its windows
 
 
+def test_chunks_not_laid_out_back_to_back_are_fetched_where_they_are(dandi_server, files) -> None:  # noqa: F811
+    srv = dandi_server({DS: {"sub-a/scattered.nwb": files["scattered"]}})
+    with open_source(srv.blob_url(DS, "sub-a/scattered.nwb"), cache_dir=False) as opened:
+        pre = opened._prefetcher
+        reader = EMGReader(opened, check_dead=False)
+        srv.reset_counts()
+        chunks = list(reader.iter_chunks(chunk_s=1.7))  # windows over swapped, ascending and reversed chunks
+        sent = srv.bytes_served
+        assert pre.requests > len(chunks)  # chunks not where the span's guess put them: asked for again
+    np.testing.assert_array_equal(np.concatenate([c.values for c in chunks]),
+                                  local_window(files["scattered"], 0.0, 20.0).values)
+    covering = covering_bytes(files["scattered"], "acquisition/EMG/data", 0, 40_000)
+    assert sent <= 2.5 * covering, (sent, covering)  # each window wastes at most its span (1.6x measured)
+
+
+def test_streamed_float_windows_find_nan_and_inf_as_a_local_read_does(dandi_server, files) -> None:  # noqa: F811
+    srv = dandi_server({DS: {"sub-a/nan.nwb": files["nan"]}})
+    with open_source(srv.blob_url(DS, "sub-a/nan.nwb"), cache_dir=False) as opened, \
+            open_source(files["nan"]) as local:
+        remote, here = EMGReader(opened, check_dead=False), EMGReader(local, check_dead=False)
+        for t0, t1 in ((2.0, 10.01), (6.18, 9.0), (10.0, 13.0)):  # NaN and Inf; an Inf; a NaN at 10.05 s
+            with pytest.raises(EMGDataError) as streamed:
+                remote.window(t0, t1)
+            with pytest.raises(EMGDataError) as read_here:
+                here.window(t0, t1)
+            assert str(streamed.value).replace(str(srv.blob_url(DS, "sub-a/nan.nwb")), "") == \
+                str(read_here.value).replace(str(files["nan"]), "")
+        window = remote.window(6.201, 10.04)  # the NaN at 6.17 s and the one at 10.05 s lie in its edge chunks only
+        assert np.isfinite(window.values).all() and "valid" not in window.coords
+        assert opened._prefetcher._edges  # (its edge chunks, NaN included, were fetched and kept)
+        masked = EMGReader(opened, check_dead=False, on_nonfinite="mask").window(2.0, 13.0)
+        expected = EMGReader(local, check_dead=False, on_nonfinite="mask").window(2.0, 13.0)
+    np.testing.assert_array_equal(masked.values, expected.values)
+    np.testing.assert_array_equal(masked.valid.values, expected.valid.values)
+    assert int((~masked.valid.values).sum()) == 3
+
+
+def test_integer_data_scaled_past_the_float_range_is_still_checked(tmp_path: Path) -> None:
+    """Integer samples skip the NaN/Inf pass only when the type's bounds times the scale stay finite."""
+    data = int16_emg(4000, 4)
+    huge = write_es(tmp_path / "huge.nwb", data, (1000, 4), conversion=1e36)  # 32767 x 1e36 > float32's 3.4e38
+    with open_source(huge) as opened, pytest.raises(EMGDataError, match="NaN/Inf sample"):
+        EMGReader(opened, check_dead=False).window(0.0, 2.0)
+    small = write_es(tmp_path / "small.nwb", data, (1000, 4), conversion=1e-7)
+    with open_source(small) as opened:
+        window = EMGReader(opened, check_dead=False).window(0.0, 2.0)
+    np.testing.assert_array_equal(window.values, (data.astype(np.float32) * np.float32(1e-7)))
+
+
 def test_requests_path_serves_the_same_bytes(dandi_server, files, monkeypatch) -> None:  # noqa: F811
     from nwb_lfads_emg.sources.remote import RetryingSession
 
     monkeypatch.setattr(RetryingSession, "_lean", lambda self, url: False)  # as behind a proxy: requests does it all
     srv = dandi_server({DS: {"sub-a/chunked.nwb": files["chunked"]}})
     with open_source(srv.blob_url(DS, "sub-a/chunked.nwb"), cache_dir=False) as opened:
+        opened._prefetcher.span_bytes = 2 * 1024 * 1024  # several spans, each received through requests
         window = EMGReader(opened, check_dead=False).window(3.3, 21.7)
         assert opened._prefetcher.requests >= 2
     np.testing.assert_array_equal(window.values, local_window(files["chunked"], 3.3, 21.7).values)

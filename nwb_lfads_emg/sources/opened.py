@@ -65,7 +65,7 @@ class OpenedSource:
     def read_rows(self, datasets: Sequence[Any], i0: int, i1: int,
                   columns: Sequence[int] | None = None) -> list[Any] | None:
         """Streamed files: rows [i0, i1) of each dataset (``columns`` of a 2-D one) fetched concurrently and
-        decoded without h5py's read; None when that does not apply (local file, compressed chunks...)."""
+        decoded without h5py's read; None when that does not apply (local file, other filters...)."""
         if self._prefetcher is None:
             return None
         return self._prefetcher.read(datasets, i0, i1, columns)
@@ -179,6 +179,9 @@ def _open_url(url: str, cache_dir: Any, timeout: float, retries: int, *, label: 
         session.close()
         raise
     workers = DEFAULT_WORKERS if prefetch_workers is None else int(prefetch_workers)
+    prefetcher = Prefetcher(rf, url, session, workers=workers) if workers > 0 else None
+    if prefetcher is not None:
+        prefetcher.warm()
     return OpenedSource(
         nwbfile,
         url,
@@ -189,5 +192,5 @@ def _open_url(url: str, cache_dir: Any, timeout: float, retries: int, *, label: 
         session=session,
         cache_dir=cache,
         dandi_asset=dandi_asset,
-        prefetcher=Prefetcher(rf, url, session, workers=workers) if workers > 0 else None,
+        prefetcher=prefetcher,
     )

@@ -305,8 +305,10 @@ class EMGReader:
         return SourceError(describe(self.location, self.series_path, f"cannot read the data (truncated or damaged file?): {text}"))
 
     def _raw(self, i0: int, i1: int, columns: list[int]) -> np.ndarray:
+        """Rows [i0, i1) of ``columns``, scaled; sets ``_known_finite`` when no value can be NaN/Inf (no check needed)."""
         single = self.source_kind in ("ElectricalSeries", "TimeSeries")  # one 2-D dataset, else 1-D per muscle
         fetched = None
+        self._known_finite = False
         if hasattr(self._opened, "prefetch_rows"):  # streamed: fetch the covering chunks concurrently
             datasets = [self._objects[0].data] if single else [self._objects[c].data for c in columns]
             fetched = self._opened.read_rows(datasets, i0, i1, columns if single else None)
@@ -328,11 +330,18 @@ class EMGReader:
             dtype = np.result_type(raw.dtype, np.float32)
             out = raw.astype(dtype, copy=False)
             scale = float(es.conversion)
+            factors = np.float64(scale)
             if self._channel_conversion is not None:
-                out = out * (self._channel_conversion[columns] * scale).astype(dtype)
+                factors = self._channel_conversion[columns] * scale
+                out = out * factors.astype(dtype)
             elif scale != 1.0:
                 out = out * dtype.type(scale)
             offset = float(getattr(es, "offset", 0.0) or 0.0)
+            if raw.dtype.kind in "iu":  # finite by the type's bounds: |int| * |factor| + |offset| below the float's max
+                top = max(abs(float(np.iinfo(raw.dtype).min)), float(np.iinfo(raw.dtype).max))
+                with np.errstate(all="ignore"):
+                    bound = top * float(np.max(np.abs(factors), initial=0.0)) + abs(offset)
+                self._known_finite = bool(np.isfinite(bound) and bound < 0.5 * float(np.finfo(dtype).max))
             return out + dtype.type(offset) if offset else out
         cols = []
         for k, c in enumerate(columns):
@@ -358,11 +367,12 @@ class EMGReader:
         try:
             with self._read_lock:  # iter_chunks' read-ahead thread and the caller's own reads, one at a time
                 data = self._resampled(i0, i1, columns) if self._resample_stamps is not None else self._raw(i0, i1, columns)
+                known_finite = self._known_finite and self._resample_stamps is None
         except NwbLfadsEmgError:
             raise
         except Exception as exc:  # h5py/remfile failures while reading (network, truncation)
             raise self._read_error(exc) from None
-        if not check or data.size == 0:
+        if not check or data.size == 0 or known_finite:
             return data, None
         with np.errstate(over="ignore", invalid="ignore"):
             if data.dtype.kind != "f" or np.isfinite(data.sum()):

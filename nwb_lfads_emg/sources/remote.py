@@ -10,7 +10,7 @@ import json
 import os
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -110,24 +110,26 @@ class RetryingSession(requests.Session):
         failed._content_consumed = True
         return failed
 
-    def fetch_range(self, url: str, start: int, sinks: Sequence[memoryview]) -> None:
+    def fetch_range(self, url: str, start: int, sinks: Sequence[memoryview] | Callable[[Callable[[memoryview], None]], None],
+                    size: int | None = None) -> None:
         """Bytes from ``start`` of ``url`` read straight into ``sinks`` in turn (one range request, retried as any).
 
+        ``sinks`` may instead be a consumer, called with a ``read_into(view)`` that fills ``view`` with the
+        body's next bytes as they arrive (``size`` bytes in all; a consumer that stops early gets the connection
+        closed, and one that a retry calls again starts from the body's first byte).
         Raises OSError with the reason (also kept in ``last_error``) when every attempt fails.
         """
-        size = sum(sink.nbytes for sink in sinks)
+        if size is None:
+            size = sum(sink.nbytes for sink in sinks)  # type: ignore[union-attr]
         end = start + size - 1
         headers = {"Range": f"bytes={start}-{end}"}
         response = None
         if self._lean(url):
-            response = self._attempts(lambda: self._lean_get(url, headers, self.timeout, sinks), url)
+            response = self._attempts(lambda: self._lean_get(url, headers, self.timeout, sinks, size), url)
         if response is None or response.is_redirect:  # requests follows redirects; the lean path does not
             response = self.get(url, headers=headers, stream=False)
             if response.status_code == 206 and len(response.content) == size:
-                body, at = memoryview(response.content), 0
-                for sink in sinks:
-                    sink[:] = body[at:at + sink.nbytes]
-                    at += sink.nbytes
+                _feed(_BodyReader(memoryview(response.content)), sinks)
         if response.status_code == 408 and self.last_error:
             raise OSError(self.last_error)
         if response.status_code != 206:
@@ -135,6 +137,16 @@ class RetryingSession(requests.Session):
         if response.headers.get("Content-Length") != str(size):
             raise OSError(f"the server sent {response.headers.get('Content-Length')} bytes for the "
                           f"{size} of range {start}-{end}")
+
+    def connect(self, url: str) -> None:
+        """Open the kept-alive connection to ``url``'s server ahead of a request (a failure is left to the request)."""
+        if self._lean(url):
+            conn = self._connection(urlsplit(url), self.timeout)
+            if conn.sock is None:
+                try:
+                    conn.connect()
+                except OSError:
+                    conn.close()
 
     def _lean(self, url: str) -> bool:
         """Whether plain http.client may serve ``url`` (no proxy, client certificate, auth or disabled TLS check applies)."""
@@ -174,9 +186,9 @@ class RetryingSession(requests.Session):
 
         return certifi.where()
 
-    def _lean_get(self, url: str, headers: dict, timeout: float,
-                  sinks: Sequence[memoryview] | None = None) -> requests.Response:
-        """One GET over the kept-alive connection; the body goes into ``sinks`` (a 206 of their size) or the response."""
+    def _lean_get(self, url: str, headers: dict, timeout: float, sinks: Any = None,
+                  size: int | None = None) -> requests.Response:
+        """One GET over the kept-alive connection; the body goes into ``sinks`` (a 206 of ``size`` bytes) or the response."""
         parts = urlsplit(url)
         target = parts.path or "/"
         if parts.query:
@@ -199,14 +211,11 @@ class RetryingSession(requests.Session):
             response.url = url
             response.headers = requests.structures.CaseInsensitiveDict(raw.getheaders())
             length = raw.getheader("Content-Length")
-            if sinks is not None and raw.status == 206 and length == str(sum(s.nbytes for s in sinks)):
-                for sink in sinks:
-                    got = 0
-                    while got < sink.nbytes:
-                        n = raw.readinto(sink[got:])
-                        if not n:
-                            raise http.client.IncompleteRead(b"", sink.nbytes - got)
-                        got += n
+            if sinks is not None and raw.status == 206 and length == str(size):
+                body = _BodyReader(raw)
+                _feed(body, sinks)
+                if body.got != size:  # the consumer stopped early: the rest is not worth reading
+                    conn.close()
                 response._content = b""
             else:
                 response._content = raw.read()
@@ -235,6 +244,38 @@ def _ssl_context(cafile: str) -> ssl.SSLContext:
     if os.path.isdir(cafile):
         return ssl.create_default_context(capath=cafile)
     return ssl.create_default_context(cafile=cafile)
+
+
+class _BodyReader:
+    """``read_into(view)``: fill ``view`` with a response body's next bytes (an http.client response or bytes)."""
+
+    def __init__(self, source: Any) -> None:
+        self.source = source
+        self.got = 0
+
+    def read_into(self, view: memoryview) -> None:
+        if isinstance(self.source, memoryview):
+            if self.got + view.nbytes > self.source.nbytes:
+                raise http.client.IncompleteRead(b"", view.nbytes)
+            view[:] = self.source[self.got:self.got + view.nbytes]
+            self.got += view.nbytes
+            return
+        done = 0
+        while done < view.nbytes:
+            n = self.source.readinto(view[done:])
+            if not n:
+                raise http.client.IncompleteRead(b"", view.nbytes - done)
+            done += n
+        self.got += done
+
+
+def _feed(body: _BodyReader, sinks: Any) -> None:
+    """Hand a body to its sinks: each memoryview filled in turn, or a consumer given ``read_into``."""
+    if callable(sinks):
+        sinks(body.read_into)
+        return
+    for sink in sinks:
+        body.read_into(sink)
 
 
 def _read_body(response: requests.Response) -> None:
