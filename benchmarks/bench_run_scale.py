@@ -1,7 +1,7 @@
 """Benchmark: the whole `run --preset demo --max-epochs 1` as the recording grows; time per stage, peak RSS.
 
     nice -n 15 python benchmarks/bench_run_scale.py [--sizes 10m@2000,30m@2000,60m@2000,10m@30000]
-        [--channels 32] [--workdir DIR] [--label after] [--json results.json]
+        [--channels 32] [--workdir DIR] [--label after] [--json results.json] [--preset auto]
 
 Each size is a simulated session (`simulate_session`, 32 muscles, `--base-s` seconds simulated once per
 rate and tiled to the length) written as a Myomatrix-like NWB file (int16 ElectricalSeries with a
@@ -37,6 +37,7 @@ STAGES = {  # stage -> (module, attribute) wrapped when present in the revision 
     "baselines": [("nwb_lfads_emg.pipeline", "baseline_estimates"),
                   ("nwb_lfads_emg.pipeline", "finish_baselines"),
                   ("nwb_lfads_emg.baselines.streaming", "BaselineStreams.choose_cutoff")],
+    "time scales": [("nwb_lfads_emg.pipeline", "_choose_from_probe")],  # --preset auto: inside the read pass
     "training": [("nwb_lfads_emg.pipeline", "fit")],
     "inference": [("nwb_lfads_emg.pipeline", "infer")],
     "write-back": [("nwb_lfads_emg.pipeline", "write")],
@@ -150,15 +151,15 @@ def _wrap_stages(times: dict[str, float], cpu: dict[str, float], peaks: dict[str
                 setattr(owner, name, timed(stage, getattr(owner, name)))
 
 
-def child(source: Path, workdir: Path) -> dict:
-    """One `run --preset demo --max-epochs 1` in this process; stage times (wall, CPU) and peak RSS."""
+def child(source: Path, workdir: Path, preset: str = "demo") -> dict:
+    """One `run --preset PRESET --max-epochs 1` in this process; stage times (wall, CPU) and peak RSS."""
     from nwb_lfads_emg import pipeline
 
     times: dict[str, float] = {}
     cpu: dict[str, float] = {}
     peaks: dict[str, float] = {}
     _wrap_stages(times, cpu, peaks)
-    job = pipeline.JobConfig(preset="demo", max_epochs=1, progress=False, seed=0)
+    job = pipeline.JobConfig(preset=preset, max_epochs=1, progress=False, seed=0)
     t0, c0 = time.perf_counter(), time.process_time()
     pipeline.run(str(source), workdir / "run", out=workdir / "out.nwb", job=job)
     wall = time.perf_counter() - t0
@@ -258,6 +259,8 @@ def main() -> None:
     ap.add_argument("--base-s", type=float, default=120.0, help="seconds simulated per rate, tiled to each length")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--label", default="")
+    ap.add_argument("--preset", default="demo", help="the run's preset (auto: the time scales chosen in the read "
+                    "pass, its 'time scales' stage; the issue's table uses demo)")
     ap.add_argument("--json", default=None, help="append the results to this JSON file")
     ap.add_argument("--table", nargs="+", default=None, metavar="JSON",
                     help="print the README's markdown table from --json files (e.g. before.json after.json)")
@@ -267,7 +270,7 @@ def main() -> None:
         print(markdown_table([r for f in args.table for r in json.loads(Path(f).read_text())]))
         return
     if args.child:
-        print(json.dumps(child(Path(args.child), Path(args.workdir))), flush=True)
+        print(json.dumps(child(Path(args.child), Path(args.workdir), args.preset)), flush=True)
         return
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench_run_scale_"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -283,12 +286,12 @@ def main() -> None:
         raw_mb = minutes * 60 * rate * args.channels * 4 / 1e6
         job_dir = Path(tempfile.mkdtemp(prefix="job_", dir=workdir))
         proc, tree_pss, tree_rss = run_sampled([sys.executable, __file__, "--child", str(src), "--workdir",
-                                                str(job_dir)])
+                                                str(job_dir), "--preset", args.preset])
         if proc.returncode != 0:  # its error went to stderr as it came
             rows.append({"size": spec, "failed": proc.returncode})
             continue
         res = json.loads(proc.stdout.strip().splitlines()[-1])
-        res.update(size=spec, minutes=minutes, rate=rate, channels=args.channels, raw_float32_mb=raw_mb,
+        res.update(size=spec, minutes=minutes, rate=rate, channels=args.channels, raw_float32_mb=raw_mb, preset=args.preset,
                    tree_peak_pss_mb=tree_pss, tree_peak_rss_mb=tree_rss,
                    file_mb=src.stat().st_size / 1e6, label=args.label)
         rows.append(res)
