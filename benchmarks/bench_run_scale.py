@@ -5,11 +5,13 @@
 
 Each size is a simulated session (`simulate_session`, 32 muscles, `--base-s` seconds simulated once per
 rate and tiled to the length) written as a Myomatrix-like NWB file (int16 ElectricalSeries with a
-conversion, 1 s x channels gzip chunks, block by block so the writer's memory stays flat). Each run is
-its own process (`pipeline.run`, the API the CLI calls), so its peak RSS (`ru_maxrss`, the write-back's
-forked child counted separately) is its own; the benchmark also samples the PSS of the whole process tree
-every 0.2 s (pages the forked child shares with its parent counted once) and reads each stage's own peak
-(VmHWM, reset at the stage's start). Stage times are wall and CPU seconds (CPU: this process's threads). The stages are timed by wrapping the pipeline's functions
+conversion, 1 s x channels gzip chunks, block by block so the writer's memory stays flat), by a process of
+its own. Each run is its own process (`pipeline.run`, the API the CLI calls); its peak RSS is the largest
+VmHWM of its stages and of the code between them (VmHWM reset at each stage's start and end), not
+`ru_maxrss`, which Linux carries over exec from the forked copy of the benchmark (whose simulation held
+4.9-7.6 GB at 30 kHz: the old 30 kHz rows' 2.0 GB); the write-back's forked child's `ru_maxrss` is given apart
+(it counts the pages it shares with the run). The benchmark also samples the PSS of the whole process tree
+every 0.2 s (pages the forked child shares with its parent counted once). Stage times are wall and CPU seconds (CPU: this process's threads). The stages are timed by wrapping the pipeline's functions
 (exclusive time, nested wrapped calls subtracted): read+preprocess (`read`, the raw series loaded for
 the baselines), baselines, training (`fit`), inference (`infer`), write-back (`write`); "other" is the
 rest (locks, checks, provenance). The same script times any revision of the package: put its folder
@@ -175,8 +177,11 @@ def child(source: Path, workdir: Path, preset: str = "demo") -> dict:
     cpu["other"] = time.process_time() - c0 - sum(cpu.values())
     self_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     child_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    # the run's peak: VmHWM over its stages and the code between them (from its exec on). Not ru_maxrss: Linux
+    # carries it over exec from the forked copy of the parent, so it also counts the parent's memory at the fork
+    # (the old 30 kHz rows' 2.0 and 7.4 GB were the benchmark's own simulation, written just before)
     return {"wall_s": wall, "stages": times, "stage_cpu_s": cpu, "stage_peak_rss_mb": peaks,
-            "peak_rss_mb": max(self_kb / 1024, peaks.get("all", 0.0)), "ru_maxrss_mb": self_kb / 1024,
+            "peak_rss_mb": max(peaks.values()), "ru_maxrss_mb": self_kb / 1024,
             "child_peak_rss_mb": child_kb / 1024,
             "cpu_s": sum(resource.getrusage(resource.RUSAGE_SELF)[:2]),
             "children_cpu_s": sum(resource.getrusage(resource.RUSAGE_CHILDREN)[:2]),
@@ -274,12 +279,17 @@ def main() -> None:
     ap.add_argument("--table", nargs="+", default=None, metavar="JSON",
                     help="print the README's markdown table from --json files (e.g. before.json after.json)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--write", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.table:
         print(markdown_table([r for f in args.table for r in json.loads(Path(f).read_text())]))
         return
     if args.child:
         print(json.dumps(child(Path(args.child), Path(args.workdir), args.preset)), flush=True)
+        return
+    if args.write:
+        minutes, rate = args.sizes.split("m@")
+        write_session(Path(args.write), float(minutes), float(rate), args.channels, args.base_s)
         return
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench_run_scale_"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -288,9 +298,10 @@ def main() -> None:
         minutes, rate = spec.split("m@")
         minutes, rate = float(minutes), float(rate)
         src = workdir / f"emg_{minutes:g}min_{rate:g}Hz_{args.channels}ch.nwb"
-        if not src.exists():
+        if not src.exists():  # in a process of its own: the simulation's memory (GBs at 30 kHz) is not this one's
             t = time.perf_counter()
-            write_session(src, minutes, rate, args.channels, args.base_s)
+            subprocess.run([sys.executable, __file__, "--write", str(src), "--sizes", spec, "--channels",
+                            str(args.channels), "--base-s", str(args.base_s)], check=True)
             print(f"# wrote {src.name} in {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
         raw_mb = minutes * 60 * rate * args.channels * 4 / 1e6
         job_dir = Path(tempfile.mkdtemp(prefix="job_", dir=workdir))
