@@ -1,15 +1,17 @@
 """Benchmark: the whole `run --preset demo --max-epochs 1` as the recording grows; time per stage, peak RSS.
 
     nice -n 15 python benchmarks/bench_run_scale.py [--sizes 10m@2000,30m@2000,60m@2000,10m@30000]
-        [--channels 32] [--workdir DIR] [--label after] [--json results.json]
+        [--channels 32] [--workdir DIR] [--label after] [--json results.json] [--preset auto]
 
 Each size is a simulated session (`simulate_session`, 32 muscles, `--base-s` seconds simulated once per
 rate and tiled to the length) written as a Myomatrix-like NWB file (int16 ElectricalSeries with a
-conversion, 1 s x channels gzip chunks, block by block so the writer's memory stays flat). Each run is
-its own process (`pipeline.run`, the API the CLI calls), so its peak RSS (`ru_maxrss`, the write-back's
-forked child counted separately) is its own; the benchmark also samples the PSS of the whole process tree
-every 0.2 s (pages the forked child shares with its parent counted once) and reads each stage's own peak
-(VmHWM, reset at the stage's start). Stage times are wall and CPU seconds (CPU: this process's threads). The stages are timed by wrapping the pipeline's functions
+conversion, 1 s x channels gzip chunks, block by block so the writer's memory stays flat), by a process of
+its own. Each run is its own process (`pipeline.run`, the API the CLI calls); its peak RSS is the largest
+VmHWM of its stages and of the code between them (VmHWM reset at each stage's start and end), not
+`ru_maxrss`, which Linux carries over exec from the forked copy of the benchmark (whose simulation held
+4.9-7.6 GB at 30 kHz: the old 30 kHz rows' 2.0 GB); the write-back's forked child's `ru_maxrss` is given apart
+(it counts the pages it shares with the run). The benchmark also samples the PSS of the whole process tree
+every 0.2 s (pages the forked child shares with its parent counted once). Stage times are wall and CPU seconds (CPU: this process's threads). The stages are timed by wrapping the pipeline's functions
 (exclusive time, nested wrapped calls subtracted): read+preprocess (`read`, the raw series loaded for
 the baselines), baselines, training (`fit`), inference (`infer`), write-back (`write`); "other" is the
 rest (locks, checks, provenance). The same script times any revision of the package: put its folder
@@ -37,6 +39,7 @@ STAGES = {  # stage -> (module, attribute) wrapped when present in the revision 
     "baselines": [("nwb_lfads_emg.pipeline", "baseline_estimates"),
                   ("nwb_lfads_emg.pipeline", "finish_baselines"),
                   ("nwb_lfads_emg.baselines.streaming", "BaselineStreams.choose_cutoff")],
+    "time scales": [("nwb_lfads_emg.pipeline", "_choose_from_probe")],  # --preset auto: inside the read pass
     "training": [("nwb_lfads_emg.pipeline", "fit")],
     "inference": [("nwb_lfads_emg.pipeline", "infer")],
     "write-back": [("nwb_lfads_emg.pipeline", "write")],
@@ -114,11 +117,15 @@ def _wrap_stages(times: dict[str, float], cpu: dict[str, float], peaks: dict[str
     import importlib
 
     stack: list[list[float]] = []  # [wall start, nested wall, cpu start, nested cpu, peak so far]
+    last = ["start"]  # the outermost stage that ended last: the code between stages is "other (after X)"
 
     def timed(stage: str, fn):  # type: ignore[no-untyped-def]
         def inner(*args, **kwargs):  # type: ignore[no-untyped-def]
             if stack:
                 stack[-1][4] = max(stack[-1][4], _hwm_mb())
+            else:  # the peak of the code since the last outermost stage ended (VmHWM reset there)
+                key = f"other (after {last[0]})"
+                peaks[key] = max(peaks.get(key, 0.0), _hwm_mb())
             _reset_hwm()
             stack.append([time.perf_counter(), 0.0, time.process_time(), 0.0, 0.0])
             try:
@@ -137,6 +144,9 @@ def _wrap_stages(times: dict[str, float], cpu: dict[str, float], peaks: dict[str
                     stack[-1][1] += spent
                     stack[-1][3] += cspent
                     stack[-1][4] = max(stack[-1][4], peak)
+                else:
+                    last[0] = stage
+                    _reset_hwm()
         return inner
 
     for stage, targets in STAGES.items():
@@ -150,24 +160,29 @@ def _wrap_stages(times: dict[str, float], cpu: dict[str, float], peaks: dict[str
                 setattr(owner, name, timed(stage, getattr(owner, name)))
 
 
-def child(source: Path, workdir: Path) -> dict:
-    """One `run --preset demo --max-epochs 1` in this process; stage times (wall, CPU) and peak RSS."""
+def child(source: Path, workdir: Path, preset: str = "demo") -> dict:
+    """One `run --preset PRESET --max-epochs 1` in this process; stage times (wall, CPU) and peak RSS."""
     from nwb_lfads_emg import pipeline
 
     times: dict[str, float] = {}
     cpu: dict[str, float] = {}
     peaks: dict[str, float] = {}
     _wrap_stages(times, cpu, peaks)
-    job = pipeline.JobConfig(preset="demo", max_epochs=1, progress=False, seed=0)
+    job = pipeline.JobConfig(preset=preset, max_epochs=1, progress=False, seed=0)
     t0, c0 = time.perf_counter(), time.process_time()
     pipeline.run(str(source), workdir / "run", out=workdir / "out.nwb", job=job)
+    peaks["other (after the last stage)"] = _hwm_mb()
     wall = time.perf_counter() - t0
     times["other"] = wall - sum(times.values())
     cpu["other"] = time.process_time() - c0 - sum(cpu.values())
     self_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     child_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    # the run's peak: VmHWM over its stages and the code between them (from its exec on). Not ru_maxrss: Linux
+    # carries it over exec from the forked copy of the parent, so it also counts the parent's memory at the fork
+    # (the old 30 kHz rows' 2.0 and 7.4 GB were the benchmark's own simulation, written just before)
     return {"wall_s": wall, "stages": times, "stage_cpu_s": cpu, "stage_peak_rss_mb": peaks,
-            "peak_rss_mb": max(self_kb / 1024, peaks.get("all", 0.0)), "child_peak_rss_mb": child_kb / 1024,
+            "peak_rss_mb": max(peaks.values()), "ru_maxrss_mb": self_kb / 1024,
+            "child_peak_rss_mb": child_kb / 1024,
             "cpu_s": sum(resource.getrusage(resource.RUSAGE_SELF)[:2]),
             "children_cpu_s": sum(resource.getrusage(resource.RUSAGE_CHILDREN)[:2]),
             "out_mb": (workdir / "out.nwb").stat().st_size / 1e6}
@@ -258,16 +273,23 @@ def main() -> None:
     ap.add_argument("--base-s", type=float, default=120.0, help="seconds simulated per rate, tiled to each length")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--label", default="")
+    ap.add_argument("--preset", default="demo", help="the run's preset (auto: the time scales chosen in the read "
+                    "pass, its 'time scales' stage; the issue's table uses demo)")
     ap.add_argument("--json", default=None, help="append the results to this JSON file")
     ap.add_argument("--table", nargs="+", default=None, metavar="JSON",
                     help="print the README's markdown table from --json files (e.g. before.json after.json)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--write", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.table:
         print(markdown_table([r for f in args.table for r in json.loads(Path(f).read_text())]))
         return
     if args.child:
-        print(json.dumps(child(Path(args.child), Path(args.workdir))), flush=True)
+        print(json.dumps(child(Path(args.child), Path(args.workdir), args.preset)), flush=True)
+        return
+    if args.write:
+        minutes, rate = args.sizes.split("m@")
+        write_session(Path(args.write), float(minutes), float(rate), args.channels, args.base_s)
         return
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench_run_scale_"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -276,19 +298,20 @@ def main() -> None:
         minutes, rate = spec.split("m@")
         minutes, rate = float(minutes), float(rate)
         src = workdir / f"emg_{minutes:g}min_{rate:g}Hz_{args.channels}ch.nwb"
-        if not src.exists():
+        if not src.exists():  # in a process of its own: the simulation's memory (GBs at 30 kHz) is not this one's
             t = time.perf_counter()
-            write_session(src, minutes, rate, args.channels, args.base_s)
+            subprocess.run([sys.executable, __file__, "--write", str(src), "--sizes", spec, "--channels",
+                            str(args.channels), "--base-s", str(args.base_s)], check=True)
             print(f"# wrote {src.name} in {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
         raw_mb = minutes * 60 * rate * args.channels * 4 / 1e6
         job_dir = Path(tempfile.mkdtemp(prefix="job_", dir=workdir))
         proc, tree_pss, tree_rss = run_sampled([sys.executable, __file__, "--child", str(src), "--workdir",
-                                                str(job_dir)])
+                                                str(job_dir), "--preset", args.preset])
         if proc.returncode != 0:  # its error went to stderr as it came
             rows.append({"size": spec, "failed": proc.returncode})
             continue
         res = json.loads(proc.stdout.strip().splitlines()[-1])
-        res.update(size=spec, minutes=minutes, rate=rate, channels=args.channels, raw_float32_mb=raw_mb,
+        res.update(size=spec, minutes=minutes, rate=rate, channels=args.channels, raw_float32_mb=raw_mb, preset=args.preset,
                    tree_peak_pss_mb=tree_pss, tree_peak_rss_mb=tree_rss,
                    file_mb=src.stat().st_size / 1e6, label=args.label)
         rows.append(res)

@@ -32,6 +32,7 @@ from .files import (
 from .preprocess import (
     Binned,
     PreprocessConfig,
+    SpilledSegment,
     bin_like,
     bin_samples_for,
     decide_input,
@@ -178,44 +179,89 @@ MAX_CHUNK_VALUES = 1 << 22
 def read(source: str | Path, emg: str | None = None, cache_dir: str | None = None,
          config: PreprocessConfig | None = None, chunk_s: float | None = None, keep_open: bool = False,
          *, irregular: str = "raise", on_nonfinite: str = "raise", drop_dead: bool = False,
-         baselines: JobConfig | None = None, spill_dir: str | Path | None = None) -> tuple[EMGInput, Any]:
+         baselines: JobConfig | None = None, spill_dir: str | Path | None = None,
+         time_scales: JobConfig | None = None) -> tuple[EMGInput, Any]:
     """Open a local file or DANDI asset, pick the EMG series, decide what it holds (raw EMG or an
     envelope, `decide_input`) and preprocess it chunk by chunk, each contiguous segment on its own.
 
     With `baselines` (the job) the same pass also gathers what the baselines need (`EMGInput.streams`,
     for `finish_baselines`; the low-pass input spills to an unlinked file in `spill_dir`), so the raw
-    series is read once and never held whole. Returns the preprocessed input and (opened source,
-    reader) when `keep_open`, else None.
+    series is read once and never held whole. With `time_scales` (the job; its `preprocess` is used, not
+    `config`) the job's bin width and segment length are settled too (`choose_job_time_scales`'s rule), from
+    the same pass: the auto preset's probe bins (2 ms) are kept in an unlinked file in `spill_dir` and, when
+    the bin width is chosen from them, the model's input is averaged from them (every width the choice can
+    give is a whole number of probe bins). Returns the preprocessed input and (opened source, reader) when
+    `keep_open`, else None.
     """
     from .sources import EMGReader, open_source
 
     chunk_s = JobConfig.chunk_s if chunk_s is None else chunk_s
     opened = open_source(str(source), cache_dir=cache_dir)
-    tap = None
+    tap = probe = None
     try:
         reader = EMGReader(opened, emg, on_nonfinite=on_nonfinite, drop_dead=drop_dead, irregular=irregular)
+        rate = float(reader.rate)
+        probe_n = None
+        if time_scales is not None:
+            if not _time_scales_given(time_scales):  # (settles job.preprocess's bin first)
+                probe_n = bin_samples_for(rate, probe_bin_ms(rate))
+            config = time_scales.preprocess
         config = config or PreprocessConfig()
-        decision = decide_input(reader.rate, config, reader.texts(), reader.head())
-        cfg = resolved_config(config, decision)
+        deferred = probe_n is not None and config.bin_ms is None  # the model's bin is chosen from the probe
+        texts, head = reader.texts(), reader.head()
+        pass_config = replace(config, bin_ms=probe_n * 1000.0 / rate) if deferred else config
+        decision = decide_input(rate, pass_config, texts, head)
+        cfg = resolved_config(pass_config, decision)
         used: list[int] | None = None
-        n_bin = bin_samples_for(reader.rate, cfg.bin_ms)
-        chunk_s = min(chunk_s, MAX_CHUNK_VALUES / (reader.rate * max(1, len(reader.muscles))))
+        n_bin = bin_samples_for(rate, cfg.bin_ms)
+        chunk_s = min(chunk_s, MAX_CHUNK_VALUES / (rate * max(1, len(reader.muscles))))
         if reader.timestamped:
             used = [k for k, (a, b) in enumerate(reader.segments) if b - a >= max(n_bin, MIN_SEGMENT_SAMPLES)]
         if baselines is not None:
-            check_lowpass(baselines, reader.rate)  # refused before the pass reads anything
+            check_lowpass(baselines, rate)  # refused before the pass reads anything
             tap = baseline_streams(reader, n_bin, decision.kind == "envelope", used, baselines, spill_dir)
+        if probe_n is not None:
+            from .preprocess import BinSpill
+
+            probe = BinSpill(probe_n, len(reader.muscles), spill_dir)
         if reader.timestamped:
+            assert used is not None
+            chunks = [reader.iter_chunks(chunk_s, segment=k) for k in used]
+            starts = [reader.segment_times(k)[0] for k in used]
+        else:
+            chunks, starts = [reader.iter_chunks(chunk_s)], [reader.starting_time]
+        if deferred:
+            from .preprocess import spill_segments
+
+            assert probe is not None and time_scales is not None
+            spill_segments(chunks, rate, cfg, probe, starting_times=starts, muscles=reader.muscles, tap=tap)
+            _choose_from_probe(probe, cfg, list(reader.muscles), rate, time_scales)
+            decision = decide_input(rate, time_scales.preprocess, texts, head)  # as if read at the chosen bin
+            cfg = resolved_config(time_scales.preprocess, decision)
+            n_bin = bin_samples_for(rate, cfg.bin_ms)
+            keep = None
+            if used is not None:
+                keep = [i for i, k in enumerate(used)
+                        if reader.segments[k][1] - reader.segments[k][0] >= max(n_bin, MIN_SEGMENT_SAMPLES)]
+                used = [used[i] for i in keep]
+            if tap is not None:
+                tap.rebin(n_bin, keep)
+            binned = probe.rebinned(n_bin, rate, cfg, reader.muscles, segmented=reader.timestamped, keep=keep)
+        elif reader.timestamped:
+            binned = preprocess_segments(chunks, rate, cfg, starting_times=starts, muscles=reader.muscles, tap=tap,
+                                         probe=probe)
+        else:
+            binned = preprocess_chunks(chunks[0], rate, cfg, starting_time=starts[0], muscles=reader.muscles,
+                                       tap=tap, probe=probe)
+        if probe is not None and not deferred:
+            assert time_scales is not None
+            probe.segments = [SpilledSegment(0, probe.n_rows, float(binned.starting_time), None)]
+            _choose_from_probe(probe, cfg, list(reader.muscles), rate, time_scales)  # the segment length
+        if used is not None:
             left_out = len(reader.segments) - len(used)
             if left_out:
                 log.warning(f"{opened.location}: {reader.series_path}: {left_out} of {len(reader.segments)} "
                             f"segments are shorter than {max(n_bin, MIN_SEGMENT_SAMPLES)} samples; left out")
-            binned = preprocess_segments([reader.iter_chunks(chunk_s, segment=k) for k in used], reader.rate, cfg,
-                                         starting_times=[reader.segment_times(k)[0] for k in used],
-                                         muscles=reader.muscles, tap=tap)
-        else:
-            binned = preprocess_chunks(reader.iter_chunks(chunk_s), reader.rate, cfg,
-                                       starting_time=reader.starting_time, muscles=reader.muscles, tap=tap)
         binned.decision = decision
         emg_input = EMGInput(
             binned=binned,
@@ -234,6 +280,9 @@ def read(source: str | Path, emg: str | None = None, cache_dir: str | None = Non
         if tap is not None:
             tap.close()
         raise
+    finally:
+        if probe is not None:
+            probe.close()
     if not keep_open:
         opened.close()
         return emg_input, None
@@ -255,37 +304,61 @@ def choose_job_time_scales(source: str | Path, emg: str | None, cache_dir: str |
     """Settle the job's bin width and segment length (into `job.preprocess`, `job.segment_ms`, `job.time_scales`).
 
     Values the user gave (`job.bin_ms`, `job.segment_ms`) are kept. With the auto preset the others
-    come from the recording, read once at fine (2 ms) bins: when neither is given, by held-out
+    come from the recording, binned at fine (2 ms) probe bins: when neither is given, by held-out
     prediction of a few candidates' short runs on a common time base (`timescales.select_time_scales`;
     `--max-epochs` caps those runs too), else (or when the recording is too short for two candidates)
     from its envelope's bandwidth (`timescales.choose_time_scales`). Other presets keep their own
-    segments and 5 ms bins.
+    segments and 5 ms bins. `run` and `fit` settle them in their one read pass (`read(..., time_scales=job)`);
+    this reads the source for nothing else.
     """
+    if _time_scales_given(job):
+        return
+    read(source, emg, cache_dir, job.preprocess, job.chunk_s, time_scales=job, **_read_options(job))
+
+
+def _time_scales_given(job: JobConfig) -> bool:
+    """Settle the time scales that need no data (given, or another preset's); True when none is left to choose."""
     if job.bin_ms is not None:
         job.preprocess = replace(job.preprocess, bin_ms=float(job.bin_ms))
     elif job.preset != "auto":
         job.preprocess = replace(job.preprocess, bin_ms=None)  # 5 ms, or the native interval of an envelope
     if job.preset != "auto" or (job.bin_ms is not None and job.segment_ms is not None):
         job.time_scales = {"bin_ms": job.preprocess.bin_ms, "segment_ms": job.segment_ms, "chosen_by": "given"}
-        return
-    from .timescales import choose_time_scales, select_time_scales
+        return True
+    return False
 
-    probe_ms = _probe_bin_ms(source, emg, cache_dir, job)
-    probe, _ = read(source, emg, cache_dir, replace(job.preprocess, bin_ms=probe_ms, clip_percentile=None),
-                    job.chunk_s, **_read_options(job))
-    b = probe.binned
-    rect = np.asarray(b.data, dtype=np.float64) * np.asarray(b.scale)[None, :]
-    probe_ms = 1000.0 / float(b.bin_rate)
+
+def probe_bin_ms(rate: float) -> float:
+    """The bin of the time-scale probe: 2 ms, or the input's own sample interval when that is coarser."""
+    return max(2.0, 1000.0 / float(rate))
+
+
+def _probe_signal(probe: Any, config: PreprocessConfig, muscles: list[str], rows: int | None = None) -> np.ndarray:
+    """The probe's first `rows` bins (all when None) as the time-scale choice reads them: rectified EMG in raw
+    units, as the model's input at the probe's bins, unclipped (its float32 rounding and floor included)."""
+    stats = probe.stats(replace(config, clip_percentile=None), muscles)
+    x = np.minimum(probe.rows(0, rows), stats.clip[None, :]) / stats.scale[None, :]
+    data = np.maximum(x, config.positive_floor).astype(config.dtype)
+    return np.asarray(data, dtype=np.float64) * np.asarray(stats.scale)[None, :]
+
+
+def _choose_from_probe(probe: Any, config: PreprocessConfig, muscles: list[str], rate: float, job: JobConfig) -> None:
+    """`choose_job_time_scales`'s choice from the probe bins of the read pass (`preprocess.BinSpill`)."""
+    from .timescales import SELECT_MAX_SECONDS, choose_time_scales, select_time_scales
+
+    bin_rate = rate / probe.n
+    probe_ms = 1000.0 / bin_rate
     selected = None
-    if job.bin_ms is None and job.segment_ms is None and len(b.segment_ranges) == 1:
-        selected = select_time_scales(rect, probe_ms, job.preprocess, _device_name(job), job.seed,
+    if job.bin_ms is None and job.segment_ms is None and len(probe.segments) == 1:
+        head = _probe_signal(probe, config, muscles, int(SELECT_MAX_SECONDS * 1000.0 / probe_ms))
+        selected = select_time_scales(head, probe_ms, job.preprocess, _device_name(job), job.seed,
                                       max_epochs=job.max_epochs)
     if selected is not None:
-        chosen = selected | {"chosen_by": "data", "method": "held-out prediction", "raw_rate": b.raw_rate,
-                             "probe_bin_ms": probe_ms, "duration_s": rect.shape[0] * probe_ms / 1000.0}
+        chosen = selected | {"chosen_by": "data", "method": "held-out prediction", "raw_rate": rate,
+                             "probe_bin_ms": probe_ms, "duration_s": probe.n_rows * probe_ms / 1000.0}
     else:
-        chosen = choose_time_scales(rect, b.bin_rate).to_dict() | {
-            "chosen_by": "data", "method": "envelope bandwidth", "raw_rate": b.raw_rate, "probe_bin_ms": probe_ms}
+        chosen = choose_time_scales(_probe_signal(probe, config, muscles), bin_rate).to_dict() | {
+            "chosen_by": "data", "method": "envelope bandwidth", "raw_rate": rate, "probe_bin_ms": probe_ms}
     chosen["bin_ms"] = max(float(chosen["bin_ms"]), probe_ms)  # never finer than the input's own samples
     if job.bin_ms is not None:
         chosen["bin_ms"], chosen["bin_ms_given"] = float(job.bin_ms), True
@@ -294,15 +367,6 @@ def choose_job_time_scales(source: str | Path, emg: str | None, cache_dir: str |
     job.preprocess = replace(job.preprocess, bin_ms=float(chosen["bin_ms"]))
     job.segment_ms = float(chosen["segment_ms"])
     job.time_scales = chosen
-
-
-def _probe_bin_ms(source: str | Path, emg: str | None, cache_dir: str | None, job: JobConfig) -> float:
-    """The bin of the time-scale probe: 2 ms, or the input's own sample interval when that is coarser."""
-    from .sources import EMGReader, open_source
-
-    with open_source(str(source), cache_dir=cache_dir) as opened:
-        rate = EMGReader(opened, emg, **_read_options(job)).rate
-    return max(2.0, 1000.0 / float(rate))
 
 
 def check_job(job: JobConfig, run_dir: str | Path | None = None) -> None:
@@ -800,24 +864,33 @@ def _annotate(source: str | Path, run_dir: str | Path, out: str | Path | None, i
 
 def _annotate_input(source: str | Path, run_dir: str | Path, emg_input: EMGInput, opened: Any,
                     out: str | Path | None, in_place: bool, overwrite: bool, job: JobConfig,
-                    destination: Destination) -> Path:
-    """Infer, finish the baselines gathered by the read pass, write back; closes the source (and the streams)."""
+                    destination: Destination, infer_with: Any = None, results_with: Any = None) -> Path:
+    """Infer, finish the baselines gathered by the read pass, write back; closes the source (and the streams).
+
+    The estimates go to an `EstimateStore` in the run directory as they are made. `infer_with(allocate)` and
+    `results_with(inference, baselines)` stand in for this module's `infer` and `build_results` (a stitched
+    model's, `sessions.annotate_session`)."""
     from .store import EstimateStore
 
     record = load_run(run_dir)
+    if infer_with is None:
+        def infer_with(allocate: Any) -> Any:
+            return infer(run_dir, emg_input, job.n_posterior_samples, job.device, job.seed, allocate=allocate)
+    if results_with is None:
+        def results_with(inference: Any, baselines: list[ActivationEstimate]) -> SessionResults:
+            return build_results(emg_input, record, inference, baselines)
     store = None
     try:
         try:
             _check_destination(source, out, in_place, emg_input)
             store = EstimateStore(run_dir)  # estimates go to disk block by block, never whole in memory
-            inference = infer(run_dir, emg_input, job.n_posterior_samples, job.device, job.seed,
-                              allocate=_store_allocator(store, "AutoLFADS"))
+            inference = infer_with(_store_allocator(store, "AutoLFADS"))
             _release_freed_memory()  # inference's freed batches, before the Bayesian filter's step arrays
             baselines = finish_baselines(emg_input, job, allocate=_store_allocator(store, ""))
             store.finish()
             _release_freed_memory()
             inference, baselines = _stored(store, inference), [_stored(store, e) for e in baselines]
-            results = build_results(emg_input, record, inference, baselines)
+            results = results_with(inference, baselines)
             del inference
             if emg_input.is_remote:
                 return write(source, emg_input, results, out, in_place, overwrite, opened.nwbfile)
@@ -881,10 +954,10 @@ def run(source: str | Path, run_dir: str | Path, out: str | Path | None = None, 
     with _guarded(destination):
         if in_place and not overwrite:
             _refuse_if_annotated(source)
-        choose_job_time_scales(source, emg, cache_dir, job)
-        # one pass over the raw series: the model's bins and the baselines' inputs (the source stays open)
+        # one pass over the raw series: the time scales, the model's bins and the baselines' inputs (the source
+        # stays open)
         emg_input, handle = read(source, emg, cache_dir, job.preprocess, job.chunk_s, keep_open=True,
-                                 **_read_options(job), baselines=job, spill_dir=run_dir)
+                                 **_read_options(job), baselines=job, spill_dir=run_dir, time_scales=job)
         try:
             _check_destination(source, out, in_place, emg_input)
             check_lowpass(job, emg_input.binned.raw_rate)

@@ -9,9 +9,11 @@ Both paths (`preprocess` and `preprocess_chunks`) run the same code, so they giv
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -489,12 +491,19 @@ def _bin_chunks(
     starting_time: float | None,
     muscles: Sequence[str] | None,
     tap: Tap | None = None,
-) -> tuple[list[np.ndarray], np.ndarray | None, float, int, float, list[str]] | None:
+    pieces: list[np.ndarray] | BinSpill | None = None,
+    probe: BinSpill | None = None,
+) -> tuple[list[np.ndarray] | BinSpill, np.ndarray | None, float, int, float, list[str]] | None:
     """Stage 1 and binning of consecutive chunks: (bins as consecutive pieces, bin start times or None, rate,
-    samples per bin, start time, muscles), or None when the chunks hold no data."""
+    samples per bin, start time, muscles), or None when the chunks hold no data.
+
+    `pieces` receives the bins (default: a new list; a `BinSpill` keeps them on disk); `probe`, when given, gets
+    the same filtered signal binned at its own width (`probe.n`) in the same pass."""
     stage1: _Stage1 | None = None
     binner: _Binner | None = None
-    pieces: list[np.ndarray] = []
+    probe_binner = _Binner(probe.n) if probe is not None else None
+    pieces = [] if pieces is None else pieces
+    n_rows = 0
     names: list[str] | None = None
     t0 = starting_time
     n_bin = 0
@@ -536,12 +545,18 @@ def _bin_chunks(
         rectified = stage1(data)
         if tap is not None:
             tap.feed(rectified)
-        out = binner(stage1.aa(rectified), t if timed else None)
+        filtered = stage1.aa(rectified)
+        out = binner(filtered, t if timed else None)
         if out.shape[0]:
             pieces.append(out)
+            n_rows += out.shape[0]
+        if probe is not None and probe_binner is not None:
+            fine = probe_binner(filtered)
+            if fine.shape[0]:
+                probe.append(fine)
     if pending is not None and stage1 is None:
         _as_array(pending, rate, starting_time, muscles)  # refuses the missing rate
-    if stage1 is None or not pieces or binner is None:
+    if stage1 is None or not n_rows or binner is None:
         return None
     starts = np.concatenate(binner.starts) if timed and binner.starts else None
     return pieces, starts, float(rate), n_bin, float(t0 or 0.0), list(names or [])
@@ -562,18 +577,20 @@ def preprocess_chunks(
     muscles: Sequence[str] | None = None,
     stats: ChannelStats | None = None,
     tap: Tap | None = None,
+    probe: BinSpill | None = None,
 ) -> Binned:
     """Same as `preprocess` on the concatenation of consecutive chunks, holding only the bins in memory
-    (`tap` also gets each chunk's rectified EMG)."""
+    (`tap` also gets each chunk's rectified EMG, `probe` the same signal binned at its own width)."""
     config = _with_bins(_checked(config), rate)
     if tap is not None:
         tap.start_segment()
-    got = _bin_chunks(chunks, rate, config, starting_time, muscles, tap)
+    got = _bin_chunks(chunks, rate, config, starting_time, muscles, tap, probe=probe)
     if tap is not None:
         tap.end_segment(got is not None)
     if got is None:
         raise EMGDataError("EMG chunks: no data, or less than one bin in all")
     binned, _, r, n_bin, t0, names = got
+    assert isinstance(binned, list)
     return _finish(binned, r, n_bin, t0, names, _with_bins(config, r), stats)
 
 
@@ -585,6 +602,7 @@ def preprocess_segments(
     muscles: Sequence[str] | None = None,
     stats: ChannelStats | None = None,
     tap: Tap | None = None,
+    probe: BinSpill | None = None,
 ) -> Binned:
     """Preprocess contiguous segments (trials separated by gaps) each on its own (filters restart,
     bins never straddle a gap) with one clip level and scale for all; `Binned.segments` gives each
@@ -600,12 +618,13 @@ def preprocess_segments(
         t_k = None if starting_times is None else float(starting_times[k])
         if tap is not None:
             tap.start_segment()
-        got = _bin_chunks(chunks, rate, config, t_k, muscles, tap)
+        got = _bin_chunks(chunks, rate, config, t_k, muscles, tap, probe=probe)
         if tap is not None:
             tap.end_segment(got is not None)
         if got is None:
             continue
         binned, starts, _, n_bin, t0, names = got
+        assert isinstance(binned, list)
         n_rows = sum(p.shape[0] for p in binned)
         if starts is None:
             starts = t0 + np.arange(n_rows) * n_bin / rate
@@ -620,6 +639,143 @@ def preprocess_segments(
     out.timestamps = np.concatenate(stamps)
     out.segments = ranges
     return out
+
+
+@dataclass
+class SpilledSegment:
+    """Where one contiguous segment's bins lie in a `BinSpill`: first row, rows, start time, bin starts (or None)."""
+
+    row: int
+    rows: int
+    t0: float
+    starts: np.ndarray | None
+
+
+class BinSpill:
+    """Bins of one pass (`n` raw samples each, before clipping and scaling, float64) kept in an unlinked temporary
+    file, with each segment's rows: the time-scale probe's fine bins, which a long recording cannot keep in memory
+    (1 h x 32 ch at 2 ms: 0.46 GB). After the pass, `rebinned` makes the model's input at any multiple of `n`
+    and `stats`/`rows` give the probe, so the raw series is read once (`spill_segments`)."""
+
+    def __init__(self, n: int, n_ch: int, directory: str | Path | None = None) -> None:
+        import tempfile
+
+        folder = directory if directory is not None and Path(directory).is_dir() else None
+        self.n, self.n_ch = int(n), int(n_ch)
+        self.file = tempfile.TemporaryFile(prefix=".probe-bins-", dir=folder)  # unlinked: nothing is left behind
+        self.n_rows = 0
+        self.segments: list[SpilledSegment] = []
+
+    def append(self, bins: np.ndarray) -> None:
+        """Consecutive rows of bins (rows, channels)."""
+        if bins.shape[1] != self.n_ch:
+            raise EMGDataError(f"probe bins: {bins.shape[1]} channels, expected {self.n_ch}")
+        self.file.seek(0, os.SEEK_END)
+        np.ascontiguousarray(bins, dtype=np.float64).tofile(self.file)
+        self.n_rows += int(bins.shape[0])
+
+    def rows(self, a: int = 0, b: int | None = None) -> np.ndarray:
+        """Rows [a, b) of all segments' bins, in order (float64)."""
+        b = self.n_rows if b is None else min(int(b), self.n_rows)
+        a = min(int(a), b)
+        self.file.flush()
+        self.file.seek(a * self.n_ch * 8)
+        return np.fromfile(self.file, dtype=np.float64, count=(b - a) * self.n_ch).reshape(b - a, self.n_ch)
+
+    def stats(self, config: PreprocessConfig, muscles: Sequence[str] | None = None) -> ChannelStats:
+        """`compute_stats` of all the spilled bins (read a group of channels at a time, never whole)."""
+        return compute_stats([_SpilledColumns(self)], config, muscles)
+
+    def rebinned(self, n_bin: int, rate: float, config: PreprocessConfig, muscles: Sequence[str], segmented: bool,
+                 keep: Sequence[int] | None = None, stats: ChannelStats | None = None) -> Binned:
+        """The model's input at `n_bin` raw samples per bin (a multiple of `n`) from segments `keep` (default all):
+        `n_bin / n` spilled bins averaged per bin (a trailing partial bin dropped), then clipped, scaled and
+        floored as `preprocess` does (`segmented`: with timestamps and segment ranges, as `preprocess_segments`).
+        Equal to binning the raw series at `n_bin` up to float64 rounding (a mean of means), ~1e-16 relative."""
+        if n_bin % self.n:
+            raise EMGDataError(f"bins of {n_bin} samples are not a whole number of the pass's {self.n}-sample bins")
+        k = n_bin // self.n
+        block = max(1, (1 << 16) // k)  # output rows per read of the spill
+        pieces: list[np.ndarray] = []
+        stamps: list[np.ndarray] = []
+        ranges: list[tuple[int, int]] = []
+        offset = 0
+        for seg in self.segments if keep is None else [self.segments[i] for i in keep]:
+            m = seg.rows // k
+            if not m:
+                continue
+            for a in range(0, m, block):
+                b = min(m, a + block)
+                x = self.rows(seg.row + a * k, seg.row + b * k)
+                pieces.append(x.reshape(b - a, k, self.n_ch).mean(axis=1))
+            stamps.append(seg.starts[::k][:m] if seg.starts is not None else seg.t0 + np.arange(m) * n_bin / rate)
+            ranges.append((offset, offset + m))
+            offset += m
+        if not pieces:
+            raise EMGDataError(f"EMG: every segment is shorter than one bin ({n_bin} samples); use a smaller --bin-ms")
+        start = float(stamps[0][0]) if segmented else self.segments[0].t0
+        out = _finish(pieces, rate, n_bin, start, list(muscles), config, stats)
+        if segmented:
+            out.timestamps = np.concatenate(stamps)
+            out.segments = ranges
+        return out
+
+    def close(self) -> None:
+        """Drop the file (unlinked when made: closing frees its space)."""
+        if not self.file.closed:
+            self.file.close()
+
+
+class _SpilledColumns:
+    """A `BinSpill`'s bins as one (rows, channels) piece for `compute_stats`, which gathers a channel at a time:
+    the columns are read from the file a group at a time (at most `max_bytes` in memory)."""
+
+    def __init__(self, spill: BinSpill, max_bytes: int = 1 << 26, block_rows: int = 1 << 16) -> None:
+        self.spill = spill
+        self.shape = (spill.n_rows, spill.n_ch)
+        self.group = max(1, min(spill.n_ch, max_bytes // max(1, 8 * spill.n_rows)))
+        self.block_rows = block_rows
+        self.first = -1
+        self.columns = np.zeros((0, 0))
+
+    def __getitem__(self, key: tuple[slice, int]) -> np.ndarray:
+        rows, c = key
+        if rows != slice(None) or not isinstance(c, (int, np.integer)):
+            raise TypeError("only whole columns are read from a bin spill")
+        if not self.first <= c < self.first + self.columns.shape[1]:
+            self.first = int(c) - int(c) % self.group
+            last = min(self.spill.n_ch, self.first + self.group)
+            self.columns = np.empty((self.spill.n_rows, last - self.first))
+            for a in range(0, self.spill.n_rows, self.block_rows):
+                self.columns[a: a + self.block_rows] = self.spill.rows(a, a + self.block_rows)[:, self.first:last]
+        return self.columns[:, int(c) - self.first]
+
+
+def spill_segments(segments: Sequence[Iterable[object]], rate: float, config: PreprocessConfig, spill: BinSpill,
+                   starting_times: Sequence[float] | None = None, muscles: Sequence[str] | None = None,
+                   tap: Tap | None = None) -> list[str]:
+    """The pass of `preprocess_segments` with its bins (`spill.n` samples, unclipped) going to `spill`, each
+    segment's rows, start and length recorded; `spill.rebinned` then makes the model's input at any multiple of
+    that width. Segments shorter than one bin are left out (as there). Returns the muscles."""
+    config = _with_bins(_checked(config), rate)
+    if bin_samples_for(rate, config.bin_ms) != spill.n:
+        raise EMGDataError(f"probe bins: {config.bin_ms} ms is not {spill.n} samples at {rate:g} Hz")
+    names: list[str] = []
+    for k, chunks in enumerate(segments):
+        t_k = None if starting_times is None else float(starting_times[k])
+        if tap is not None:
+            tap.start_segment()
+        row = spill.n_rows
+        got = _bin_chunks(chunks, rate, config, t_k, muscles, tap, pieces=spill)
+        if tap is not None:
+            tap.end_segment(got is not None)
+        if got is None:
+            continue
+        _, starts, _, _, t0, names = got
+        spill.segments.append(SpilledSegment(row, spill.n_rows - row, t0, starts))
+    if not spill.segments:
+        raise EMGDataError(f"EMG: every segment is shorter than one bin ({spill.n} samples); use a smaller --bin-ms")
+    return list(names)
 
 
 def bin_like(

@@ -22,7 +22,7 @@ from .pipeline import (
     Destination,
     EMGInput,
     JobConfig,
-    _check_destination,
+    _annotate_input,
     _guarded,
     _job_dict,
     _read_options,
@@ -30,13 +30,10 @@ from .pipeline import (
     build_results,
     check_destination,
     check_job,
-    choose_job_time_scales,
-    finish_baselines,
     lfads_config,
     load_run,
     pbt_arguments,
     read,
-    write,
 )
 from .writeback import refuse_existing_output
 
@@ -128,8 +125,10 @@ def _safe(text: str) -> str:
 
 
 def infer_session(run_dir: str | Path, emg_input: EMGInput, job: JobConfig, adapt: bool = False,
-                  record: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any], list[dict[str, Any]]]:
-    """Posterior estimates of a session with its read-in/read-out (fitted first when `adapt` and new).
+                  record: dict[str, Any] | None = None, allocate: Any = None
+                  ) -> tuple[Any, dict[str, Any], list[dict[str, Any]]]:
+    """Posterior estimates of a session with its read-in/read-out (fitted first when `adapt` and new), into
+    outputs made by `allocate` (`training.inference.Allocate`; e.g. an `EstimateStore`'s) or arrays in memory.
 
     Returns (inference, which read-in/read-out was used, adaptation metrics).
     """
@@ -174,7 +173,7 @@ def infer_session(run_dir: str | Path, emg_input: EMGInput, job: JobConfig, adap
         )
     used["muscles"] = list(emg_input.muscles)
     inference = infer_model(model.session_view(index), emg_input.binned.data, config,
-                            n_samples=job.n_posterior_samples, device=job.device, seed=job.seed)
+                            n_samples=job.n_posterior_samples, device=job.device, seed=job.seed, allocate=allocate)
     return inference, used, metrics
 
 
@@ -203,18 +202,18 @@ def _annotate_session(source: str | Path, run_dir: str | Path, out: str | Path |
         job.max_epochs = int(adapt_epochs)
     emg_input, handle = read(source, emg, cache_dir, job.preprocess, job.chunk_s, keep_open=True,
                              **_read_options(job), baselines=job, spill_dir=run_dir)
-    opened, _ = handle
-    try:
-        _check_destination(source, out, in_place, emg_input)
-        inference, used, adapt_metrics = infer_session(run_dir, emg_input, job, adapt, record)
-        baselines = finish_baselines(emg_input, job)  # gathered by the read pass
-        results = _results(emg_input, record, inference, baselines, used, adapt_metrics)
-        if emg_input.is_remote:
-            return write(source, emg_input, results, out, in_place, overwrite, opened.nwbfile)
-    finally:
-        opened.close()
-        emg_input.streams.close()
-    return write(source, emg_input, results, out, in_place, overwrite, stamp=destination.stamp)
+    found: dict[str, Any] = {}
+
+    def infer_with(allocate: Any) -> Any:  # the session's own read-in/read-out, into the estimate store
+        inference, found["used"], found["metrics"] = infer_session(run_dir, emg_input, job, adapt, record, allocate)
+        return inference
+
+    def results_with(inference: Any, baselines: list) -> Any:
+        return _results(emg_input, record, inference, baselines, found["used"], found["metrics"])
+
+    # inference and the baselines (gathered by the read pass) go to an estimate store, then written back
+    return _annotate_input(source, run_dir, emg_input, handle[0], out, in_place, overwrite, job, destination,
+                           infer_with=infer_with, results_with=results_with)
 
 
 def annotate_any(source: str | Path, run_dir: str | Path, out: str | Path | None = None, in_place: bool = False,
@@ -275,10 +274,11 @@ def fit_sources(sources: list[str], run_dir: str | Path, emg: str | None = None,
     job = job or JobConfig()
     check_job(job, run_dir)
     expanded = expand_sources(sources, match)
-    if len(expanded) == 1:  # one session: its time scales may come from the data (auto preset)
-        choose_job_time_scales(expanded[0], emg, cache_dir, job)
-    inputs = read_sources(expanded, emg, cache_dir, job)
-    return fit(inputs[0], run_dir, job) if len(inputs) == 1 else fit_many(inputs, run_dir, job)
+    if len(expanded) == 1:  # one session: its time scales may come from the data (auto preset), in the same pass
+        emg_input, _ = read(expanded[0], emg, cache_dir, job.preprocess, job.chunk_s, **_read_options(job),
+                            time_scales=job)
+        return fit(emg_input, run_dir, job)
+    return fit_many(read_sources(expanded, emg, cache_dir, job), run_dir, job)
 
 
 def run_sources(sources: list[str], run_dir: str | Path, out: str | Path | None = None, in_place: bool = False,

@@ -85,9 +85,13 @@ def _normalised(raw: np.ndarray, preprocess: Any) -> tuple[np.ndarray, np.ndarra
     return np.maximum(x, preprocess.positive_floor).astype(np.float32), np.asarray(stats.scale, dtype=np.float64)
 
 
+#: Seconds of the recording (its start) that `select_time_scales` uses at most.
+SELECT_MAX_SECONDS = 300.0
+
+
 def select_time_scales(probe: np.ndarray, probe_ms: float, preprocess: Any, device: str = "cpu", seed: int = 0,
                        steps: int | None = None, max_epochs: int | None = None, held_out_rate: float = 0.1,
-                       max_seconds: float = 300.0, trace: list | None = None) -> dict[str, Any] | None:
+                       max_seconds: float = SELECT_MAX_SECONDS, trace: list | None = None) -> dict[str, Any] | None:
     """Bin width and segment length chosen by held-out prediction on a common time base, or None when the
     recording is too short for two candidates.
 

@@ -175,3 +175,34 @@ def test_epoch_is_a_fixed_sample_of_the_whole_recording(monkeypatch):
     assert ma["train_loss"] == mb["train_loss"] and ma["val_loss"] == mb["val_loss"]
     for (name, pa), pb in zip(a.model.state_dict().items(), b.model.state_dict().values(), strict=True):
         assert torch.equal(pa, pb), name
+
+
+def test_multisession_annotate_writes_through_the_estimate_store(tmp_path, monkeypatch):
+    """Annotating with a stitched model puts its estimates into the run's estimate store block by block (as a
+    single-session annotate does), never whole in memory, and writes the same values as inference in memory."""
+    from nwb_lfads_emg import pipeline, sessions
+    from nwb_lfads_emg.simulate import SimulationConfig, simulate_session, write_session_nwb
+    from nwb_lfads_emg.store import EstimateStore
+
+    files = [write_session_nwb(simulate_session(SimulationConfig(emg_model="carrier", n_muscles=N_MUSCLES,
+                                                                 duration_s=12.0, emg_rate=RATE, n_units=4, seed=s)),
+                               tmp_path / f"s{s}.nwb", store_truth=False) for s in (0, 1)]
+    job = pipeline.JobConfig(preset="demo", max_epochs=1, bin_ms=20.0, n_posterior_samples=2, progress=False,
+                             lowpass_cutoff_hz=5.0, bayes={"diffusion": 0.1, "jump": 1.0})
+    sessions.fit_sources([str(f) for f in files], tmp_path / "run", job=job)
+    allocated: list[tuple[str, tuple]] = []
+    allocate = EstimateStore.allocate
+    monkeypatch.setattr(EstimateStore, "allocate", lambda self, name, shape: allocated.append((name, tuple(shape)))
+                        or allocate(self, name, shape))
+    out = sessions.annotate_session(files[1], tmp_path / "run", out=tmp_path / "out.nwb", job=job)
+    monkeypatch.undo()
+    emg_input, _ = pipeline.read(files[1], None, None, job.preprocess, job.chunk_s)
+    shape = emg_input.binned.data.shape
+    names = dict(allocated)
+    assert names["AutoLFADS/data"] == names["AutoLFADS/uncertainty"] == names["LowPass/data"] == shape
+    assert {"LatentFactors/data", "BayesianFilter/data"} <= set(names)
+    assert not any(p.name.startswith(".estimates-") for p in (tmp_path / "run").iterdir())  # removed after
+    in_memory, _, _ = sessions.infer_session(tmp_path / "run", emg_input, job)
+    got = _written(out)
+    np.testing.assert_array_equal(got["AutoLFADS"], np.asarray(in_memory.rates, dtype=np.float32))
+    np.testing.assert_array_equal(got["LatentFactors"], np.asarray(in_memory.factors, dtype=np.float32))

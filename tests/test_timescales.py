@@ -106,3 +106,50 @@ def test_cli_run_on_real_recording_records_the_time_scales(shared_data_dir, tmp_
     means = summarize(table)
     assert {"AutoLFADS", "LowPass", "BayesianFilter", "LowPassOracle"} <= set(means.index)
     assert np.isfinite(means.loc["AutoLFADS", "decode_linear"])
+
+
+def test_auto_run_reads_the_raw_series_once(tmp_path, monkeypatch):
+    """`run` with the auto preset (the default) reads every raw sample once, in one chunked pass: the time-scale
+    probe, the model's bins and the baselines' inputs all come from it. The probe the choice sees is the old
+    separate probe read's bit for bit (so the chosen time scales are the same), and the model's bins are those of
+    a read at the chosen width up to float64 rounding (they are averaged from the probe's 2 ms bins)."""
+    from dataclasses import replace
+
+    from nwb_lfads_emg import pipeline, timescales
+    from nwb_lfads_emg.simulate import SimulationConfig, simulate_session, write_session_nwb
+    from nwb_lfads_emg.sources.reader import EMGReader
+
+    session = simulate_session(SimulationConfig(emg_model="carrier", n_muscles=4, duration_s=8.0, emg_rate=RATE,
+                                                n_units=4, seed=3))
+    src = write_session_nwb(session, tmp_path / "emg.nwb", store_truth=False)
+    n_samples = session.emg.shape[0]
+    reads, probes, fitted = [], [], []
+    read_scaled, select, fit = EMGReader._read_scaled, timescales.select_time_scales, pipeline.fit
+    monkeypatch.setattr(EMGReader, "_read_scaled", lambda self, i0, i1, *a, **k: reads.append((i0, i1, k.get(
+        "check", True))) or read_scaled(self, i0, i1, *a, **k))  # every read of the raw series passes here
+    monkeypatch.setattr(timescales, "select_time_scales", lambda probe, *a, **k: probes.append(np.array(probe))
+                        or select(probe, *a, **k))
+    monkeypatch.setattr(pipeline, "fit", lambda emg_input, *a, **k: fitted.append(
+        (emg_input.binned.data.copy(), emg_input.binned.scale.copy())) or fit(emg_input, *a, **k))
+    job = pipeline.JobConfig(max_epochs=1, n_posterior_samples=2, progress=False, seed=0)
+    out = pipeline.run(src, tmp_path / "run", out=tmp_path / "out.nwb", job=job)
+    monkeypatch.undo()
+    data_reads = sorted((a, b) for a, b, check in reads if check)  # head and dead-channel looks: check=False
+    assert sum(b - a for a, b in data_reads) == n_samples, "run must read each raw sample once"
+    assert all(b0 == a1 for (_, b0), (a1, _) in zip(data_reads[:-1], data_reads[1:], strict=True))  # consecutive, no overlap
+    assert sum(b - a for a, b, check in reads if not check) <= 3 * RATE + 5000  # one reader opened: one look
+    ts = job.time_scales
+    assert ts["method"] == "held-out prediction" and len(ts["candidates"]) >= 2 and len(probes) == 1
+
+    # the two-pass reference: the probe read on its own, then a read at the chosen bin
+    probe_ms = ts["probe_bin_ms"]
+    old_probe, _ = pipeline.read(src, config=replace(pipeline.JobConfig().preprocess, bin_ms=probe_ms,
+                                                     clip_percentile=None))
+    b = old_probe.binned
+    np.testing.assert_array_equal(probes[0], np.asarray(b.data, dtype=np.float64) * b.scale[None, :])
+    assert ts["bin_ms"] > probe_ms  # the model's bins were averaged from several probe bins
+    old, _ = pipeline.read(src, config=job.preprocess)
+    data, scale = fitted[0]
+    np.testing.assert_allclose(scale, old.binned.scale, rtol=1e-12)
+    np.testing.assert_allclose(data, old.binned.data, rtol=1e-6, atol=0)  # float32 rounding of a mean of means
+    assert old.binned.bin_rate == pytest.approx(1000.0 / ts["bin_ms"]) and out.is_file()

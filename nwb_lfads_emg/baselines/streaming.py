@@ -212,6 +212,17 @@ class BaselineStreams:
             self.segments.append(self._current)
         self._current = None
 
+    def rebin(self, bin_samples: int, keep: Sequence[int] | None = None) -> None:
+        """The model's bins as chosen after the pass (the auto preset's time scales; the pass was given a width
+        they are all multiples of): `bin_samples` (a multiple of `d`), and the segments `keep` (indices into
+        those fed; the others were shorter than the chosen bin)."""
+        if bin_samples % self.d:
+            raise EMGDataError(f"baselines: bins of {bin_samples} samples are not a multiple of the low-pass "
+                               f"input's {self.d}-sample averages")
+        self.bin_samples = int(bin_samples)
+        if keep is not None:
+            self.segments = [self.segments[i] for i in keep]
+
     # ----- the estimates ------------------------------------------------------------------
     def choose_cutoff(self, cutoffs: Sequence[float] = CV_CUTOFFS) -> float:
         """`tuning.select_cutoff_cv` on the kept working signal, which is then dropped (up to 10 min x channels at
