@@ -72,6 +72,26 @@ def test_readin_tied_by_muscle_name_and_adapt_freezes_shared_weights(sims):
     assert model.sessions[2].muscles == new.muscle_names
 
 
+def test_fit_readin_puts_a_new_session_where_the_trained_one_was(sims):
+    """A new session that records the same muscles as a trained one (in another channel order) gets that
+    session's read-in back from any start: the regression's target is the trained session's encoder input."""
+    config = preset("demo")
+    x = preprocess(sims[0].emg, sims[0].emg_rate, PreprocessConfig()).data[:1200]
+    names = sims[0].muscle_names
+    model = MultiSessionLFADS(config, [names])
+    model.initialise([torch.from_numpy(x)])
+    order = np.random.default_rng(0).permutation(len(names))
+    index = model.add_session([names[i] for i in order], torch.from_numpy(x[:, order]))
+    new, old = model.sessions[index], model.sessions[0]
+    with torch.no_grad():
+        new.readin.weight.normal_()
+        new.readin.bias.normal_()
+    segments = torch.from_numpy(np.stack([x[i : i + config.seg_len] for i in range(0, 1200 - config.seg_len, 30)]))
+    model.fit_readin(index, segments[:, :, order])
+    torch.testing.assert_close(new.readin.weight, old.readin.weight[:, order], atol=1e-4, rtol=1e-3)
+    torch.testing.assert_close(new.readin.bias, old.readin.bias, atol=1e-4, rtol=1e-3)
+
+
 # ---------------------------------------------------------------------------- the claim
 # Both sides trained as `fit` trains them (early stopping, best weights) for the same epochs; a stitched
 # epoch has as many steps as a per-session one (each step one batch of every session). 40 epochs is the
