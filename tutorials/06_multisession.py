@@ -80,7 +80,9 @@ print("muscles across sessions:", record["muscles"])
 # A training session is annotated with its own read-in/read-out. A session the model never saw is
 # refused (one line) unless `--adapt` is given: then its read-in/read-out are fitted first, with the
 # shared weights frozen: the read-in starts from the training sessions' for muscles of the same name,
-# the read-out is first regressed onto the frozen model's factors, then both train.
+# the read-out is regressed onto the frozen model's factors, the read-in is regressed onto the shared
+# input space (where the training sessions put the same moments, their missing muscles predicted by the
+# model), the read-out again, then both train.
 
 # %%
 TRAINED_OUT, HELD_OUT = OUT / "ses-0_annotated.nwb", OUT / "ses-4_annotated.nwb"
