@@ -127,6 +127,6 @@ table.to_csv(OUT / "r2_vs_truth.csv")
 # - Muscles are tied across sessions by name: name the same muscle the same way in every file
 #   (the electrode `location`, or the per-muscle series name).
 # - Measured on the simulator (`benchmarks/bench_multisession.py`, README "stitching"): with every
-#   model trained 40 epochs, the stitched model beat a model per session in 9 of 12 sessions (3
-#   seeds) and the adapted held-out session beat a model trained on it alone on 2 of 3 seeds; it
-#   can lose (by up to 0.03 in a session, 0.14 for an adapted one).
+#   model trained 40 epochs, the stitched model beat a model per session in all 12 sessions of 3
+#   seeds (by 0.002 to 0.144) and the adapted held-out session beat a model trained on it alone on
+#   2 of 3 seeds; an adapted session can lose clearly (by 0.10 on one seed).
