@@ -126,7 +126,7 @@ def test_stitched_epoch_steps_on_every_session_and_is_capped_by_epoch_segments(s
     assert all(len(step) == 2 and all(len(i) == min(config.batch_size, n) for i, n in zip(step, sizes, strict=True))
                for step in steps)
     assert sorted(torch.cat([s[0] for s in steps]).unique().tolist()) == list(range(sizes[0]))
-    assert whole.model.config.fac_dim == len(whole.model.union) > TINY["fac_dim"]
+    assert whole.model.config.fac_dim == len(whole.model.union) + TINY["fac_dim"]
     capped = MultiSessionTrainer(data, muscles, dataclasses.replace(config, epoch_segments=8), device="cpu")
     assert len(capped._epoch_batches()) == 1  # 8 segments: one step (of a batch of each session)
     n_val = [int(x.shape[0]) for x in capped.x_val]

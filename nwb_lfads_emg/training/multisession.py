@@ -101,7 +101,7 @@ class MultiSessionTrainer:
         self._cap_validation()
         if model is None:
             try:
-                self.model = MultiSessionLFADS(c, muscles, readin_dim)
+                self.model = MultiSessionLFADS(c, muscles, readin_dim, factors=c.fac_dim)
             except ValueError as exc:
                 raise TrainingError(f"multi-session model: {exc}") from None
             self.model.initialise(train_rows)
@@ -354,11 +354,14 @@ def fit_sessions(data: Sequence[np.ndarray], muscles: Sequence[Sequence[str]], c
 
 def adapt(model: MultiSessionLFADS, data: np.ndarray, muscles: Sequence[str], config: LFADSConfig | None = None,
           device: str = "auto", seed: int = 0, progress: bool = True, max_epochs: int | None = None,
-          weights_path: str | Path | None = None, regress_readout: bool = True) -> tuple[int, MultiSessionFitResult]:
+          weights_path: str | Path | None = None, regress_readout: bool = True,
+          readin_rounds: int = 2) -> tuple[int, MultiSessionFitResult]:
     """Add a session to a trained model and fit only its read-in/read-out (shared weights frozen).
 
     The read-in starts from the trained sessions' by muscle name; with `regress_readout` the read-out is
-    first fitted to the frozen model's factors on the new data (`MultiSessionLFADS.fit_readout`).
+    first fitted to the frozen model's factors on the new data (`MultiSessionLFADS.fit_readout`), then
+    `readin_rounds` times the read-in is regressed onto the shared input space (`fit_readin`) and the
+    read-out fitted again, before gradient training starts.
     Returns the new session's index and the result (the model with the session added, in place).
     """
     config = copy.deepcopy(config or model.config)
@@ -373,9 +376,13 @@ def adapt(model: MultiSessionLFADS, data: np.ndarray, muscles: Sequence[str], co
         segs = chop(arr, config.seg_len, config.seg_overlap)[0]
         if config.epoch_segments and segs.shape[0] > config.epoch_segments:  # a long session: an even spread
             segs = segs[spread(segs.shape[0], config.epoch_segments)]
+        segs_t = torch.from_numpy(segs)
         with torch.random.fork_rng():
             torch.manual_seed(seed)
-            model.fit_readout(index, torch.from_numpy(segs))
+            model.fit_readout(index, segs_t)
+            for _ in range(readin_rounds):  # read-in onto the shared input space, then the read-out again
+                model.fit_readin(index, segs_t)
+                model.fit_readout(index, segs_t)
     for p in model.parameters():
         p.requires_grad_(False)
     own = list(model.sessions[index].parameters())
@@ -414,7 +421,7 @@ def load_multisession(path: str | Path) -> MultiSessionLFADS:
         raise TrainingError(f"{path}: not a multi-session model (trained on one session)")
     config = LFADSConfig.from_dict(payload["config"])
     try:
-        model = MultiSessionLFADS(config, payload["sessions"], int(payload["readin_dim"]))
+        model = MultiSessionLFADS(config, payload["sessions"], int(payload["readin_dim"]), factors=config.fac_dim)
         model.load_state_dict(payload["state_dict"])
     except (RuntimeError, ValueError, KeyError, TypeError):
         raise TrainingError(f"{path}: the weights do not match their configuration") from None
