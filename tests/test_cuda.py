@@ -114,6 +114,16 @@ def test_stitched_training_runs_on_cuda():
     sessions = [tiny_data(seed=s, c=c) for s, c in ((0, 4), (1, 3), (2, 5))]
     muscles = [[f"m{i}" for i in range(d.shape[1])] for d in sessions]
     trainer = MultiSessionTrainer(sessions, muscles, tiny_config(max_epochs=6), device="cuda", seed=0)
-    losses = [trainer.train_epoch()["val_loss"] for _ in range(6)]
+    states = [trainer._cuda_rng_state.clone()]
+    losses = []
+    for _ in range(6):
+        losses.append(trainer.train_epoch()["val_loss"])
+        states.append(trainer._cuda_rng_state.clone())
     assert next(trainer.model.parameters()).device.type == "cuda"
     assert all(np.isfinite(losses)) and min(losses[-2:]) < losses[0], losses
+    # the trainer's own CUDA stream moves on every epoch (posterior noise is new each epoch) ...
+    assert all(not torch.equal(a, b) for a, b in zip(states[:-1], states[1:], strict=True))
+    # ... and is saved with its progress, so a resumed run draws what the uninterrupted one draws
+    resumed = MultiSessionTrainer(sessions, muscles, tiny_config(max_epochs=6), device="cuda", seed=0)
+    resumed.load_state_dict(trainer.state_dict())
+    assert torch.equal(resumed._cuda_rng_state, states[-1])

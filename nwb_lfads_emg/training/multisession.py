@@ -85,6 +85,7 @@ class MultiSessionTrainer:
             torch.manual_seed(self.seed)
             self._build(muscles, readin_dim, model, session_ids, trainable)
             self._rng_state = torch.get_rng_state()
+            self._cuda_rng_state = torch.cuda.get_rng_state(self._cuda_devices[0]) if self._cuda_devices else None
 
     def _build(self, muscles: Sequence[Sequence[str]], readin_dim: int | None, model: MultiSessionLFADS | None,
                session_ids: Sequence[int] | None, trainable: Sequence[nn.Parameter] | None) -> None:
@@ -157,8 +158,12 @@ class MultiSessionTrainer:
         batches, or fewer when that would exceed `epoch_segments` segments over all sessions."""
         with torch.random.fork_rng(devices=self._cuda_devices):
             torch.set_rng_state(self._rng_state)
+            if self._cuda_rng_state is not None:  # else every epoch on CUDA would redraw the same noise
+                torch.cuda.set_rng_state(self._cuda_rng_state, self._cuda_devices[0])
             metrics = self._train_epoch()
             self._rng_state = torch.get_rng_state()
+            if self._cuda_rng_state is not None:
+                self._cuda_rng_state = torch.cuda.get_rng_state(self._cuda_devices[0])
         return metrics
 
     def _epoch_batches(self) -> list[list[torch.Tensor]]:
