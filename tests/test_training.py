@@ -119,6 +119,36 @@ def test_trainer_deterministic_and_hyperparameters():
         tr.set_hyperparameters({"gen_dim": 3})
 
 
+def test_held_out_standard_error_and_significant_improvements():
+    """`val_se` is the held-out loss's standard error (per-bin NLL spread over the distinct held-out bins);
+    with `stop_min_se` an epoch improves only by more than that many of them: a huge margin keeps the weights
+    of the ramps' end and stops `patience` epochs later, on the same trajectory as the run without a margin."""
+    data = tiny_data(600)
+    runs = {}
+    for margin in (0.0, 1e6):
+        tr = Trainer(data, tiny_config(max_epochs=6, patience=2, stop_min_se=margin), "cpu", seed=2)
+        while tr.epoch < tr.config.max_epochs and not tr.should_stop:
+            tr.train_epoch()
+        runs[margin] = tr
+    free, strict = runs[0.0], runs[1e6]
+    assert strict.best_epoch == strict.ramp_end and strict.epoch == strict.ramp_end + strict.config.patience
+    assert free.best_epoch > free.ramp_end  # the run without a margin kept improving after the ramps
+    n = strict.epoch
+    assert [m["val_loss"] for m in free.metrics[:n]] == [m["val_loss"] for m in strict.metrics]
+    # the standard error, recomputed from the model's held-out NLL
+    assert strict.val_bins == sum(b - a for a, b in strict.val_blocks)
+    model = strict.model.eval()
+    with torch.no_grad():
+        x, sv = strict.x_val[:], strict.sv_val[:]
+        per_bin = model.recon_nll(model(x, keep=~sv, sample=False), x).double().mean(-1).flatten().numpy()
+    strict.evaluate()
+    expected = per_bin.std() / np.sqrt(strict.val_bins)
+    assert strict.val_se == pytest.approx(expected, rel=1e-6) and strict.val_se > 0
+    assert strict.metrics[-1]["val_se"] > 0
+    with pytest.raises(TrainingError, match="stop_min_se"):
+        Trainer(data, tiny_config(stop_min_se=-1.0), "cpu")
+
+
 def test_state_dict_roundtrip_continues_identically():
     data = tiny_data()
     a = Trainer(data, tiny_config(), "cpu", seed=1)

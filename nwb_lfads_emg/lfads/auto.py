@@ -14,7 +14,8 @@ def auto_config(n_bins: int, n_channels: int, bin_ms: float, segment_ms: float, 
     CPU: the demo preset's widths on one thread, about `steps` = 1000 gradient steps (about as long
     as the demo); CUDA: the default preset's widths and 4000 steps (`steps` overrides: a short run). Factors follow the channel count
     (4-16). Recordings under 5 minutes hold out 20 % in 5 blocks for early stopping (the smoothed
-    held-out loss picks the weights), longer ones rely on sample validation.
+    held-out loss picks the weights; a decrease counts only beyond one standard error of that loss,
+    `stop_min_se`), longer ones rely on sample validation.
     """
     gpu = device.startswith("cuda")
     cfg = preset("default" if gpu else "demo")
@@ -37,6 +38,7 @@ def auto_config(n_bins: int, n_channels: int, bin_ms: float, segment_ms: float, 
     else:
         cfg.max_epochs = max(1, math.ceil(steps / steps_per_epoch))
     cfg.patience = max(20, cfg.max_epochs // 5)
+    cfg.stop_min_se = 1.0  # improvements within the held-out loss's own standard error do not count
     cfg.kl_increase_epoch = cfg.l2_increase_epoch = max(5, cfg.max_epochs // 7)
     cfg.validate()
     return cfg

@@ -86,6 +86,11 @@ class LFADSConfig:
     max_epochs: int = 500
     patience: int = 50
     val_smoothing: float = 0.9
+    # an epoch counts as an improvement of the held-out blocks' loss only when its smoothed value is below the
+    # best by this many standard errors of that loss (from its spread over the held-out bins); 0: any decrease.
+    # On a short recording small decreases are within the held-out set's own noise: training on them fits the
+    # EMG's bin-to-bin detail (see docs/design.md, "Training length").
+    stop_min_se: float = 0.0
     # --- data segments (bin_ms: the data's bin width, set by the pipeline; converts the ms settings to bins)
     bin_ms: float = 5.0
     seg_len: int = 100
@@ -128,6 +133,8 @@ class LFADSConfig:
             raise ValueError("cd_rate, dropout and sv_rate must lie in [0, 1)")
         if self.cd_rate + self.sv_rate >= 0.95:
             raise ValueError("cd_rate + sv_rate leaves too little input for the encoders")
+        if not self.stop_min_se >= 0.0:
+            raise ValueError(f"stop_min_se ({self.stop_min_se}) must be at least 0")
         if self.shape_init not in ("noise", "one"):
             raise ValueError(f"shape_init must be noise or one, not {self.shape_init!r}")
         if self.lr_schedule not in ("constant", "cosine"):

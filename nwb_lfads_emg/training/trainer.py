@@ -28,7 +28,7 @@ from . import checkpoint as ckpt
 from .segments import block_starts, cut_at_breaks, split_blocks, spread
 
 # Config fields that may differ between a checkpoint and the config given on resume.
-_RESUME_FREE = set(MUTABLE_HYPERPARAMETERS) | {"max_epochs", "patience", "compile", "num_threads",
+_RESUME_FREE = set(MUTABLE_HYPERPARAMETERS) | {"max_epochs", "patience", "stop_min_se", "compile", "num_threads",
                                                "precision", "preset_name"}
 
 
@@ -159,6 +159,10 @@ class Trainer:
         self.sv_train = Windows(sv_series, self.train_starts, c.seg_len)
         self.x_val = Windows(series, self.val_starts, c.seg_len)
         self.sv_val = Windows(sv_series, self.val_starts, c.seg_len)
+        # distinct bins the validation windows cover (they overlap): the sample size of the held-out loss
+        self.val_bins = int(np.unique(self.val_starts[:, None] + np.arange(c.seg_len)[None, :]).size) \
+            if len(self.val_starts) else 0
+        self.val_se = 0.0
         train_rows = np.concatenate([self.data[a:b] for a, b in self.train_blocks])
         self.model = LFADS(c, self.n_channels)
         self.model.config = c  # hyper-parameter changes reach the loss
@@ -224,9 +228,10 @@ class Trainer:
         grad_mask = cd if c.cd_rate > 0 else None
         return x_in, x_tgt, keep, grad_mask, ~sv_tgt
 
-    def _close_epoch(self, val_loss: float, train_recon: float) -> tuple[float, bool]:
+    def _close_epoch(self, val_loss: float, train_recon: float, margin: float = 0.0) -> tuple[float, bool]:
         """End an epoch: smooth the validation loss (the training reconstruction when it is not finite),
-        count the epoch and keep the best weights after the ramps; returns (validation loss, improved)."""
+        count the epoch and keep the best weights after the ramps, when the smoothed loss is below the best
+        by more than `margin`; returns (validation loss, improved)."""
         if not math.isfinite(val_loss):
             val_loss = train_recon
         s = self.config.val_smoothing
@@ -234,7 +239,7 @@ class Trainer:
         self.epoch += 1
         improved = False
         if self.epoch >= self.ramp_end or self.best_state is None:
-            if self.val_smoothed < self.best_val or self.best_state is None or self.epoch == self.ramp_end:
+            if self.val_smoothed < self.best_val - margin or self.best_state is None or self.epoch == self.ramp_end:
                 improved = True
                 self.best_val, self.best_epoch = self.val_smoothed, self.epoch
                 self.best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
@@ -299,7 +304,8 @@ class Trainer:
             )
         sv_loss = float(sv_sum / sv_count) if float(sv_count) > 0 else math.nan
         val_loss = self.evaluate() if self.x_val.shape[0] > 0 else sv_loss
-        val_loss, improved = self._close_epoch(val_loss, stats["recon"])
+        margin = c.stop_min_se * self.val_se if self.x_val.shape[0] > 0 else 0.0
+        val_loss, improved = self._close_epoch(val_loss, stats["recon"], margin)
         metrics = {
             "epoch": self.epoch,
             "train_loss": stats["loss"] / c.loss_scale,
@@ -312,6 +318,7 @@ class Trainer:
             "sv_loss": sv_loss,
             "val_loss": val_loss,
             "val_loss_smoothed": self.val_smoothed,
+            "val_se": self.val_se,
             "best": improved,
             "lr": c.lr,
             "lr_effective": lr_now,
@@ -322,19 +329,28 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> float:
-        """Mean reconstruction NLL on the validation blocks (posterior means, no dropout)."""
+        """Mean reconstruction NLL on the validation blocks (posterior means, no dropout); sets `val_se`, its
+        standard error from the spread of the per-bin NLL (mean over channels) over the distinct held-out bins."""
         self.model.eval()
         total = torch.zeros((), device=self.device, dtype=torch.float64)
+        total_sq = torch.zeros((), device=self.device, dtype=torch.float64)
         count = 0
+        rows = 0
         bs = max(self.config.batch_size, 256)
         for i in range(0, self.x_val.shape[0], bs):
             x, sv = self.x_val[i : i + bs], self.sv_val[i : i + bs]
             with _autocast(self.device, self.amp_dtype):
                 out = self.model(x, keep=~sv, sample=False)
-            total += self.model.recon_nll(out, x).sum().double()
+            nll = self.model.recon_nll(out, x).double()
+            total += nll.sum()
+            total_sq += nll.mean(-1).pow(2).sum()
             count += x.numel()
+            rows += x.shape[0] * x.shape[1]
         self.model.train()
-        return float(total / max(count, 1))
+        mean = float(total / max(count, 1))
+        per_bin_var = max(float(total_sq / max(rows, 1)) - mean * mean, 0.0)  # rows: (window, bin) pairs
+        self.val_se = math.sqrt(per_bin_var / max(self.val_bins, 1))
+        return mean
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
