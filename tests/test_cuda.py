@@ -10,6 +10,8 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from test_training import tiny_config as small_config
+from test_training import tiny_data as small_data
 
 from nwb_lfads_emg.lfads import LFADS, LFADSConfig
 from nwb_lfads_emg.training import Trainer, fit, infer, load_model
@@ -20,18 +22,13 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA d
 
 
 def tiny_config(**kw) -> LFADSConfig:
-    base = dict(ic_enc_dim=16, ci_enc_dim=12, con_dim=12, co_dim=2, ic_dim=8, gen_dim=24, fac_dim=4, seg_len=40,
-                seg_overlap=20, batch_size=16, kl_increase_epoch=2, l2_increase_epoch=2, max_epochs=4,
-                patience=5, val_fraction=0.2, val_blocks=2, temporal_shift_ms=5.0, lr=5e-3)
-    base.update(kw)
-    return LFADSConfig(**base)
+    """test_training's tiny model, a little wider (the GPU path's kernels see more than a handful of units)."""
+    return small_config(**{**dict(ic_enc_dim=16, ci_enc_dim=12, con_dim=12, ic_dim=8, gen_dim=24, fac_dim=4,
+                                  seg_len=40, seg_overlap=20, batch_size=16), **kw})
 
 
 def tiny_data(n: int = 1200, c: int = 4, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    t = np.arange(n)[:, None]
-    rate = 1.0 + 0.8 * np.sin(2 * np.pi * t / 50 + np.arange(c))
-    return (rng.gamma(3.0, rate / 3.0) + 1e-3).astype(np.float32)
+    return small_data(n, c, seed)
 
 
 @pytest.fixture(autouse=True)
