@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import scipy.signal as sps
@@ -594,6 +594,21 @@ def preprocess_chunks(
     return _finish(binned, r, n_bin, t0, names, _with_bins(config, r), stats)
 
 
+def _binned_segments(segments: Sequence[Iterable[object]], rate: float, config: PreprocessConfig,
+                     starting_times: Sequence[float] | None, muscles: Sequence[str] | None, tap: Tap | None,
+                     **where: Any) -> Iterator[Any]:
+    """`_bin_chunks` of each contiguous segment in turn (None: shorter than one bin), the baselines' `tap` told
+    where each segment starts and ends; `where` says where the bins go (`pieces=`, `probe=`)."""
+    for k, chunks in enumerate(segments):
+        t_k = None if starting_times is None else float(starting_times[k])
+        if tap is not None:
+            tap.start_segment()
+        got = _bin_chunks(chunks, rate, config, t_k, muscles, tap, **where)
+        if tap is not None:
+            tap.end_segment(got is not None)
+        yield got
+
+
 def preprocess_segments(
     segments: Sequence[Iterable[object]],
     rate: float,
@@ -614,13 +629,7 @@ def preprocess_segments(
     names: list[str] | None = None
     n_bin = bin_samples_for(rate, config.bin_ms)
     offset = 0
-    for k, chunks in enumerate(segments):
-        t_k = None if starting_times is None else float(starting_times[k])
-        if tap is not None:
-            tap.start_segment()
-        got = _bin_chunks(chunks, rate, config, t_k, muscles, tap, probe=probe)
-        if tap is not None:
-            tap.end_segment(got is not None)
+    for got in _binned_segments(segments, rate, config, starting_times, muscles, tap, probe=probe):
         if got is None:
             continue
         binned, starts, _, n_bin, t0, names = got
@@ -761,18 +770,12 @@ def spill_segments(segments: Sequence[Iterable[object]], rate: float, config: Pr
     if bin_samples_for(rate, config.bin_ms) != spill.n:
         raise EMGDataError(f"probe bins: {config.bin_ms} ms is not {spill.n} samples at {rate:g} Hz")
     names: list[str] = []
-    for k, chunks in enumerate(segments):
-        t_k = None if starting_times is None else float(starting_times[k])
-        if tap is not None:
-            tap.start_segment()
-        row = spill.n_rows
-        got = _bin_chunks(chunks, rate, config, t_k, muscles, tap, pieces=spill)
-        if tap is not None:
-            tap.end_segment(got is not None)
-        if got is None:
-            continue
-        _, starts, _, _, t0, names = got
-        spill.segments.append(SpilledSegment(row, spill.n_rows - row, t0, starts))
+    row = spill.n_rows
+    for got in _binned_segments(segments, rate, config, starting_times, muscles, tap, pieces=spill):
+        if got is not None:
+            _, starts, _, _, t0, names = got
+            spill.segments.append(SpilledSegment(row, spill.n_rows - row, t0, starts))
+        row = spill.n_rows  # read before the generator bins the next segment
     if not spill.segments:
         raise EMGDataError(f"EMG: every segment is shorter than one bin ({spill.n} samples); use a smaller --bin-ms")
     return list(names)
