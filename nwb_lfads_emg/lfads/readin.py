@@ -122,9 +122,7 @@ class MultiSessionLFADS(nn.Module):
         io = self.sessions[session]
         was_training = self.training
         self.eval()
-        with torch.no_grad():
-            factors = torch.cat([self(segments[i : i + 256], session, sample=False).factors
-                                 for i in range(0, segments.shape[0], 256)]).float()
+        factors = self._posterior_factors(session, segments)
         target = segments.float()
         params = list(io.readout.parameters())
         saved = [p.requires_grad for p in params]
@@ -148,6 +146,12 @@ class MultiSessionLFADS(nn.Module):
         return final
 
     @torch.no_grad()
+    def _posterior_factors(self, session: int, segments: Tensor) -> Tensor:
+        """`session`'s posterior-mean factors on its (B, T, C) segments, 256 segments at a time (float32)."""
+        return torch.cat([self(segments[i : i + 256], session, sample=False).factors
+                          for i in range(0, segments.shape[0], 256)]).float()
+
+    @torch.no_grad()
     def fit_readin(self, session: int, segments: Tensor) -> None:
         """Regress `session`'s read-in (a new session's) onto the shared input space: on its (B, T, C) segments,
         each trained session's read-in is given that session's encoder input for the same moments (its muscles
@@ -159,9 +163,9 @@ class MultiSessionLFADS(nn.Module):
         was_training = self.training
         self.eval()
         x = segments.float()
-        factors = torch.cat([self(x[i : i + 256], session, sample=False).factors for i in range(0, x.shape[0], 256)])
+        factors = self._posterior_factors(session, x)
         u_new = io.transform_input(x)
-        target = torch.zeros(*x.shape[:2], self.readin_dim)
+        target = torch.zeros(*x.shape[:2], self.readin_dim, device=x.device)
         trained = [s for k, s in enumerate(self.sessions) if k != session]
         for s in trained:
             u = s.transform_input(s.likelihood.mean(s.readout(factors).float()))
@@ -170,7 +174,7 @@ class MultiSessionLFADS(nn.Module):
                     u[..., c] = u_new[..., io.muscles.index(name)]
             target += s.readin(u) / len(trained)
         inputs = u_new.reshape(-1, io.n_channels)
-        design = torch.cat([inputs, torch.ones(inputs.shape[0], 1)], 1).double()
+        design = torch.cat([inputs, inputs.new_ones(inputs.shape[0], 1)], 1).double()
         solution = torch.linalg.lstsq(design, target.reshape(-1, self.readin_dim).double()).solution.float()
         io.readin.weight.copy_(solution[:-1].T)
         io.readin.bias.copy_(solution[-1])
