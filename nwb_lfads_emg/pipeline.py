@@ -172,6 +172,13 @@ class EMGInput:
 
 #: Segments (trials) shorter than this many samples are left out (a filter needs a few samples).
 MIN_SEGMENT_SAMPLES = 32
+
+
+def _long_enough(segment: tuple[int, int], n_bin: int) -> bool:
+    """Whether a segment (first, end sample) holds a bin of `n_bin` samples and `MIN_SEGMENT_SAMPLES`."""
+    return segment[1] - segment[0] >= max(n_bin, MIN_SEGMENT_SAMPLES)
+
+
 #: Samples x channels of one read of the pass, at most (32 MB as float64; 30 kHz x 32 ch: 4.4 s).
 MAX_CHUNK_VALUES = 1 << 22
 
@@ -216,7 +223,7 @@ def read(source: str | Path, emg: str | None = None, cache_dir: str | None = Non
         n_bin = bin_samples_for(rate, cfg.bin_ms)
         chunk_s = min(chunk_s, MAX_CHUNK_VALUES / (rate * max(1, len(reader.muscles))))
         if reader.timestamped:
-            used = [k for k, (a, b) in enumerate(reader.segments) if b - a >= max(n_bin, MIN_SEGMENT_SAMPLES)]
+            used = [k for k, segment in enumerate(reader.segments) if _long_enough(segment, n_bin)]
         if baselines is not None:
             check_lowpass(baselines, rate)  # refused before the pass reads anything
             tap = baseline_streams(reader, n_bin, decision.kind == "envelope", used, baselines, spill_dir)
@@ -241,8 +248,7 @@ def read(source: str | Path, emg: str | None = None, cache_dir: str | None = Non
             n_bin = bin_samples_for(rate, cfg.bin_ms)
             keep = None
             if used is not None:
-                keep = [i for i, k in enumerate(used)
-                        if reader.segments[k][1] - reader.segments[k][0] >= max(n_bin, MIN_SEGMENT_SAMPLES)]
+                keep = [i for i, k in enumerate(used) if _long_enough(reader.segments[k], n_bin)]
                 used = [used[i] for i in keep]
             if tap is not None:
                 tap.rebin(n_bin, keep)
