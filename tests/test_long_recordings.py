@@ -139,6 +139,51 @@ def test_baselines_and_writeback_memory_is_bounded(twenty_minutes, tmp_path):
         assert np.max(np.abs(a.data - b.data)) < TOLERANCE[a.method] * np.std(a.data), a.method
 
 
+def test_bayes_filter_batches_stream_from_the_spill_into_the_bins(tmp_path):
+    """The Bayesian baseline of a long segment never holds its step sums or its estimate whole: each batch
+    reads its rows from the spill file and writes the bins it completes. Bins and steps equal the in-memory
+    path's exactly, across batch edges, a partial last step and bins that straddle steps."""
+    from nwb_lfads_emg.baselines.bayes import bayes_filter_steps
+    from nwb_lfads_emg.baselines.streaming import _SpilledSteps, _StepBins, _steps_to_bins
+
+    rng = np.random.default_rng(0)
+    n_steps, n_ch, n_bin = 5003, 3, 13
+    sums = rng.gamma(2.0, 1.0, (n_steps, n_ch)).astype(np.float32)
+    counts = np.full(n_steps, 10.0)
+    counts[-1] = 7.0  # the segment's last step is partial
+    divisor = np.array([1.0, 2.0, 4.0], dtype=np.float32)
+    options = dict(segment_s=2.0, warmup_s=0.5, max_batch=7)  # 7 batches of 2 segments x 3 channels
+    whole = bayes_filter_steps(sums / divisor, counts, 0.005, **options)
+
+    with open(tmp_path / "steps.spill", "w+b") as spill:
+        np.ones((17, n_ch), dtype=np.float32).tofile(spill)  # another segment's rows come first
+        sums[:-1].tofile(spill)
+        requested: list[int] = []
+
+        class Counted(_SpilledSteps):
+            def __getitem__(self, rows: np.ndarray) -> np.ndarray:
+                requested.append(int(np.ptp(rows)) + 1)
+                return super().__getitem__(rows)
+
+        source = Counted(spill, 17, n_steps - 1, n_ch, sums[-1], divisor)
+        parts: list[tuple[int, np.ndarray]] = []
+        assert bayes_filter_steps(source, counts, 0.005, emit=lambda a, s: parts.append((a, s.copy())),
+                                  **options) is None
+    assert len(parts) == 7 and max(requested) < n_steps / 3  # a batch reads its rows, not the segment's
+    np.testing.assert_array_equal(np.concatenate([s for _, s in parts]), whole)
+
+    scale = np.array([1.0, 2.0, 3.0])
+    kk = counts.astype(np.int64)
+    n_bins = int(kk.sum()) // n_bin
+    expected, got = np.empty((n_bins, n_ch)), np.full((n_bins, n_ch), np.nan)
+    _steps_to_bins(whole, scale, kk, np.concatenate([[0], np.cumsum(kk)]), 0, n_bin, expected, divisor, 0, n_bins)
+    bins = _StepBins(scale, kk, n_bin, got, divisor)
+    for first, steps in parts:
+        bins.feed(first, steps)
+    bins.finish()
+    np.testing.assert_array_equal(got, expected)
+
+
 def _tiny_config(**changes):  # type: ignore[no-untyped-def]
     from nwb_lfads_emg.lfads.config import preset
 

@@ -19,6 +19,7 @@ Defaults (picked on simulated locomotion and isometric sessions by R^2 against t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import nullcontext
 
 import numpy as np
@@ -144,14 +145,19 @@ def bayes_filter_steps(
     warmup_s: float = 3.0,
     refine: bool = True,
     max_batch: int = 512,
-) -> np.ndarray:
+    emit: Callable[[int, np.ndarray], None] | None = None,
+) -> np.ndarray | None:
     """MAP drive (M, ch; float32) in scaled units from per-step sufficient statistics `s` (M, ch; sum of |e| or e^2
     over the step's samples, scaled into (0, 1]) and sample counts `kk` (M,); steps last `dt` seconds.
 
     The recording's segments are filtered side by side in batches of at most `max_batch` columns
     (segments x channels), so memory follows the batch, not the recording (each column is independent).
+    `s` may be any row source with `shape` and integer-array indexing (a batch asks for its rows only); with
+    `emit`, each batch's steps go to `emit(first_row, steps)` in order and nothing is returned, so neither the
+    statistics nor the estimate of a long recording need be in memory whole.
     """
-    s = np.asarray(s)
+    if not hasattr(s, "shape") or not hasattr(s, "__getitem__"):
+        s = np.asarray(s)
     m_steps, n_ch = s.shape
     if segment_s is None or m_steps <= 1:
         seg_len, warm = m_steps, 0
@@ -163,12 +169,15 @@ def bayes_filter_steps(
         warm = min(warm, m_steps - 1)  # the first segment's warm-up mirrors steps 1..warm
     n_seg = -(-m_steps // seg_len)
     per = max(1, max_batch // max(1, n_ch))  # segments per batch
-    est = np.empty((m_steps, n_ch), dtype=np.float32)  # the filter's own precision: no rounding here
+    est = None if emit is not None else np.empty((m_steps, n_ch), dtype=np.float32)  # the filter's precision
     for first in range(0, n_seg, per):
         part = _filter_segments(s, kk, dt, seg_len, warm, first, min(n_seg, first + per), n_levels, diffusion,
                                 jump, likelihood, refine)
         a = first * seg_len
-        est[a: a + part.shape[0]] = part[: m_steps - a]
+        if est is None:
+            emit(a, part[: m_steps - a].astype(np.float32, copy=False))  # type: ignore[misc]
+        else:
+            est[a: a + part.shape[0]] = part[: m_steps - a]
     return est
 
 

@@ -250,27 +250,28 @@ class BaselineStreams:
         return best_bayes(ll)
 
     def bayes_bins(self, k: int, out: np.ndarray, params: dict[str, Any], out_scale: np.ndarray) -> None:
-        """The Bayesian filter's MAP of segment k on its bins, divided by `scale`, into `out` (bins, ch)."""
+        """The Bayesian filter's MAP of segment k on its bins, divided by `scale`, into `out` (bins, ch).
+
+        The filter asks the spill file for each batch's step sums and hands each batch's estimate straight to
+        the bins: neither the segment's step sums nor its estimate are held whole."""
         seg = self.segments[k]
         rest, count = seg.steps.leftover()
-        steps = np.empty((seg.n_steps + (1 if count else 0), self.n_ch), dtype=np.float32)
-        self.step_spill.flush()
-        self.step_spill.seek(seg.step_offset * self.n_ch * 4)
-        steps[: seg.n_steps] = np.fromfile(self.step_spill, dtype=np.float32,
-                                           count=seg.n_steps * self.n_ch).reshape(seg.n_steps, self.n_ch)
-        kk = np.full(steps.shape[0], float(self.k_b))
+        n_rows = seg.n_steps + (1 if count else 0)
+        kk = np.full(n_rows, float(self.k_b))
         if count:
-            steps[-1] = rest.astype(np.float32)
             kk[-1] = float(count)
         windows = np.concatenate(seg.window_sums)
         scale = _scale_from_windows(windows, self.n_win, seg.total, seg.n)
         squared = self.stat != "laplace"
-        steps /= (scale * scale if squared else scale)[None, :].astype(np.float32)
+        divisor = (scale * scale if squared else scale).astype(np.float32)
+        self.step_spill.flush()
+        steps = _SpilledSteps(self.step_spill, seg.step_offset, seg.n_steps, self.n_ch,
+                              rest.astype(np.float32) if count else None, divisor)
         opts = {key: params[key] for key in ("n_levels", "diffusion", "jump", "likelihood", "segment_s", "warmup_s",
                                              "refine") if key in params}
-        est = bayes_filter_steps(steps, kk, self.k_b / self.rate, **opts)
-        del steps
-        _steps_to_bins(est, scale, kk.astype(np.int64), self.bin_samples, out, out_scale)
+        to_bins = _StepBins(scale, kk.astype(np.int64), self.bin_samples, out, out_scale)
+        bayes_filter_steps(steps, kk, self.k_b / self.rate, emit=to_bins.feed, **opts)
+        to_bins.finish()
 
     def lowpass_bins(self, k: int, out: np.ndarray, cutoff_hz: float, scale: np.ndarray, order: int = 4,
                      block_s: float = 30.0) -> None:
@@ -308,17 +309,76 @@ class BaselineStreams:
                 f.close()
 
 
-def _steps_to_bins(est: np.ndarray, sc: np.ndarray, kk: np.ndarray, n_bin: int, out: np.ndarray,
-                   out_scale: np.ndarray, block_samples: int = 1 << 16) -> None:
-    """Each step's value (x `sc`) held over its samples, averaged per bin (as `bin_like` of the raw-rate
-    output) and divided by `out_scale`, into `out`, block by block."""
-    starts = np.concatenate([[0], np.cumsum(kk)])
-    n_bins = out.shape[0]
+class _SpilledSteps:
+    """A segment's Bayesian step sums as a row source for `bayes_filter_steps`: each request reads only the
+    rows it spans from the spill file (plus the segment's last, partial step) and divides them by the scale."""
+
+    def __init__(self, spill: Any, offset: int, n_spilled: int, n_ch: int, last: np.ndarray | None,
+                 divisor: np.ndarray) -> None:
+        self.spill, self.offset, self.n_spilled, self.n_ch = spill, offset, n_spilled, n_ch
+        self.last, self.divisor = last, divisor
+        self.shape = (n_spilled + (0 if last is None else 1), n_ch)
+
+    def __getitem__(self, rows: np.ndarray) -> np.ndarray:
+        rows = np.asarray(rows)
+        lo, hi = int(rows.min()), int(rows.max()) + 1
+        block = np.empty((hi - lo, self.n_ch), dtype=np.float32)
+        spilled = max(0, min(hi, self.n_spilled) - lo)
+        self.spill.seek((self.offset + lo) * self.n_ch * 4)
+        block[:spilled] = np.fromfile(self.spill, dtype=np.float32, count=spilled * self.n_ch).reshape(
+            spilled, self.n_ch)
+        if hi > self.n_spilled:  # the partial step after the spilled ones
+            block[-1] = self.last  # type: ignore[assignment]
+        block /= self.divisor[None, :]
+        return block[rows - lo]
+
+
+class _StepBins:
+    """Steps arriving in order (`feed`), each held over its samples (x `sc`) and averaged per bin (as
+    `bin_like` of the raw-rate output) and divided by `out_scale`, into `out`: the bins a batch completes are
+    written at once; the steps of a bin it leaves open wait for the next batch."""
+
+    def __init__(self, sc: np.ndarray, kk: np.ndarray, n_bin: int, out: np.ndarray, out_scale: np.ndarray) -> None:
+        self.sc, self.kk, self.n_bin, self.out, self.out_scale = sc, kk, n_bin, out, out_scale
+        self.starts = np.concatenate([[0], np.cumsum(kk)])  # each step's first sample
+        self.pending = np.zeros((0, out.shape[1]), dtype=np.float32)
+        self.first = 0  # step index of pending[0]
+        self.done = 0  # bins written
+
+    def feed(self, first_row: int, steps: np.ndarray) -> None:
+        """Take steps [first_row, first_row + len(steps)); write every bin they complete."""
+        if first_row != self.first + self.pending.shape[0]:
+            raise EMGDataError(f"Bayesian filter: steps from {first_row} arrived, {self.first + len(self.pending)} expected")
+        est = np.concatenate([self.pending, steps]) if self.pending.shape[0] else steps
+        end_step = self.first + est.shape[0]
+        n_bins = self.out.shape[0]
+        ready = n_bins if end_step == len(self.kk) else min(n_bins, int(self.starts[end_step]) // self.n_bin)
+        if ready > self.done:
+            _steps_to_bins(est, self.sc, self.kk, self.starts, self.first, self.n_bin, self.out, self.out_scale,
+                           self.done, ready)
+            self.done = ready
+        keep = int(np.searchsorted(self.starts, self.done * self.n_bin, side="right")) - 1  # step of the next bin
+        keep = min(max(keep, self.first), end_step)
+        self.pending = est[keep - self.first:].copy()
+        self.first = keep
+
+    def finish(self) -> None:
+        """Check that every bin was written (the steps covered the segment)."""
+        if self.done != self.out.shape[0]:
+            raise EMGDataError(f"Bayesian filter: {self.done} of {self.out.shape[0]} bins written")
+
+
+def _steps_to_bins(est: np.ndarray, sc: np.ndarray, kk: np.ndarray, starts: np.ndarray, first_step: int, n_bin: int,
+                   out: np.ndarray, out_scale: np.ndarray, b_start: int, b_stop: int,
+                   block_samples: int = 1 << 16) -> None:
+    """Bins [b_start, b_stop) of steps held over their samples (`est` row 0 is step `first_step`; `starts`
+    their first samples), block by block."""
     block = max(1, block_samples // n_bin)
-    for b0 in range(0, n_bins, block):
-        b1 = min(n_bins, b0 + block)
+    for b0 in range(b_start, b_stop, block):
+        b1 = min(b_stop, b0 + block)
         r0, r1 = b0 * n_bin, b1 * n_bin
         i0 = int(np.searchsorted(starts, r0, side="right")) - 1
         i1 = int(np.searchsorted(starts, r1, side="left"))
-        raw = np.repeat(est[i0:i1] * sc[None, :], kk[i0:i1], axis=0)[r0 - starts[i0]: r1 - starts[i0]]
+        rows = est[i0 - first_step: i1 - first_step]
+        raw = np.repeat(rows * sc[None, :], kk[i0:i1], axis=0)[r0 - starts[i0]: r1 - starts[i0]]
         out[b0:b1] = raw.reshape(b1 - b0, n_bin, est.shape[1]).mean(axis=1) / out_scale[None, :]
