@@ -8,6 +8,8 @@ a local h5py read vs one raw HTTP GET of the same bytes; bytes moved; bounded-me
    share the client's interpreter lock), read in one run, interleaved, median of ``--repeats``:
    - plain h5py on the local file (warm page cache) and the same through EMGReader.window;
    - one raw HTTP GET (http.client) of as many bytes as the covering chunks: the link's speed;
+   - the library's HTTP receive path alone on the same bytes (``fetch_range`` from a pool thread on a connection
+     opened beforehand, into a fresh array in chunk-sized pieces; no look-ups): the floor under the library read;
    - streamed, each on a fresh open: the library read (``OpenedSource.read_rows``: one range request per
      16 MiB span, asked for once its first chunk is located and received straight into the output while
      the other look-ups go on; no h5py read), prefetch + h5py's read (the path of other filters),
@@ -37,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -144,6 +147,22 @@ def raw_get(url: str, offset: int, n: int) -> float:
     return dt
 
 
+def bare_receive(url: str, offset: int, n: int, piece: int, pool: ThreadPoolExecutor) -> float:
+    """Seconds for the library's HTTP receive path alone: one ``RetryingSession.fetch_range`` of the raw GET's bytes
+    on a connection opened beforehand, sent and received by a pool thread into a fresh array in chunk-sized pieces
+    (no look-ups, no reader): the floor under the library read, next to the raw GET."""
+    from nwb_lfads_emg.sources.remote import RetryingSession
+
+    session = RetryingSession()
+    pool.submit(session.connect, url).result()
+    t = time.perf_counter()
+    view = memoryview(np.empty(n, dtype=np.uint8))
+    pool.submit(session.fetch_range, url, offset, [view[k:k + piece] for k in range(0, n, piece)]).result()
+    dt = time.perf_counter() - t
+    session.close()
+    return dt
+
+
 def streamed(url: str, srv: ServerProcess, workers: int, i0: int, i1: int, t0s: float, t1s: float,
              reference: np.ndarray) -> dict:
     """Fresh opens of ``url``: the window read by the library (``read_rows``: chunks fetched concurrently,
@@ -203,6 +222,9 @@ def window_bench(path: Path, repeats: int, latency_ms: float, workers: int) -> d
         reference = f[SERIES][i0:i1, :]  # also warms the page cache
     runs: dict[str, list] = {}
     srv = ServerProcess(path)
+    pool = ThreadPoolExecutor(max_workers=1)
+    with h5py.File(path, "r") as f:
+        piece = f[SERIES].chunks[0] * N_CH * 4
     try:
         for _ in range(repeats):
             with h5py.File(path, "r") as f:
@@ -218,6 +240,8 @@ def window_bench(path: Path, repeats: int, latency_ms: float, workers: int) -> d
                 reader.window(t1s, 2 * t1s - t0s)
                 runs["local h5py"][-1]["reader_next_s"] = time.perf_counter() - t
             runs.setdefault("raw HTTP GET", []).append({"h5py_s": raw_get(srv.url, first, covering)})
+            runs.setdefault("library HTTP receive alone", []).append(
+                {"h5py_s": bare_receive(srv.url, first, covering, piece, pool)})
             for label, w in ((f"streamed ({workers} workers)", workers), ("old (request by request)", 0)):
                 runs.setdefault(label, []).append(streamed(srv.url, srv, w, i0, i1, t0s, t1s, reference))
         if latency_ms > 0:
@@ -229,6 +253,7 @@ def window_bench(path: Path, repeats: int, latency_ms: float, workers: int) -> d
                     runs.setdefault(label, []).append(streamed(srv.url, srv, w, i0, i1, t0s, t1s, reference))
             srv.ask("latency 0")
     finally:
+        pool.shutdown()
         srv.close()
 
     def med(label: str, key: str) -> float | None:
