@@ -22,7 +22,7 @@ from nwb_lfads_emg.preprocess import PreprocessConfig, preprocess
 from nwb_lfads_emg.simulate import true_activation_binned, write_session_nwb
 from nwb_lfads_emg.simulate_sessions import SessionSetConfig, simulate_sessions
 from nwb_lfads_emg.training.inference import infer
-from nwb_lfads_emg.training.multisession import adapt, fit_sessions
+from nwb_lfads_emg.training.multisession import adapt, export_multisession, fit_sessions, load_multisession
 from nwb_lfads_emg.training.trainer import Trainer
 
 METHODS = {"AutoLFADS", "LowPass", "BayesianFilter"}
@@ -45,7 +45,7 @@ def files(sims, tmp_path_factory) -> list[Path]:
 
 
 # ---------------------------------------------------------------------------- the model
-def test_readin_tied_by_muscle_name_and_adapt_freezes_shared_weights(sims):
+def test_readin_tied_by_muscle_name_and_adapt_freezes_shared_weights(sims, tmp_path):
     config = preset("demo")
     data = [torch.from_numpy(preprocess(s.emg, s.emg_rate, PreprocessConfig()).data) for s in sims[:2]]
     model = MultiSessionLFADS(config, [s.muscle_names for s in sims[:2]])
@@ -70,6 +70,15 @@ def test_readin_tied_by_muscle_name_and_adapt_freezes_shared_weights(sims):
     for k, v in olds.items():
         torch.testing.assert_close(model.sessions.state_dict()[k], v)
     assert model.sessions[2].muscles == new.muscle_names
+    # the new session reads through its own encoders and controller into the shared generator and factor map
+    own = model.sessions[2].encoders
+    assert own is not None and own.decoder.gen is model.core.decoder.gen
+    assert own.decoder.fac_weight is model.core.decoder.fac_weight and own.ic_encoder is not model.core.ic_encoder
+    assert not torch.equal(own.ic_encoder.gru.weight_ih_l0, core["ic_encoder.gru.weight_ih_l0"])  # trained
+    export_multisession(tmp_path / "adapted.pt", model)
+    back = load_multisession(tmp_path / "adapted.pt")
+    x2 = torch.from_numpy(x[None, :60])
+    torch.testing.assert_close(back(x2, 2, sample=False).means, model(x2, 2, sample=False).means)
 
 
 def test_fit_readin_puts_a_new_session_where_the_trained_one_was(sims):

@@ -3,8 +3,9 @@
 `MultiSessionTrainer` trains a `MultiSessionLFADS` on the segments of every session: each batch
 comes from one session (its own channels), batches of all sessions are shuffled together, and the
 validation loss is pooled over the sessions' held-out entries (one number: early stopping and PBT
-select on it). `adapt` fits only a new session's read-in/read-out with the shared encoders and
-generator frozen. The augmentations and masks are the single-session trainer's.
+select on it). `adapt` fits a new session's read-in/read-out and its own copy of the encoders and
+controller, with the shared generator (the dynamics: initial-state map, GRU, factor map) and the
+priors frozen. The augmentations and masks are the single-session trainer's.
 """
 
 from __future__ import annotations
@@ -44,6 +45,10 @@ from .trainer import (
 )
 
 WEIGHTS_KIND = "multisession"
+#: What `adapt` leaves as trained and what it fits for a new session (recorded in the provenance).
+ADAPT_FREEZES = ["generator (initial-state map, GRU, factor map)", "priors", "the training sessions' read-ins, "
+                 "read-outs and the shared encoders and controller"]
+ADAPT_FITS = ["read-in", "read-out", "own copy of the encoders and controller (started from the shared ones)"]
 STATE_FORMAT = "nwb-lfads-emg-multisession-trainer/1"
 
 
