@@ -3,9 +3,9 @@
 Sessions from `simulate_sessions` (one animal's locomotor pattern generator; each session 20 s,
 its own 6-8 of 10 muscles, electrode gains and cross-talk; simulator defaults otherwise). For each
 of `--seeds` simulator seeds: a model per training session (same preset and epochs), one stitched
-model on the first `--train` sessions, then `adapt` (only the read-in/read-out of the held-out
-last session trained, the shared dynamics frozen) and, for that session, a model trained on it
-alone. R^2 against the true activation (best affine map per muscle, mean over muscles, 5 ms bins),
+model on the first `--train` sessions, then `adapt` (the held-out last session's read-in/read-out
+and its own copy of the encoders and controller trained, the shared generator and factor map
+frozen) and, for that session, a model trained on it alone. R^2 against the true activation (best affine map per muscle, mean over muscles, 5 ms bins),
 beside the best low-pass (cutoff chosen with the truth) and the Bayesian filter; training cost in CPU
 seconds (one thread, so comparable under load) and epochs run.
 
@@ -13,8 +13,9 @@ seconds (one thread, so comparable under load) and epochs run.
     python benchmarks/bench_multisession.py --epochs 70 --compare-adapt --seeds 0 1 2 3 4
     python benchmarks/bench_multisession.py --seeds 0 & python benchmarks/bench_multisession.py --seeds 1 2
 
-A stitched epoch has as many steps as a per-session one (each step trains one batch of every session),
-so equal epochs are equal gradient steps.
+A stitched epoch is one pass over all its sessions' segments in batches of the preset's size (each
+batch mixed over the sessions), as a per-session epoch is over one session's: four sessions give four
+times the steps of a per-session epoch, and about four times its cost (the `cpu_*` columns).
 """
 
 from __future__ import annotations
