@@ -5,7 +5,9 @@ common input space that the shared encoders read, and the shared factors are rea
 session's own channels. The read-ins start from one principal-component fit across sessions (on
 the union of their muscles, a muscle absent from a session counting as zero there), so a muscle
 recorded in several sessions starts with the same read-in column and the same read-out row in
-each: muscles shared by name are tied through the initialisation, then train freely.
+each: muscles shared by name are tied through the initialisation, then train freely. A session
+added after training (adaptation) may get its own copy of the encoders and controller
+(`own_encoders`), which drive the shared generator and factor map unchanged.
 """
 
 from __future__ import annotations
