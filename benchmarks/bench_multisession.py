@@ -3,9 +3,9 @@
 Sessions from `simulate_sessions` (one animal's locomotor pattern generator; each session 20 s,
 its own 6-8 of 10 muscles, electrode gains and cross-talk; simulator defaults otherwise). For each
 of `--seeds` simulator seeds: a model per training session (same preset and epochs), one stitched
-model on the first `--train` sessions, then `adapt` (only the read-in/read-out of the held-out
-last session trained, the shared dynamics frozen) and, for that session, a model trained on it
-alone. R^2 against the true activation (best affine map per muscle, mean over muscles, 5 ms bins),
+model on the first `--train` sessions, then `adapt` (the held-out last session's read-in/read-out
+and its own copy of the encoders and controller trained, the shared generator and factor map
+frozen) and, for that session, a model trained on it alone. R^2 against the true activation (best affine map per muscle, mean over muscles, 5 ms bins),
 beside the best low-pass (cutoff chosen with the truth) and the Bayesian filter; training cost in CPU
 seconds (one thread, so comparable under load) and epochs run.
 
@@ -13,8 +13,9 @@ seconds (one thread, so comparable under load) and epochs run.
     python benchmarks/bench_multisession.py --epochs 70 --compare-adapt --seeds 0 1 2 3 4
     python benchmarks/bench_multisession.py --seeds 0 & python benchmarks/bench_multisession.py --seeds 1 2
 
-A stitched epoch has as many steps as a per-session one (each step trains one batch of every session),
-so equal epochs are equal gradient steps.
+A stitched epoch is one pass over all its sessions' segments in batches of the preset's size (each
+batch mixed over the sessions), as a per-session epoch is over one session's: four sessions give four
+times the steps of a per-session epoch, and about four times its cost (the `cpu_*` columns).
 """
 
 from __future__ import annotations
@@ -66,7 +67,10 @@ def main() -> None:
     ap.add_argument("--preset", default="demo")
     ap.add_argument("--samples", type=int, default=1, help="posterior samples at inference")
     ap.add_argument("--compare-adapt", action="store_true",
-                    help="also adapt as the previous release did: the read-out regressed, the read-in by name only")
+                    help="also adapt as the previous release did: only the read-in/read-out fitted (the shared "
+                         "encoders and controller used as they are)")
+    ap.add_argument("--same-factors", action="store_true",
+                    help="also a per-session model with as many factors as the stitched one (column single_same_f)")
     ap.add_argument("--no-baselines", dest="baselines", action="store_false",
                     help="skip the low-pass and Bayesian filter columns")
     args = ap.parse_args()
@@ -91,14 +95,14 @@ def main() -> None:
                                 device="cpu", seed=0, progress=False)
         t_stitch = time.process_time() - t0
         held = args.train
-        plain = copy.deepcopy(stitched.model)  # adapted with the read-in by name only, for comparison
+        plain = copy.deepcopy(stitched.model)  # adapted with the read-in/read-out only, for comparison
         t0 = time.process_time()
         index, adapted = adapt(stitched.model, data[held], sims[held].muscle_names, device="cpu", seed=0,
                                progress=False, max_epochs=args.adapt_epochs)
         t_adapt = time.process_time() - t0
         if args.compare_adapt:
             adapt(plain, data[held], sims[held].muscle_names, device="cpu", seed=0, progress=False,
-                  max_epochs=args.adapt_epochs, readin_rounds=0)
+                  max_epochs=args.adapt_epochs, fit_encoders=False)
         for k, sim in enumerate(sims):
             model, t_single, ep_single = single(data[k], single_config, seed=0)
             row = {"seed": seed, "session": k, "muscles": len(sim.muscle_names),
@@ -109,8 +113,14 @@ def main() -> None:
                 infer(view, data[k], config, n_samples=args.samples, device="cpu").rates, k)
             row["cpu_stitched" if k < held else "cpu_adapt"] = t_stitch if k < held else t_adapt
             row["ep_stitched" if k < held else "ep_adapt"] = len((stitched if k < held else adapted).metrics)
+            if args.same_factors:
+                wide = copy.deepcopy(single_config)
+                wide.fac_dim = stitched.model.config.fac_dim
+                model_f, row["cpu_single_same_f"], _ = single(data[k], wide, seed=0)
+                row["single_same_f"] = score(infer(model_f, data[k], config, n_samples=args.samples,
+                                                   device="cpu").rates, k)
             if k == held and args.compare_adapt:
-                row["adapt_readin_by_name"] = score(infer(plain.session_view(index), data[k], config,
+                row["adapt_readinout_only"] = score(infer(plain.session_view(index), data[k], config,
                                                          n_samples=args.samples, device="cpu").rates, k)
             if args.baselines:
                 rect = rectify_highpass(sim.emg, sim.emg_rate, prep)

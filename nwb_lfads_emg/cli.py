@@ -248,7 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_output_args(p)
     p.add_argument("--run-dir", required=True, help="run directory of a trained model")
     p.add_argument("--adapt", action="store_true",
-                   help="a session a stitched model never saw: fit its read-in/read-out first (shared dynamics frozen)")
+                   help="a session a stitched model never saw: fit its read-in/read-out and its own copy of the "
+                        "encoders and controller first (the shared generator, the dynamics, frozen)")
     p.add_argument("--max-epochs", type=int, default=None, help="with --adapt: epoch limit of the adaptation")
     p.set_defaults(func=_cmd_annotate)
 

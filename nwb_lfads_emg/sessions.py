@@ -3,8 +3,8 @@
 The multi-session counterpart of `pipeline`: `fit_sources` reads every source (local paths, DANDI
 assets, or a dandiset with a `match` glob) and trains one model with a read-in/read-out per session
 (`training.multisession`); `annotate_session` writes a session's estimates with its own
-read-in/read-out, or first fits one for a session the model never saw (`adapt=True`, the shared
-dynamics frozen); `run_sources` does both for all sources. The run directory's `job.json` lists
+read-in/read-out, or first fits one for a session the model never saw (`adapt=True`: its read-in,
+read-out and own copy of the encoders and controller fitted, the shared generator frozen); `run_sources` does both for all sources. The run directory's `job.json` lists
 every training session; each written file's provenance says which read-in/read-out it used.
 """
 
@@ -135,8 +135,8 @@ def infer_session(run_dir: str | Path, emg_input: EMGInput, job: JobConfig, adap
     import torch
 
     from .training.inference import infer as infer_model
+    from .training.multisession import ADAPT_FITS, ADAPT_FREEZES, load_multisession
     from .training.multisession import adapt as adapt_model
-    from .training.multisession import load_multisession
 
     record = record or load_run(run_dir)
     where = f"{emg_input.location}: {emg_input.series_path}"
@@ -165,11 +165,11 @@ def infer_session(run_dir: str | Path, emg_input: EMGInput, job: JobConfig, adap
                 "adapted_weights_sha256": result.weights_sha256, "adapt_epochs": len(metrics),
                 "adapt_best_val_loss": float(result.best_val_loss),
                 "muscles_known_to_model": [m for m in emg_input.muscles if m in model.union],
-                "shared_weights_frozen": True}
+                "shared_weights_frozen": True, "frozen": ADAPT_FREEZES, "fitted": ADAPT_FITS}
     else:
         raise TrainingError(
             f"{where}: not one of the {len(record['sessions'])} sessions the model in {run_dir} was trained on; "
-            "pass --adapt to fit its read-in/read-out with the shared dynamics frozen"
+            "pass --adapt to fit its read-in/read-out, encoders and controller with the shared generator frozen"
         )
     used["muscles"] = list(emg_input.muscles)
     inference = infer_model(model.session_view(index), emg_input.binned.data, config,

@@ -110,25 +110,28 @@ def test_pbt_on_several_sources_selects_on_the_pooled_loss(sims, tmp_path):
 
 
 def test_stitched_epoch_steps_on_every_session_and_is_capped_by_epoch_segments(sims):
-    """Each step trains one batch of every session (as lfads-torch), an epoch has as many steps as the
-    longest session has batches, and `epoch_segments` caps the segments per epoch and those validated."""
+    """Each step trains one batch of `batch_size` segments drawn from every session in proportion to its
+    segments, an epoch is one pass over all of them (as many steps as the longest session needs at its
+    share; a shorter one cycles), and `epoch_segments` caps the segments per epoch and those validated."""
     from nwb_lfads_emg.lfads.config import preset
     from nwb_lfads_emg.training.multisession import MultiSessionTrainer
 
     data = [preprocess(s.emg, s.emg_rate, PreprocessConfig()).data for s in sims]
-    data[1] = data[1][: data[1].shape[0] // 2]  # a shorter session cycles through its segments
+    data[1] = data[1][: data[1].shape[0] // 3]  # a shorter session cycles through its segments
     muscles = [s.muscle_names for s in sims]
-    config = dataclasses.replace(preset("demo"), **{**TINY, "val_fraction": 0.2, "val_blocks": 2})
+    config = dataclasses.replace(preset("demo"), **{**TINY, "val_fraction": 0.2, "val_blocks": 2, "batch_size": 8})
     whole = MultiSessionTrainer(data, muscles, config, device="cpu")
     steps = whole._epoch_batches()
     sizes = [int(x.shape[0]) for x in whole.x_train]
-    assert sizes[0] > sizes[1] and len(steps) == -(-sizes[0] // config.batch_size)
-    assert all(len(step) == 2 and all(len(i) == min(config.batch_size, n) for i, n in zip(step, sizes, strict=True))
-               for step in steps)
+    shares = [round(config.batch_size * n / sum(sizes)) for n in sizes]
+    assert sizes[0] > 2 * sizes[1] and shares[0] > 2 * shares[1] >= 2 and sum(shares) == config.batch_size
+    assert len(steps) == -(-sizes[0] // shares[0]) and len(steps) > -(-sizes[0] // config.batch_size)
+    assert all(len(step) == 2 and [len(i) for i in step] == shares for step in steps)
     assert sorted(torch.cat([s[0] for s in steps]).unique().tolist()) == list(range(sizes[0]))
+    assert sorted(torch.cat([s[1] for s in steps]).unique().tolist()) == list(range(sizes[1]))
     assert whole.model.config.fac_dim == len(whole.model.union) + TINY["fac_dim"]
     capped = MultiSessionTrainer(data, muscles, dataclasses.replace(config, epoch_segments=8), device="cpu")
-    assert len(capped._epoch_batches()) == 1  # 8 segments: one step (of a batch of each session)
+    assert len(capped._epoch_batches()) == 1  # 8 segments: one step
     n_val = [int(x.shape[0]) for x in capped.x_val]
     assert sum(n_val) <= 9 < sum(int(x.shape[0]) for x in whole.x_val) and min(n_val) >= 1
     m = capped.train_epoch()

@@ -6,8 +6,9 @@
 # controller, generator) across sessions and gives each session its own read-in (its channels ->
 # a common input space) and read-out (shared factors -> its muscles). `fit` takes several sources
 # (paths, DANDI assets, or a whole dandiset or folder with `--match GLOB`); `annotate` writes each
-# session's estimates with its own read-in/read-out; `annotate --adapt` fits only the read-in and
-# read-out of a session the model never saw, with the shared dynamics frozen.
+# session's estimates with its own read-in/read-out; `annotate --adapt` fits, for a session the model
+# never saw, its read-in, read-out and its own copy of the encoders and controller, with the shared
+# dynamics (the generator and its factor map) frozen.
 #
 # **What you will see:** five simulated 20 s sessions of one rat (one locomotor pattern generator;
 # each session records its own 6-8 of 10 muscles, with its own electrode gains and cross-talk), a
@@ -15,8 +16,8 @@
 # session, the held-out fifth refused without `--adapt` and annotated with it, the provenance
 # (training sessions, which read-in/read-out was used), and a table of R² against the truth.
 #
-# **How long it takes:** about 10-15 minutes on a laptop CPU (`demo` preset, 70 epochs over four
-# sessions; the adaptation trains only two small layers). Fast mode
+# **How long it takes:** about 15-20 minutes on a laptop CPU (`demo` preset, 70 epochs over four
+# sessions, each epoch one pass over all of them; the adaptation leaves the generator frozen). Fast mode
 # (`NWB_LFADS_EMG_TUTORIAL_FAST=1`: 10 s sessions, 1 epoch) about 1 minute; the estimates of such
 # short training are rough (see `benchmarks/bench_multisession.py` for the measured comparison).
 
@@ -79,10 +80,11 @@ print("muscles across sessions:", record["muscles"])
 #
 # A training session is annotated with its own read-in/read-out. A session the model never saw is
 # refused (one line) unless `--adapt` is given: then its read-in/read-out are fitted first, with the
-# shared weights frozen: the read-in starts from the training sessions' for muscles of the same name,
+# shared generator frozen: the read-in starts from the training sessions' for muscles of the same name,
 # the read-out is regressed onto the frozen model's factors, the read-in is regressed onto the shared
 # input space (where the training sessions put the same moments, their missing muscles predicted by the
-# model), the read-out again, then both train.
+# model), the read-out again, then the read-in, read-out and the session's own copy of the encoders and
+# controller train (they infer the initial conditions and inputs that drive the frozen generator).
 
 # %%
 TRAINED_OUT, HELD_OUT = OUT / "ses-0_annotated.nwb", OUT / "ses-4_annotated.nwb"
@@ -128,5 +130,5 @@ table.to_csv(OUT / "r2_vs_truth.csv")
 #   (the electrode `location`, or the per-muscle series name).
 # - Measured on the simulator (`benchmarks/bench_multisession.py`, README "stitching"): with every
 #   model trained 40 epochs, the stitched model beat a model per session in all 12 sessions of 3
-#   seeds (by 0.002 to 0.144) and the adapted held-out session beat a model trained on it alone on
-#   2 of 3 seeds; an adapted session can lose clearly (by 0.10 on one seed).
+#   seeds (by 0.012 to 0.187) and the adapted held-out session beat a model trained on it alone on
+#   all 3 seeds (by 0.023 to 0.096); a stitched epoch costs as much CPU as the sessions' own epochs together.

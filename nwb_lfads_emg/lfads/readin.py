@@ -5,11 +5,14 @@ common input space that the shared encoders read, and the shared factors are rea
 session's own channels. The read-ins start from one principal-component fit across sessions (on
 the union of their muscles, a muscle absent from a session counting as zero there), so a muscle
 recorded in several sessions starts with the same read-in column and the same read-out row in
-each: muscles shared by name are tied through the initialisation, then train freely.
+each: muscles shared by name are tied through the initialisation, then train freely. A session
+added after training (adaptation) may get its own copy of the encoders and controller
+(`own_encoders`), which drive the shared generator and factor map unchanged.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Sequence
 
@@ -35,6 +38,8 @@ class SessionIO(nn.Module):
         self.register_buffer("in_scale", torch.ones(self.n_channels))
         self.readin = nn.Linear(self.n_channels, readin_dim)
         self.readout = nn.Linear(config.fac_dim, self.n_channels * self.likelihood.n_params)
+        # an adapted session's own encoders and controller (`MultiSessionLFADS.own_encoders`); None: the shared ones
+        self.encoders: LFADS | None = None
 
     # the single-session model's input transform and read-out bias set-up, on this session's channels
     set_input_stats = LFADS.set_input_stats
@@ -114,6 +119,29 @@ class MultiSessionLFADS(nn.Module):
         io.to(next(self.core.parameters()).device)
         self.sessions.append(io)
         return len(self.sessions) - 1
+
+    def own_encoders(self, session: int) -> LFADS:
+        """Give `session` its own copy of the shared encoders and controller (started from the shared ones), for
+        adapting a new session; the generator (its initial-state map, GRU and factor map) and the priors stay the
+        shared modules, so the dynamics and the factors the read-outs read are the trained ones."""
+        io = self.sessions[session]
+        if io.encoders is None:
+            core, dec = self.core, self.core.decoder
+            own = copy.deepcopy(core)
+            own.decoder.ic_to_g0, own.decoder.gen, own.decoder.fac_weight = dec.ic_to_g0, dec.gen, dec.fac_weight
+            own.ic_prior, own.co_prior = core.ic_prior, core.co_prior
+            io.encoders = own
+        return io.encoders
+
+    def session_parameters(self, session: int) -> list[nn.Parameter]:
+        """The parameters only `session` uses: its read-in, read-out and (adapted) its own encoders and controller."""
+        shared = {id(p) for p in self.core.parameters()}
+        return [p for p in self.sessions[session].parameters() if id(p) not in shared]
+
+    def _core_of(self, session: int) -> LFADS:
+        """The LFADS whose encoders and controller read `session` (its own after `own_encoders`, else the shared)."""
+        own = self.sessions[session].encoders
+        return own if own is not None else self.core
 
     def fit_readout(self, session: int, segments: Tensor, steps: int = 100) -> float:
         """Fit `session`'s read-out to the shared model's factors on its (B, T, C) segments (the posterior-mean
@@ -216,8 +244,24 @@ class MultiSessionLFADS(nn.Module):
     def forward_sessions(self, xs: Sequence[Tensor], sessions: Sequence[int], keeps: Sequence[Tensor] | None = None,
                          sample: bool = True) -> list[LFADSOutput]:
         """One batch of several sessions (xs[i]: (B_i, T, C_s) of session sessions[i], same T) through the
-        shared encoders and generator in one pass: each read in by its own layers, read out by its own."""
-        core, zs = self.core, []
+        shared encoders and generator in one pass: each read in by its own layers, read out by its own (a
+        session with its own encoders and controller goes through them in a pass of its own)."""
+        groups: dict[int, list[int]] = {}
+        for i, session in enumerate(sessions):
+            groups.setdefault(id(self._core_of(session)), []).append(i)
+        outs: list[LFADSOutput | None] = [None] * len(xs)
+        for members in groups.values():
+            done = self._forward_group(self._core_of(sessions[members[0]]), [xs[i] for i in members],
+                                       [sessions[i] for i in members],
+                                       None if keeps is None else [keeps[i] for i in members], sample)
+            for i, out in zip(members, done, strict=True):
+                outs[i] = out
+        return outs  # type: ignore[return-value]
+
+    def _forward_group(self, core: LFADS, xs: Sequence[Tensor], sessions: Sequence[int],
+                       keeps: Sequence[Tensor] | None, sample: bool) -> list[LFADSOutput]:
+        """`forward_sessions` for sessions that share one set of encoders and controller (`core`)."""
+        zs = []
         for i, (x, session) in enumerate(zip(xs, sessions, strict=True)):
             io = self.sessions[session]
             z = io.transform_input(x)
@@ -242,17 +286,21 @@ class MultiSessionLFADS(nn.Module):
         return outs
 
     def loss(self, out: LFADSOutput, target: Tensor, grad_mask: Tensor | None = None, heldin: Tensor | None = None,
-             kl_ramp: float = 1.0, l2_ramp: float = 1.0) -> dict[str, Tensor]:
-        """The shared model's loss (`LFADS.loss`, lfads-torch's conventions) on one session's batch."""
-        return self.core.loss(out, target, grad_mask, heldin, kl_ramp=kl_ramp, l2_ramp=l2_ramp)
+             kl_ramp: float = 1.0, l2_ramp: float = 1.0, session: int | None = None) -> dict[str, Tensor]:
+        """The shared model's loss (`LFADS.loss`, lfads-torch's conventions) on one session's batch (with
+        `session`: the L2 of the controller that session goes through, its own when adapted)."""
+        core = self.core if session is None else self._core_of(session)
+        return core.loss(out, target, grad_mask, heldin, kl_ramp=kl_ramp, l2_ramp=l2_ramp)
 
     def loss_sessions(self, outs: Sequence[LFADSOutput], targets: Sequence[Tensor],
                       grad_masks: Sequence[Tensor | None], heldins: Sequence[Tensor | None],
-                      kl_ramp: float = 1.0, l2_ramp: float = 1.0) -> dict[str, Tensor]:
-        """The loss of a `forward_sessions` batch: each session's `loss`, averaged over the sessions (as
-        lfads-torch averages its per-session reconstruction costs; the L2 term counts once)."""
-        parts = [self.loss(o, t, g, h, kl_ramp=kl_ramp, l2_ramp=l2_ramp)
-                 for o, t, g, h in zip(outs, targets, grad_masks, heldins, strict=True)]
+                      kl_ramp: float = 1.0, l2_ramp: float = 1.0,
+                      sessions: Sequence[int] | None = None) -> dict[str, Tensor]:
+        """The loss of a `forward_sessions` batch of `sessions`: each session's `loss`, averaged over the sessions
+        (as lfads-torch averages its per-session reconstruction costs; the L2 term counts once)."""
+        ids = list(sessions) if sessions is not None else [None] * len(outs)
+        parts = [self.loss(o, t, g, h, kl_ramp=kl_ramp, l2_ramp=l2_ramp, session=k)
+                 for o, t, g, h, k in zip(outs, targets, grad_masks, heldins, ids, strict=True)]
         return {key: torch.stack([p[key] for p in parts]).mean() for key in parts[0]}
 
     def recon_nll(self, out: LFADSOutput, target: Tensor) -> Tensor:

@@ -3,8 +3,9 @@
 `MultiSessionTrainer` trains a `MultiSessionLFADS` on the segments of every session: each batch
 comes from one session (its own channels), batches of all sessions are shuffled together, and the
 validation loss is pooled over the sessions' held-out entries (one number: early stopping and PBT
-select on it). `adapt` fits only a new session's read-in/read-out with the shared encoders and
-generator frozen. The augmentations and masks are the single-session trainer's.
+select on it). `adapt` fits a new session's read-in/read-out and its own copy of the encoders and
+controller, with the shared generator (the dynamics: initial-state map, GRU, factor map) and the
+priors frozen. The augmentations and masks are the single-session trainer's.
 """
 
 from __future__ import annotations
@@ -44,6 +45,10 @@ from .trainer import (
 )
 
 WEIGHTS_KIND = "multisession"
+#: What `adapt` leaves as trained and what it fits for a new session (recorded in the provenance).
+ADAPT_FREEZES = ["generator (initial-state map, GRU, factor map)", "priors", "the training sessions' read-ins, "
+                 "read-outs and the shared encoders and controller"]
+ADAPT_FITS = ["read-in", "read-out", "own copy of the encoders and controller (started from the shared ones)"]
 STATE_FORMAT = "nwb-lfads-emg-multisession-trainer/1"
 
 
@@ -113,6 +118,8 @@ class MultiSessionTrainer:
         self.model.config = self.model.core.config = c  # hyper-parameter changes reach the loss
         for io in self.model.sessions:
             io.config = c
+            if io.encoders is not None:
+                io.encoders.config = c
         self.model.to(dev)
         params = list(trainable) if trainable is not None else list(self.model.parameters())
         self.params = params
@@ -153,9 +160,8 @@ class MultiSessionTrainer:
         return sum(int(x.shape[0]) for x in self.x_train)
 
     def train_epoch(self) -> dict[str, Any]:
-        """One epoch (as lfads-torch counts it): every step trains on one batch of every session at once
-        (a shorter session cycles through its segments again), as many steps as the longest session has
-        batches, or fewer when that would exceed `epoch_segments` segments over all sessions."""
+        """One epoch: one pass over the segments of all sessions, every step a batch of `batch_size` segments
+        drawn from every session in proportion to its segments (`_epoch_batches`), at most `epoch_segments`."""
         with torch.random.fork_rng(devices=self._cuda_devices):
             torch.set_rng_state(self._rng_state)
             if self._cuda_rng_state is not None:  # else every epoch on CUDA would redraw the same noise
@@ -167,11 +173,18 @@ class MultiSessionTrainer:
         return metrics
 
     def _epoch_batches(self) -> list[list[torch.Tensor]]:
-        """This epoch's steps: per step, the segment indices of each session's batch (shuffled every epoch)."""
+        """This epoch's steps: per step, the segment indices of each session's share of the batch (shuffled every
+        epoch). A step holds `batch_size` segments in all, each session's share in proportion to its segments
+        (at least one), so that an epoch, one pass over every session's segments, has as many steps as the
+        sessions have batches together, as a per-session model's epoch has of its own: the stitched model
+        takes a step per batch of data as a per-session one does (lfads-torch's combined loader instead takes
+        a whole batch of every session per step, which measured worse: README, stitching). A shorter session
+        cycles through its segments again; `epoch_segments` caps the segments of an epoch."""
         c = self.config
         orders = [torch.randperm(int(x.shape[0]), generator=self.generator) for x in self.x_train]
-        sizes = [min(c.batch_size, len(o)) for o in orders]
-        n_steps = max(math.ceil(len(o) / c.batch_size) for o in orders)
+        total = sum(len(o) for o in orders)
+        sizes = [min(len(o), max(1, round(c.batch_size * len(o) / total))) for o in orders]
+        n_steps = max(math.ceil(len(o) / b) for o, b in zip(orders, sizes, strict=True))
         if c.epoch_segments:
             n_steps = min(n_steps, max(1, math.ceil(int(c.epoch_segments) / sum(sizes))))
         return [[o[torch.arange(i * b, (i + 1) * b) % len(o)] for o, b in zip(orders, sizes, strict=True)]
@@ -199,7 +212,8 @@ class MultiSessionTrainer:
             with _autocast(self.device, self.amp_dtype):
                 outs = self.model.forward_sessions([m[0] for m in masks], self.session_ids, [m[2] for m in masks])
             losses = self.model.loss_sessions(outs, [m[1] for m in masks], [m[3] for m in masks],
-                                              [m[4] for m in masks], kl_ramp=kl_ramp, l2_ramp=l2_ramp)
+                                              [m[4] for m in masks], kl_ramp=kl_ramp, l2_ramp=l2_ramp,
+                                              sessions=self.session_ids)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(losses["loss"]).backward()
             self.scaler.unscale_(self.optimizer)
@@ -360,9 +374,13 @@ def fit_sessions(data: Sequence[np.ndarray], muscles: Sequence[Sequence[str]], c
 def adapt(model: MultiSessionLFADS, data: np.ndarray, muscles: Sequence[str], config: LFADSConfig | None = None,
           device: str = "auto", seed: int = 0, progress: bool = True, max_epochs: int | None = None,
           weights_path: str | Path | None = None, regress_readout: bool = True,
-          readin_rounds: int = 2) -> tuple[int, MultiSessionFitResult]:
-    """Add a session to a trained model and fit only its read-in/read-out (shared weights frozen).
+          readin_rounds: int = 2, fit_encoders: bool = True) -> tuple[int, MultiSessionFitResult]:
+    """Add a session to a trained model and fit what is its own, the shared dynamics frozen.
 
+    Frozen: the generator (its initial-state map, GRU and factor map), the priors and every trained session.
+    Fitted: the new session's read-in and read-out and, with `fit_encoders`, its own copy of the encoders and
+    controller (`MultiSessionLFADS.own_encoders`, started from the shared ones), which infer the initial
+    conditions and inputs that drive the frozen generator for this session's channels.
     The read-in starts from the trained sessions' by muscle name; with `regress_readout` the read-out is
     first fitted to the frozen model's factors on the new data (`MultiSessionLFADS.fit_readout`), then
     `readin_rounds` times the read-in is regressed onto the shared input space (`fit_readin`) and the
@@ -388,9 +406,11 @@ def adapt(model: MultiSessionLFADS, data: np.ndarray, muscles: Sequence[str], co
             for _ in range(readin_rounds):  # read-in onto the shared input space, then the read-out again
                 model.fit_readin(index, segs_t)
                 model.fit_readout(index, segs_t)
+    if fit_encoders:
+        model.own_encoders(index)
     for p in model.parameters():
         p.requires_grad_(False)
-    own = list(model.sessions[index].parameters())
+    own = model.session_parameters(index)
     for p in own:
         p.requires_grad_(True)
     try:
@@ -427,6 +447,9 @@ def load_multisession(path: str | Path) -> MultiSessionLFADS:
     config = LFADSConfig.from_dict(payload["config"])
     try:
         model = MultiSessionLFADS(config, payload["sessions"], int(payload["readin_dim"]), factors=config.fac_dim)
+        for k in range(len(model.sessions)):  # adapted sessions carry their own encoders and controller
+            if any(key.startswith(f"sessions.{k}.encoders.") for key in payload["state_dict"]):
+                model.own_encoders(k)
         model.load_state_dict(payload["state_dict"])
     except (RuntimeError, ValueError, KeyError, TypeError):
         raise TrainingError(f"{path}: the weights do not match their configuration") from None
