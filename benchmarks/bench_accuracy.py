@@ -117,7 +117,8 @@ def bench_sim(specs: list[str], seeds: list[int], work: Path, max_epochs: int | 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--real", nargs="*", default=["3Amar", "3Asen", "3Apie", "subject01:VL", "subject02:VL"])
+    p.add_argument("--real", nargs="*", default=["3Amar", "3Asen", "3Apie", "5Nmar", "5Npie", "5Nsen", "subject01:VL",
+                                                "subject02:VL"])
     p.add_argument("--sim", nargs="*", default=["motor_units:locomotion", "motor_units:isometric",
                                                 "carrier-30-250:locomotion", "carrier-30-250:isometric",
                                                 "carrier-20-80:locomotion", "carrier-20-80:isometric"])

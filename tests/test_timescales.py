@@ -74,6 +74,7 @@ def test_auto_config_from_size_and_device():
     assert small.val_fraction > 0 and small.val_blocks >= 2  # short recording: held-out blocks stop it early
     assert small.temporal_shift_ms > 0 and small.preset_name == "auto"
     assert small.stop_min_se == 1.0  # decreases within the held-out loss's standard error do not extend training
+    assert small.average_weights  # and the epochs within it of the best are averaged
     big = auto_config(n_bins=720000, n_channels=32, bin_ms=5.0, segment_ms=500.0, device="cuda")
     assert big.val_fraction == 0 and big.fac_dim == 16 and big.gen_dim > small.gen_dim
     assert big.max_epochs < small.max_epochs  # more data per epoch, fewer epochs

@@ -149,6 +149,40 @@ def test_held_out_standard_error_and_significant_improvements():
         Trainer(data, tiny_config(stop_min_se=-1.0), "cpu")
 
 
+def test_weight_average_of_indistinguishable_epochs():
+    """`average_weights`: the exported weights are the running mean of the best epoch's and every later epoch's
+    within the margin (a huge margin: all epochs from the ramps' end to the stop); a run resumed from its state
+    in the middle of the averaging ends with the same averaged weights."""
+    data, cfg = tiny_data(600), tiny_config(max_epochs=7, patience=3, stop_min_se=1e6, average_weights=True)
+    avg = Trainer(data, cfg, "cpu", seed=2)
+    states, saved = [], None
+    while avg.epoch < avg.config.max_epochs and not avg.should_stop:
+        avg.train_epoch()
+        states.append({k: v.clone() for k, v in avg.model.state_dict().items()})
+        if avg.epoch == avg.ramp_end + 1:
+            saved = avg.state_dict()
+    kept = states[avg.ramp_end - 1:]  # the ramps' end (the best) and every later epoch
+    assert avg.best_epoch == avg.ramp_end and avg.best_count == len(kept) == avg.epoch - avg.ramp_end + 1 >= 3
+    assert [m["averaged"] for m in avg.metrics][avg.ramp_end - 1:] == list(range(1, len(kept) + 1))
+    best = avg.best_model_state()
+    for k, v in best.items():
+        if v.is_floating_point():
+            torch.testing.assert_close(v, torch.stack([s[k] for s in kept]).mean(0), rtol=1e-5, atol=1e-6)
+    assert not torch.equal(best["readout.weight"], kept[0]["readout.weight"])
+    assert not torch.equal(best["readout.weight"], kept[-1]["readout.weight"])
+    resumed = Trainer(data, cfg, "cpu", seed=2)
+    resumed.load_state_dict(saved)
+    while resumed.epoch < cfg.max_epochs and not resumed.should_stop:
+        resumed.train_epoch()
+    assert resumed.best_count == avg.best_count
+    assert all(torch.equal(v, best[k]) for k, v in resumed.best_model_state().items())
+    plain = Trainer(data, tiny_config(max_epochs=avg.ramp_end + 2, patience=3, stop_min_se=1e6), "cpu", seed=2)
+    for _ in range(avg.ramp_end + 2):
+        plain.train_epoch()  # without averaging: the best epoch's weights, the same trajectory
+    assert plain.best_count == 1 and torch.equal(plain.best_model_state()["readout.weight"], kept[0]["readout.weight"])
+    assert [m["val_loss"] for m in plain.metrics] == [m["val_loss"] for m in avg.metrics[: avg.ramp_end + 2]]
+
+
 def test_state_dict_roundtrip_continues_identically():
     data = tiny_data()
     a = Trainer(data, tiny_config(), "cpu", seed=1)

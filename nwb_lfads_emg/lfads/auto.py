@@ -13,9 +13,10 @@ def auto_config(n_bins: int, n_channels: int, bin_ms: float, segment_ms: float, 
 
     CPU: the demo preset's widths on one thread, about `steps` = 1000 gradient steps (about as long
     as the demo); CUDA: the default preset's widths and 4000 steps (`steps` overrides: a short run). Factors follow the channel count
-    (4-16). Recordings under 5 minutes hold out 20 % in 5 blocks for early stopping (the smoothed
-    held-out loss picks the weights; a decrease counts only beyond one standard error of that loss,
-    `stop_min_se`), longer ones rely on sample validation.
+    (4-16). Recordings under 5 minutes hold out 20 % in 5 blocks for early stopping (a decrease of the
+    smoothed held-out loss counts only beyond one standard error of that loss, `stop_min_se`; the exported
+    weights average the best epoch's with the later ones within that error, `average_weights`), longer
+    ones rely on sample validation.
     """
     gpu = device.startswith("cuda")
     cfg = preset("default" if gpu else "demo")
@@ -39,6 +40,7 @@ def auto_config(n_bins: int, n_channels: int, bin_ms: float, segment_ms: float, 
         cfg.max_epochs = max(1, math.ceil(steps / steps_per_epoch))
     cfg.patience = max(20, cfg.max_epochs // 5)
     cfg.stop_min_se = 1.0  # improvements within the held-out loss's own standard error do not count
+    cfg.average_weights = True  # ... and the epochs within it of the best are averaged into the exported weights
     cfg.kl_increase_epoch = cfg.l2_increase_epoch = max(5, cfg.max_epochs // 7)
     cfg.validate()
     return cfg

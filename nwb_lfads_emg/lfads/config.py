@@ -91,6 +91,11 @@ class LFADSConfig:
     # On a short recording small decreases are within the held-out set's own noise: training on them fits the
     # EMG's bin-to-bin detail (see docs/design.md, "Training length").
     stop_min_se: float = 0.0
+    # the exported weights: the best epoch's (False), or the running mean of the best epoch's weights and those of
+    # every later epoch whose smoothed held-out loss is within `stop_min_se` standard errors of the best (True):
+    # checkpoints the held-out data cannot tell apart, averaged (weight averaging, Izmailov et al. 2018), so the
+    # estimate does not hang on which of them happened to be lowest (see docs/design.md, "Training length").
+    average_weights: bool = False
     # --- data segments (bin_ms: the data's bin width, set by the pipeline; converts the ms settings to bins)
     bin_ms: float = 5.0
     seg_len: int = 100

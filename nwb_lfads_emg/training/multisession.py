@@ -128,6 +128,7 @@ class MultiSessionTrainer:
         self.scaler = torch.amp.GradScaler(dev.type, enabled=self.amp_dtype == torch.float16)
         self.epoch, self.val_smoothed, self.best_val, self.best_epoch = 0, None, math.inf, -1
         self.best_state: dict[str, torch.Tensor] | None = None
+        self.best_count = 0
         self.bad_epochs = 0
         self.metrics: list[dict[str, Any]] = []
 
@@ -148,6 +149,7 @@ class MultiSessionTrainer:
     should_stop = Trainer.should_stop
     _batch_masks = Trainer._batch_masks
     _close_epoch = Trainer._close_epoch
+    _average_into_best = Trainer._average_into_best
     hyperparameters = Trainer.hyperparameters
 
     def set_hyperparameters(self, values: dict[str, Any]) -> None:

@@ -177,6 +177,7 @@ class Trainer:
         self.best_val = math.inf
         self.best_epoch = -1
         self.best_state: dict[str, torch.Tensor] | None = None
+        self.best_count = 0  # epochs averaged into best_state (`average_weights`)
         self.bad_epochs = 0
         self.metrics: list[dict[str, Any]] = []
 
@@ -231,7 +232,8 @@ class Trainer:
     def _close_epoch(self, val_loss: float, train_recon: float, margin: float = 0.0) -> tuple[float, bool]:
         """End an epoch: smooth the validation loss (the training reconstruction when it is not finite),
         count the epoch and keep the best weights after the ramps, when the smoothed loss is below the best
-        by more than `margin`; returns (validation loss, improved)."""
+        by more than `margin`; with `average_weights`, a later epoch within `margin` of the best is averaged
+        into them; returns (validation loss, improved)."""
         if not math.isfinite(val_loss):
             val_loss = train_recon
         s = self.config.val_smoothing
@@ -243,10 +245,24 @@ class Trainer:
                 improved = True
                 self.best_val, self.best_epoch = self.val_smoothed, self.epoch
                 self.best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+                self.best_count = 1
                 self.bad_epochs = 0
             elif self.epoch > self.ramp_end:
                 self.bad_epochs += 1
+                if self.config.average_weights and self.val_smoothed <= self.best_val + margin:
+                    self._average_into_best()
         return val_loss, improved
+
+    @torch.no_grad()
+    def _average_into_best(self) -> None:
+        """Fold the current weights into `best_state`'s running mean (integer buffers: the latest)."""
+        self.best_count += 1
+        for k, v in self.model.state_dict().items():
+            v = v.detach().cpu()
+            if v.is_floating_point():
+                self.best_state[k] += (v - self.best_state[k]) / self.best_count
+            else:
+                self.best_state[k] = v.clone()
 
     def train_epoch(self) -> dict[str, Any]:
         """Train one epoch, evaluate held-out data, update smoothing and early stopping; returns the metrics."""
@@ -320,6 +336,7 @@ class Trainer:
             "val_loss_smoothed": self.val_smoothed,
             "val_se": self.val_se,
             "best": improved,
+            "averaged": self.best_count,
             "lr": c.lr,
             "lr_effective": lr_now,
             "seconds": time.perf_counter() - t0,
@@ -377,7 +394,8 @@ class Trainer:
         restore_progress(self, state, saved)
 
     def best_model_state(self) -> dict[str, torch.Tensor]:
-        """Weights with the best smoothed validation loss (current weights if none recorded)."""
+        """Weights with the best smoothed validation loss, or their average with the epochs within the margin
+        (`average_weights`); the current weights if none recorded."""
         if self.best_state is not None:
             return self.best_state
         return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
@@ -399,6 +417,7 @@ def progress_state(trainer: Any) -> dict[str, Any]:
         "best_val": trainer.best_val,
         "best_epoch": trainer.best_epoch,
         "best_state": trainer.best_state,
+        "best_count": trainer.best_count,
         "bad_epochs": trainer.bad_epochs,
         "metrics": copy.deepcopy(trainer.metrics),
     }
@@ -421,6 +440,7 @@ def restore_progress(trainer: Any, state: dict[str, Any], saved: LFADSConfig) ->
     trainer.best_val = state["best_val"]
     trainer.best_epoch = state["best_epoch"]
     trainer.best_state = state["best_state"]
+    trainer.best_count = int(state.get("best_count", 1 if state["best_state"] is not None else 0))
     trainer.bad_epochs = state["bad_epochs"]
     trainer.metrics = copy.deepcopy(state["metrics"])
 
