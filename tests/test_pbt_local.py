@@ -62,7 +62,9 @@ CHILD = textwrap.dedent("""
     fit_pbt(data, tiny_config(), {run_dir!r}, population=4, max_generations=GENERATIONS,
             perturbation_interval=INTERVAL, seed=0, progress=False, search_space=tiny_space(),
             patience_generations=10, shared_data_path={shared!r},
-            on_generation=lambda g, record: time.sleep(3))  # time for the parent to interrupt it
+            # after the first generation (selection saved), wait for the parent's interrupt: a loaded machine
+            # can delay its poll by seconds, and a search that finishes first fails the test below
+            on_generation=lambda g, record: time.sleep(120 if g == 1 else 0))
 """)
 
 
