@@ -59,12 +59,16 @@ CHILD = textwrap.dedent("""
     from test_pbt_local import tiny_config, tiny_space, INTERVAL, GENERATIONS
     from nwb_lfads_emg.training.pbt import fit_pbt
     data = np.load({data!r})
+    def wait_for_interrupt(generation, record):
+        # after the first selection is saved, wait (up to 120 s) for the parent's Ctrl+C; a loaded machine can
+        # delay its poll by seconds. Short sleeps: the main thread raises KeyboardInterrupt at the next one
+        # even when the signal landed on one of Ray's threads.
+        for _ in range(1200 if generation == 1 else 0):
+            time.sleep(0.1)
     fit_pbt(data, tiny_config(), {run_dir!r}, population=4, max_generations=GENERATIONS,
             perturbation_interval=INTERVAL, seed=0, progress=False, search_space=tiny_space(),
             patience_generations=10, shared_data_path={shared!r},
-            # after the first generation (selection saved), wait for the parent's interrupt: a loaded machine
-            # can delay its poll by seconds, and a search that finishes first fails the test below
-            on_generation=lambda g, record: time.sleep(120 if g == 1 else 0))
+            on_generation=wait_for_interrupt)
 """)
 
 
