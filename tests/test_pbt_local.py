@@ -54,7 +54,10 @@ def tiny_space():
 
 
 CHILD = textwrap.dedent("""
-    import sys, time, numpy as np
+    import signal, sys, time, numpy as np
+    # Ctrl+C as a terminal delivers it, whatever disposition or mask this process inherited from its parent
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {{signal.SIGINT}})
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     sys.path.insert(0, {tests!r})
     from test_pbt_local import tiny_config, tiny_space, INTERVAL, GENERATIONS
     from nwb_lfads_emg.training.pbt import fit_pbt
@@ -107,7 +110,12 @@ def test_local_pbt_interrupted_resumed_exploits_and_exports_best(tmp_path):
         before = _record(run_dir)
         assert before["completed"] == 1 and before["policy_log"][0]["replaced"], "no exploit after generation 1"
         child.send_signal(signal.SIGINT)
-        out, _ = child.communicate(timeout=90)
+        try:
+            out, _ = child.communicate(timeout=90)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            out, _ = child.communicate()
+            raise AssertionError(f"the search did not stop within 90 s of Ctrl+C: {out[-2000:]}") from None
     finally:
         if child.poll() is None:
             child.kill()
