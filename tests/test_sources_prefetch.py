@@ -14,7 +14,7 @@ from test_sources import noise, write_nwb
 
 from nwb_lfads_emg.errors import EMGDataError, SourceError
 from nwb_lfads_emg.sources import EMGReader, open_source
-from nwb_lfads_emg.sources.prefetch import block_runs, chunk_byte_ranges
+from nwb_lfads_emg.sources.prefetch import SPAN_SLACK_BYTES, block_runs, chunk_byte_ranges
 
 DS = "000941"
 RATE = 2000.0
@@ -279,6 +279,37 @@ def test_chunks_not_laid_out_back_to_back_are_fetched_where_they_are(dandi_serve
                                   local_window(files["scattered"], 0.0, 20.0).values)
     covering = covering_bytes(files["scattered"], "acquisition/EMG/data", 0, 40_000)
     assert sent <= 2.5 * covering, (sent, covering)  # each window wastes at most its span (1.6x measured)
+
+
+def test_a_fresh_window_is_asked_for_between_the_located_ends_and_not_when_cached(
+        dandi_server, tmp_path: Path) -> None:  # noqa: F811
+    """The reader locates the series' first and last chunk when built; a window in the middle of a fresh open then
+    goes out as one range request placed between them, before its own look-ups read their B-tree node. A disk
+    cache holding the window's chunks stops that guess: a re-read after a new open moves nothing."""
+    data = noise(200_000, 16, 11).astype("<f4")
+    path = write_es(tmp_path / "long.nwb", data, (1000, 16))  # 200 chunks of 64 kB: several B-tree leaves
+    with h5py.File(path, "r") as f:
+        first = f["acquisition/EMG/data"].id.get_chunk_info_by_coord((120_000, 0)).byte_offset
+    covering = covering_bytes(path, "acquisition/EMG/data", 120_000, 170_000)
+    srv = dandi_server({DS: {"sub-a/long.nwb": path}})
+    for k, cache in enumerate((False, tmp_path / "cache", tmp_path / "cache")):
+        with open_source(srv.blob_url(DS, "sub-a/long.nwb"), cache_dir=cache) as opened:
+            reader = EMGReader(opened, check_dead=False)
+            pre = opened._prefetcher
+            layout = pre._layouts["/acquisition/EMG/data"]
+            assert sorted(layout.index) == [(0, 0), (199, 0)]  # what the reader located when built
+            guess = pre._guess_start(layout, range(120, 170))
+            srv.reset_counts()
+            window = reader.window(60.0, 85.0)
+            sent, asked = srv.bytes_served, list(srv.range_requests)
+        np.testing.assert_array_equal(window.values, data[120_000:170_000])
+        if k == 2:
+            assert guess is None and sent == 0 and asked == [], (guess, sent, asked)  # all in the disk cache
+            continue
+        assert guess is not None and guess[1] <= first <= guess[1] + SPAN_SLACK_BYTES, (guess, first)
+        spans = [r for r in asked if int(r.split("-")[1]) - int(r[6:].split("-")[0]) > 1_000_000]
+        assert len(spans) == 1 and spans[0].startswith(f"bytes={guess[1]}-"), (spans, guess)  # the span, as guessed
+        assert sent <= 1.1 * covering, (sent, covering, asked)
 
 
 def test_streamed_float_windows_find_nan_and_inf_as_a_local_read_does(dandi_server, files) -> None:  # noqa: F811

@@ -62,6 +62,12 @@ class OpenedSource:
         if self._prefetcher is not None:
             self._prefetcher.prefetch(datasets, i0, i1, columns)
 
+    def learn_rows(self, datasets: Sequence[Any]) -> None:
+        """Streamed files: locate the first and last HDF5 chunk of ``datasets`` now, so that a window's range
+        request can go out before its own chunk look-ups (which need a B-tree round trip on a fresh open)."""
+        if self._prefetcher is not None:
+            self._prefetcher.learn(datasets)
+
     def read_rows(self, datasets: Sequence[Any], i0: int, i1: int,
                   columns: Sequence[int] | None = None) -> list[Any] | None:
         """Streamed files: rows [i0, i1) of each dataset (``columns`` of a 2-D one) fetched concurrently and

@@ -21,6 +21,7 @@ remains for other filters (fletcher32, blosc, lzf, szip, scale-offset, n-bit...)
 
 from __future__ import annotations
 
+import bisect
 import math
 import threading
 import zlib
@@ -55,6 +56,9 @@ SPAN_SLACK_BYTES = 64 * 1024
 #: Once a span's range is known, the reader waits up to this long for its thread to send the request: else
 #: the thread waits for the interpreter lock while the reader's look-ups run (up to 5 ms, sys.getswitchinterval).
 HANDOVER_S = 0.02
+#: A chunk placed between two located ones (a fresh window) is asked for up to this many bytes before (and after) where
+#: it would lie if the B-tree nodes between them were spread evenly.
+GUESS_LEAD_BYTES = 16 * 1024
 #: Largest hole between two chunks (e.g. a B-tree node) still fetched within one request.
 MAX_GAP_BYTES = 64 * 1024
 #: Window-edge chunks (partly read) kept for the next window, which usually starts inside the last one.
@@ -176,6 +180,7 @@ class _Layout:
         self.chunk_bytes = math.prod(self.chunks) * self.dtype.itemsize
         self.full_rows = len(self.shape) == 1 or self.chunks[1] == self.shape[1]  # a chunk's rows are whole rows
         self.index: dict[tuple[int, int], tuple[int, int, tuple[int, ...]] | None] = {}
+        self.anchors: list[int] = []  # row chunks of column chunk 0 located so far (sorted): where guesses start from
 
     def undo(self, mask: int) -> tuple[int, ...]:
         """Filters to undo, in decoding order, for a chunk with this filter mask (bit i set: filter i was skipped)."""
@@ -207,7 +212,10 @@ class _Layout:
             found = None  # not the plain layout this reader decodes: let h5py read it
         if len(self.index) >= MAX_INDEX_ENTRIES:
             self.index.clear()
+            self.anchors.clear()
         self.index[(r, c)] = found
+        if found is not None and c == 0:
+            bisect.insort(self.anchors, r)
         return found
 
 
@@ -237,7 +245,7 @@ class _Piece:
     """One stored chunk of one requested dataset: its bytes, where they are received, where its rows go."""
 
     __slots__ = ("item", "offset", "size", "r0", "r1", "out0", "col_chunk", "sink", "keep", "undo", "itemsize",
-                 "expect", "dest")
+                 "expect", "dest", "mark")
 
     def __init__(self, item: int, offset: int, size: int, r0: int, r1: int, out0: int, col_chunk: int) -> None:
         self.item, self.offset, self.size, self.r0, self.r1 = item, offset, size, r0, r1
@@ -247,6 +255,7 @@ class _Piece:
         self.undo: tuple[int, ...] = ()  # filters the fetch thread undoes (the sink then holds the decoded chunk)
         self.itemsize = self.expect = 0
         self.dest: memoryview | None = None  # where the fetch thread decodes a whole chunk of full rows (no copy after)
+        self.mark: str | None = None  # disk-cache key saying "this chunk (a guessable one) is in the disk cache"
 
 
 class _Abandoned(Exception):
@@ -311,6 +320,31 @@ class _Span:
 def _slack(n_chunks: int) -> int:
     """Bytes asked for beyond a span of ``n_chunks`` chunks (room for the B-tree nodes among them)."""
     return min(SPAN_SLACK_BYTES, SPAN_SLACK_PER_32 * (n_chunks // 32 + 1))
+
+
+def _between(layout: _Layout, r: int, k: int) -> tuple[int, int, int] | None:
+    """Where chunk ``r`` (rows[k]) should start, from the located chunks around it (see ``Prefetcher._guess_start``)."""
+    anchors = layout.anchors
+    j = bisect.bisect_left(anchors, r)
+    if j == 0:
+        return None
+    lo = anchors[j - 1]
+    a = layout.index[(lo, 0)]
+    assert a is not None
+    if lo == r - 1:
+        return (k, a[0] + a[1], 0)
+    if j == len(anchors):
+        return None
+    hi = anchors[j]
+    b = layout.index[(hi, 0)]
+    assert b is not None
+    low = a[0] + (r - lo) * layout.chunk_bytes  # no earlier (chunks in write order) ...
+    high = b[0] - (hi - r) * layout.chunk_bytes  # ... and no later
+    if high < low:
+        return None  # not in write order: no guess
+    expected = low + (high - low) * (r - lo) // (hi - lo)
+    start = max(low, expected - GUESS_LEAD_BYTES)
+    return (k, start, min(high, expected + GUESS_LEAD_BYTES) - start)
 
 
 def _settle(futures: Sequence[Future]) -> None:
@@ -404,6 +438,24 @@ class Prefetcher:
             future.exception()
         return sum(future.result() for future in futures)
 
+    def _layout(self, dataset: Any) -> _Layout | None:
+        key = getattr(dataset, "name", None)
+        if key not in self._layouts:
+            self._layouts[key] = _direct_layout(dataset) if isinstance(key, str) else None
+        return self._layouts[key]
+
+    def learn(self, datasets: Sequence[Any]) -> None:
+        """Look up the first and last chunk of each dataset of unfiltered full-row chunks (two look-ups each, at most
+        two B-tree round trips): a later window's range request is then placed between them without waiting for
+        its first chunk's look-up (which still checks it)."""
+        for d in datasets:
+            layout = self._layout(d)
+            if (layout is None or layout.contiguous_offset is not None or layout.filters or not layout.full_rows
+                    or not layout.shape[0]):
+                continue
+            layout.locate(0, 0)
+            layout.locate((layout.shape[0] - 1) // layout.chunks[0], 0)
+
     def read(self, datasets: Sequence[Any], i0: int, i1: int,
              columns: Sequence[int] | None = None) -> list[np.ndarray] | None:
         """Rows [i0, i1) of each dataset (of a 2-D one, ``columns`` in that order), decoded without h5py.
@@ -416,10 +468,7 @@ class Prefetcher:
         """
         layouts = []
         for d in datasets:
-            key = getattr(d, "name", None)
-            if key not in self._layouts:
-                self._layouts[key] = _direct_layout(d) if isinstance(key, str) else None
-            layout = self._layouts[key]
+            layout = self._layout(d)
             if layout is None:
                 return None
             layouts.append(layout)
@@ -483,6 +532,8 @@ class Prefetcher:
                             return None
                         offset, size, undo = where
                         piece = _Piece(item, offset, size, a - first_row, b - first_row, a - i0, c)
+                        if c == 0 and layout.contiguous_offset is None and layout.full_rows and not layout.filters:
+                            piece.mark = self._mark_key(layout, r)  # a chunk the span path may guess
                         piece.undo, piece.itemsize, piece.expect = undo, layout.dtype.itemsize, layout.chunk_bytes
                         held = self._held(offset, size)
                         if held is not None:
@@ -545,9 +596,9 @@ class Prefetcher:
         spans.append((self._submit(self._fetch_span, ahead), ahead))
         guessed = self._guess_start(layout, rows)  # the next window of a pass: no wait for a new B-tree leaf
         if guessed is not None:
-            k, start = guessed
+            k, start, lead = guessed
             n = min(per_span, len(rows) - k)
-            ahead.place(start, min(n * layout.chunk_bytes + _slack(n), self.rf.length - start))
+            ahead.place(start, min(n * layout.chunk_bytes + _slack(n) + lead, self.rf.length - start))
             ahead.asking.wait(HANDOVER_S)
         dropped: list[tuple[Future, _Span]] = []
         try:
@@ -558,6 +609,7 @@ class Prefetcher:
                     return None  # unwritten chunk: h5py answers with fill values (finally: spans abandoned)
                 offset, size, _ = where
                 piece = _Piece(0, offset, size, a - r * height, b - r * height, a - i0, 0)
+                piece.mark = self._mark_key(layout, r)
                 held = self._held(offset, size)
                 if held is not None:
                     piece.sink = held[0]
@@ -617,16 +669,18 @@ class Prefetcher:
             _settle([f for f, _ in spans + later + dropped])  # no request outlives the call
         return [out]
 
-    def _guess_start(self, layout: _Layout, rows: range) -> tuple[int, int] | None:
-        """(k, file offset) of the window's first chunk to fetch (rows[k]) from the look-ups memoised so far:
-        the chunk before it located, this one assumed right after it (as HDF5 appends chunks). None if unknown."""
+    def _guess_start(self, layout: _Layout, rows: range) -> tuple[int, int, int] | None:
+        """(k, file offset, lead) of the window's first chunk to fetch (rows[k]) from the look-ups memoised so far:
+        right after the chunk before it, else between the nearest located chunks before and after it (as HDF5
+        appends chunks in order, with B-tree nodes among them), asked for ``lead`` bytes early. None if unknown."""
         for k, r in enumerate(rows):
             found = layout.index.get((r, 0), False)
             if found is False:
-                before = layout.index.get((r - 1, 0))
-                return (k, before[0] + before[1]) if before else None
+                if self._disk is not None and self._disk.get(self._mark_key(layout, r)):
+                    return None  # in the disk cache (where exactly, its look-up tells): nothing to ask for ahead
+                return _between(layout, r, k)
             if found is None or self._held(found[0], found[1]) is None:
-                return (k, found[0]) if found else None
+                return (k, found[0], 0) if found else None
         return None
 
     def _submit(self, fn: Any, *args: Any) -> Future:
@@ -672,6 +726,8 @@ class Prefetcher:
         if self._disk is not None:
             for piece in placed:
                 self._disk.set(self._chunk_key(piece.offset, piece.size), piece.sink)
+                if piece.mark is not None:
+                    self._disk.set(piece.mark, b"1")
         with self._lock:
             self.requests += 1
             self.bytes_fetched += span.received
@@ -694,6 +750,11 @@ class Prefetcher:
         self._edges[offset] = (size, data)
         while len(self._edges) > EDGE_CHUNKS or sum(v[1].nbytes for v in self._edges.values()) > EDGE_BYTES:
             self._edges.pop(next(iter(self._edges)))
+
+    def _mark_key(self, layout: _Layout, r: int) -> str:
+        """Disk-cache key of the mark left beside row chunk ``r`` of ``layout``'s dataset (column chunk 0) when it is
+        cached: a range request guessed for a chunk never located (this session) is sent only when it is unmarked."""
+        return f"{self.url}|cached|{layout.dataset.name}|{r}"
 
     def _chunk_key(self, offset: int, size: int) -> str:
         return f"{self.url}|chunk|{offset}|{size}"
@@ -719,6 +780,8 @@ class Prefetcher:
         if self._disk is not None:
             for piece in pieces:
                 self._disk.set(self._chunk_key(piece.offset, piece.size), piece.sink)
+                if piece.mark is not None:
+                    self._disk.set(piece.mark, b"1")
         with self._lock:
             self.requests += 1
             self.bytes_fetched += end - pieces[0].offset

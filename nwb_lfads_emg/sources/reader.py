@@ -89,6 +89,7 @@ class EMGReader:
         self._all_muscles = list(self.info.muscles)
         self._resample_stamps: np.ndarray | None = None
         self._read_lock = threading.Lock()
+        self._muscle_coords: dict[tuple[int, ...], Any] = {}
         try:
             self._check_layout()
             self._check_timing(irregular)
@@ -97,8 +98,14 @@ class EMGReader:
         except Exception as exc:  # h5py/remfile failures while reading (network, truncation)
             raise self._read_error(exc) from None
         self.muscles = list(self._all_muscles)
+        if hasattr(self._opened, "learn_rows") and self.source_kind in ("ElectricalSeries", "TimeSeries"):
+            try:  # streamed: a window's range request then goes out before its first chunk's look-up
+                self._opened.learn_rows([self._objects[0].data])
+            except Exception as exc:  # h5py/remfile failures while reading (network, truncation)
+                raise self._read_error(exc) from None
         if check_dead:
             self._check_dead(drop_dead)
+        self._muscle_coord(self._columns)
 
     # ----- choosing and checking -------------------------------------------------------------
     def _choose(self, series: str | None) -> SeriesInfo:
@@ -419,10 +426,21 @@ class EMGReader:
             cols.append(self._all_muscles.index(m))
         return cols
 
+    def _muscle_coord(self, columns: list[int]) -> Any:
+        """The ``muscle`` coordinate of these columns, built once per reader (pandas' string index costs ~0.3-1 ms)."""
+        key = tuple(columns)
+        coord = self._muscle_coords.get(key)
+        if coord is None:
+            if len(self._muscle_coords) >= 8:
+                self._muscle_coords.clear()
+            names = [self._all_muscles[c] for c in columns]
+            coord = self._muscle_coords[key] = xr.DataArray(names, dims="muscle", coords={"muscle": names})["muscle"]
+        return coord
+
     def _dataarray(self, i0: int, i1: int, columns: list[int]) -> xr.DataArray:
         data, valid = self._read_scaled(i0, i1, columns)
         coords: dict[str, Any] = {"time": pd.Index(self._times(i0, i1), copy=False, name="time"),  # xarray's own
-                                  "muscle": [self._all_muscles[c] for c in columns]}  # cast would copy it again
+                                  "muscle": self._muscle_coord(columns)}  # cast would copy it again
         if valid is not None:
             coords["valid"] = (("time", "muscle"), valid)
         return xr.DataArray(
