@@ -63,8 +63,8 @@ class OpenedSource:
             self._prefetcher.prefetch(datasets, i0, i1, columns)
 
     def learn_rows(self, datasets: Sequence[Any]) -> None:
-        """Streamed files: locate the first and last HDF5 chunk of ``datasets`` now, so that a window's range
-        request can go out before its own chunk look-ups (which need a B-tree round trip on a fresh open)."""
+        """Streamed files: read the HDF5 chunk index of ``datasets`` now, in one pass, so that a window's range request
+        goes out without waiting for chunk look-ups (one B-tree walk each, and round trips on a fresh open)."""
         if self._prefetcher is not None:
             self._prefetcher.learn(datasets)
 

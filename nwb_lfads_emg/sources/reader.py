@@ -98,13 +98,13 @@ class EMGReader:
         except Exception as exc:  # h5py/remfile failures while reading (network, truncation)
             raise self._read_error(exc) from None
         self.muscles = list(self._all_muscles)
-        if hasattr(self._opened, "learn_rows") and self.source_kind in ("ElectricalSeries", "TimeSeries"):
-            try:  # streamed: a window's range request then goes out before its first chunk's look-up
-                self._opened.learn_rows([self._objects[0].data])
-            except Exception as exc:  # h5py/remfile failures while reading (network, truncation)
-                raise self._read_error(exc) from None
         if check_dead:
             self._check_dead(drop_dead)
+        if hasattr(self._opened, "learn_rows"):  # streamed: the chunk index read once, not looked up chunk by chunk
+            try:
+                self._opened.learn_rows([o.data for o in self._objects])
+            except Exception as exc:  # h5py/remfile failures while reading (network, truncation)
+                raise self._read_error(exc) from None
         self._muscle_coord(self._columns)
 
     # ----- choosing and checking -------------------------------------------------------------
