@@ -10,6 +10,8 @@ a local h5py read vs one raw HTTP GET of the same bytes; bytes moved; bounded-me
    - one raw HTTP GET (http.client) of as many bytes as the covering chunks: the link's speed;
    - the library's HTTP receive path alone on the same bytes (``fetch_range`` from a pool thread on a connection
      opened beforehand, into a fresh array in chunk-sized pieces; no look-ups): the floor under the library read;
+   - the time to open (``open_source``) and to build the reader (for a streamed series it reads the series' HDF5
+     chunk index in one pass, so that no window waits for chunk look-ups), reported beside the first window;
    - streamed, each on a fresh open: the library read (``OpenedSource.read_rows``: one range request per
      16 MiB span, asked for once its first chunk is located and received straight into the output while
      the other look-ups go on; no h5py read), prefetch + h5py's read (the path of other filters),
@@ -197,8 +199,12 @@ def streamed(url: str, srv: ServerProcess, workers: int, i0: int, i1: int, t0s: 
             values = d[i0:i1, :]
             out["prefetch_h5py_s"] = time.perf_counter() - t
             assert np.array_equal(values, reference)
+    t = time.perf_counter()
     with open_source(url, cache_dir=False, prefetch_workers=workers) as opened:
-        reader = EMGReader(opened, check_dead=False)
+        out["open_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        reader = EMGReader(opened, check_dead=False)  # streamed: reads the series' chunk index (Prefetcher.learn)
+        out["reader_init_s"] = time.perf_counter() - t
         t = time.perf_counter()
         window = reader.window(t0s, t1s)
         out["reader_s"] = time.perf_counter() - t
@@ -231,8 +237,12 @@ def window_bench(path: Path, repeats: int, latency_ms: float, workers: int) -> d
                 t = time.perf_counter()
                 f[SERIES][i0:i1, :]
                 runs.setdefault("local h5py", []).append({"h5py_s": time.perf_counter() - t})
+            t = time.perf_counter()
             with open_source(path) as opened:
+                runs["local h5py"][-1]["open_s"] = time.perf_counter() - t
+                t = time.perf_counter()
                 reader = EMGReader(opened, check_dead=False)
+                runs["local h5py"][-1]["reader_init_s"] = time.perf_counter() - t
                 t = time.perf_counter()
                 reader.window(t0s, t1s)
                 runs["local h5py"][-1]["reader_s"] = time.perf_counter() - t
@@ -268,7 +278,9 @@ def window_bench(path: Path, repeats: int, latency_ms: float, workers: int) -> d
         pre_s = med(label, "prefetch_h5py_s")
         get_ref = med(f"raw HTTP GET +{latency_ms:g} ms", "h5py_s") if "+" in label else get_s
         lookups_s, transfer_s = med(label, "lookups_s"), med(label, "transfer_s")
-        row = {"lookups_ms": lookups_s * 1e3 if lookups_s else None,
+        open_s, init_s = med(label, "open_s"), med(label, "reader_init_s")
+        row = {"open_ms": open_s * 1e3 if open_s else None, "reader_init_ms": init_s * 1e3 if init_s else None,
+               "lookups_ms": lookups_s * 1e3 if lookups_s else None,
                "transfer_ms": transfer_s * 1e3 if transfer_s else None, "library_ms": h5_s * 1e3,
                "MBps": raw_mb / h5_s, "x_local": local_s / h5_s, "x_raw_get": get_ref / h5_s,
                "prefetch_h5py_MBps": raw_mb / pre_s if pre_s else None,
@@ -306,6 +318,16 @@ def print_table(win: dict, kind: str = "uncompressed") -> None:
         print(f"| {label} | {cell(r['MBps'], r['x_local'], r['x_raw_get'])} | {pre} | "
               f"{cell(r['reader_MBps'], r['reader_x_local'], r['reader_x_raw_get'])} | "
               f"{cell(r['reader_next_MBps'], r['reader_next_x_local'], r['reader_next_x_raw_get'])} | {extra} |")
+
+    print("\nopening, before the first window (medians, ms): `open_source`, then `EMGReader(opened, check_dead=False)`,"
+          " which for a streamed series reads its HDF5 chunk index in one pass:\n")
+    print("| path | open_source | EMGReader built | first window | all three |")
+    print("|---|---|---|---|---|")
+    for label, r in win["rows"].items():
+        if r.get("open_ms") and r.get("reader_MBps"):
+            first = win["window_raw_MB"] / r["reader_MBps"] * 1e3
+            print(f"| {label} | {r['open_ms']:.1f} | {r['reader_init_ms']:.1f} | {first:.1f} | "
+                  f"{r['open_ms'] + r['reader_init_ms'] + first:.1f} |")
 
     print("\nwhere the library read's time goes (fresh open; medians, ms):\n")
     print("| path | whole read | chunk look-ups alone | transfer alone (B-tree nodes already read by HDF5) | raw GET |")
