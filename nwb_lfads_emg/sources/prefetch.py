@@ -10,8 +10,10 @@ remfile's memory cache and disk cache, so h5py's reads that follow are served lo
 
 Datasets stored without filters (uncompressed chunks, or contiguous) or with only deflate (gzip) and
 shuffle (NeuroConv's default) skip h5py's read altogether:
-:meth:`Prefetcher.read` looks their chunks up (memoised per dataset for the reader's lifetime),
-starts the fetches while the look-ups go on (a look-up may itself wait for a B-tree node), and
+:meth:`Prefetcher.read` looks their chunks up (memoised per dataset for the reader's lifetime; an
+``EMGReader`` reads its series' whole chunk index once when built, :meth:`Prefetcher.learn`, as HDF5
+walks the index for every single look-up), starts the fetches while any look-ups go on (a look-up may
+itself wait for a B-tree node), and
 receives whole uncompressed chunks of full rows straight into the output array; partial,
 column-tiled or compressed chunks land in their own buffer (compressed ones are inflated and
 unshuffled in the fetch threads, honouring each chunk's filter mask) and are copied once their
