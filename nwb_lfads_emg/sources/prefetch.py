@@ -184,6 +184,7 @@ class _Layout:
         self.full_rows = len(self.shape) == 1 or self.chunks[1] == self.shape[1]  # a chunk's rows are whole rows
         self.index: dict[tuple[int, int], tuple[int, int, tuple[int, ...]] | None] = {}
         self.anchors: list[int] = []  # row chunks of column chunk 0 located so far (sorted): where guesses start from
+        self.indexed = False  # the whole index read (``index_all``)
 
     def undo(self, mask: int) -> tuple[int, ...]:
         """Filters to undo, in decoding order, for a chunk with this filter mask (bit i set: filter i was skipped)."""
@@ -218,6 +219,7 @@ class _Layout:
         self.index.clear()
         self.index.update(found)
         self.anchors = sorted(key[0] for key, where in found if where is not None and key[1] == 0)
+        self.indexed = True
 
     def locate(self, r: int, c: int) -> tuple[int, int, tuple[int, ...]] | None:
         """(file offset, stored size, filters to undo) of chunk (row chunk r, column chunk c); None when never written."""
@@ -235,6 +237,7 @@ class _Layout:
         if len(self.index) >= MAX_INDEX_ENTRIES:
             self.index.clear()
             self.anchors.clear()
+            self.indexed = False
         self.index[(r, c)] = found
         if found is not None and c == 0:
             bisect.insort(self.anchors, r)
@@ -477,6 +480,8 @@ class Prefetcher:
             if layout is None or layout.contiguous_offset is not None or not layout.shape[0]:
                 continue
             grid = [math.ceil(n / c) for n, c in zip(layout.shape, layout.chunks, strict=True)]
+            if layout.indexed:
+                continue  # (another reader of the same series)
             if math.prod(grid) <= MAX_INDEX_ENTRIES and hasattr(layout.dataset.id, "chunk_iter"):
                 layout.index_all()
             elif layout.full_rows and not layout.filters:
