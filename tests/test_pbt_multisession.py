@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -112,7 +113,8 @@ def test_pbt_on_several_sources_selects_on_the_pooled_loss(sims, tmp_path):
 def test_stitched_epoch_steps_on_every_session_and_is_capped_by_epoch_segments(sims):
     """Each step trains one batch of `batch_size` segments drawn from every session in proportion to its
     segments, an epoch is one pass over all of them (as many steps as the longest session needs at its
-    share; a shorter one cycles), and `epoch_segments` caps the segments per epoch and those validated."""
+    share; a shorter one cycles), and `epoch_segments` caps the segments per epoch and those validated; a
+    session's own weights learn faster the smaller its share (`session_lr_scale`)."""
     from nwb_lfads_emg.lfads.config import preset
     from nwb_lfads_emg.training.multisession import MultiSessionTrainer
 
@@ -136,3 +138,11 @@ def test_stitched_epoch_steps_on_every_session_and_is_capped_by_epoch_segments(s
     assert sum(n_val) <= 9 < sum(int(x.shape[0]) for x in whole.x_val) and min(n_val) >= 1
     m = capped.train_epoch()
     assert len(m["val_loss_per_session"]) == 2 and all(np.isfinite(m["val_loss_per_session"]))
+    # a session's own read-in/read-out learns at sqrt(batch / its share) times the shared weights' rate
+    group = {id(p): g for g in capped.optimizer.param_groups for p in g["params"]}
+    for k, io in enumerate(capped.model.sessions):
+        want = m["lr_effective"] * math.sqrt(config.batch_size / shares[k])
+        assert all(group[id(p)]["lr"] == pytest.approx(want) for p in io.parameters())
+    assert all(group[id(p)]["lr"] == pytest.approx(m["lr_effective"]) for p in capped.model.core.parameters())
+    alone = MultiSessionTrainer(data[:1], muscles[:1], config, device="cpu")  # one session: as a single model
+    assert [g["lr_scale"] for g in alone.optimizer.param_groups] == [1.0]

@@ -52,6 +52,14 @@ ADAPT_FITS = ["read-in", "read-out", "own copy of the encoders and controller (s
 STATE_FORMAT = "nwb-lfads-emg-multisession-trainer/1"
 
 
+def session_lr_scale(step: int, share: int) -> float:
+    """Learning-rate factor of a session's own weights (read-in, read-out) when it has `share` of a step's `step`
+    segments: sqrt(step / share), 1 for a session alone. Its gradient comes from its share of the batch only, a
+    noisier estimate that shrinks Adam's normalised step; measured on the simulator (4 sessions, factor 2;
+    README, stitching): factor 1 R^2 0.911 (seed 0, mean of 4 sessions), 2 0.919, 4 0.913, 0.5 0.895."""
+    return math.sqrt(step / max(share, 1))
+
+
 class MultiSessionTrainer:
     """Owns a `MultiSessionLFADS`, its optimiser and the segments of several sessions; `train_epoch()` advances it.
 
@@ -123,7 +131,8 @@ class MultiSessionTrainer:
         self.model.to(dev)
         params = list(trainable) if trainable is not None else list(self.model.parameters())
         self.params = params
-        self.optimizer = torch.optim.AdamW(params, lr=c.lr, eps=c.adam_eps, weight_decay=c.weight_decay)
+        self.optimizer = torch.optim.AdamW(self._param_groups(params), lr=c.lr, eps=c.adam_eps,
+                                           weight_decay=c.weight_decay)
         self.amp_dtype = autocast_dtype(c.precision, dev)
         self.scaler = torch.amp.GradScaler(dev.type, enabled=self.amp_dtype == torch.float16)
         self.epoch, self.val_smoothed, self.best_val, self.best_epoch = 0, None, math.inf, -1
@@ -131,6 +140,28 @@ class MultiSessionTrainer:
         self.best_count = 0
         self.bad_epochs = 0
         self.metrics: list[dict[str, Any]] = []
+
+    def _shares(self) -> list[int]:
+        """Each session's segments in a step's batch: `batch_size` in all, shared in proportion to the sessions'
+        training segments (at least one each, at most all of a session's)."""
+        counts = [int(x.shape[0]) for x in self.x_train]
+        total = max(sum(counts), 1)
+        return [min(n, max(1, round(self.config.batch_size * n / total))) for n in counts]
+
+    def _param_groups(self, params: Sequence[nn.Parameter]) -> list[dict[str, Any]]:
+        """Optimiser groups with their `lr_scale`: a session's own read-in, read-out (and adapted encoders) learn
+        at the base rate times `session_lr_scale` (one session alone: 1, as in a
+        single-session model); the shared encoders, controller and generator at the base rate."""
+        shares = self._shares()
+        step = max(sum(shares), 1)
+        scale: dict[int, float] = {}
+        for k, session in enumerate(self.session_ids):
+            for p in self.model.session_parameters(session):
+                scale[id(p)] = session_lr_scale(step, shares[k])
+        groups: dict[float, list[nn.Parameter]] = {}
+        for p in params:
+            groups.setdefault(scale.get(id(p), 1.0), []).append(p)
+        return [{"params": ps, "lr_scale": s} for s, ps in groups.items()]
 
     def _cap_validation(self) -> None:
         """Score at most `epoch_segments` validation segments over all sessions (each session's share evenly
@@ -184,8 +215,7 @@ class MultiSessionTrainer:
         cycles through its segments again; `epoch_segments` caps the segments of an epoch."""
         c = self.config
         orders = [torch.randperm(int(x.shape[0]), generator=self.generator) for x in self.x_train]
-        total = sum(len(o) for o in orders)
-        sizes = [min(len(o), max(1, round(c.batch_size * len(o) / total))) for o in orders]
+        sizes = self._shares()
         n_steps = max(math.ceil(len(o) / b) for o, b in zip(orders, sizes, strict=True))
         if c.epoch_segments:
             n_steps = min(n_steps, max(1, math.ceil(int(c.epoch_segments) / sum(sizes))))
@@ -199,7 +229,7 @@ class MultiSessionTrainer:
         l2_ramp = ramp(self.epoch, c.l2_start_epoch, c.l2_increase_epoch)
         lr_now = c.lr * lr_factor(self.epoch, c.max_epochs, c.lr_schedule, c.lr_min_ratio)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr_now
+            group["lr"] = lr_now * group.get("lr_scale", 1.0)
         batches = self._epoch_batches()
         sums = {key: 0.0 for key in ("loss", "recon", "kl_ic", "kl_co", "l2")}
         sv_sum = np.zeros(len(self.x_train))
