@@ -5,7 +5,9 @@ ties the oracle. The same calls as `benchmarks/bench_accuracy.py --real none --s
 motor_units:isometric --seeds 0` (which prints the whole table over seeds and carrier models).
 
 Each cell trains the auto preset at full length (tens of minutes of CPU for one model, about four times
-that for the population), so this is a `claim` test: skipped unless NWB_LFADS_EMG_CLAIMS=1.
+that for the population), so this is a `claim` test: skipped unless NWB_LFADS_EMG_CLAIMS=1. The claim
+does not hold (README, motor-unit simulator), so the test is a strict expected failure: it fails if the
+claim starts to hold (then drop the mark) or if anything but the claim's assertions fails.
 """
 
 from __future__ import annotations
@@ -19,6 +21,10 @@ from nwb_lfads_emg.simulate import SimulationConfig, simulate_session, write_ses
 TASKS = ("locomotion", "isometric")
 PBT_OVER_ORACLE = 0.02  # the issue's margin, on average over the tasks
 TIE = 0.001  # "at least ties": no more than this below the oracle (the table's third decimal)
+XFAIL = ("issue 13's simulator claim does not hold on seed 0: one default model trails the oracle low-pass on "
+         "locomotion (0.929 vs 0.936) and ties it on isometric (0.975 vs 0.975); PBT (population 4, 250 epochs "
+         "each) beats the low-pass and the Bayesian filter on both but the oracle by -0.002 (locomotion, 0.934 vs "
+         "0.936) and +0.005 (isometric, 0.980 vs 0.975): +0.0015 on average, not 0.02 (README, motor-unit simulator)")
 
 
 def _scores(tmp_path, task: str, pbt: bool) -> dict[str, float]:
@@ -36,6 +42,7 @@ def _scores(tmp_path, task: str, pbt: bool) -> dict[str, float]:
 
 
 @pytest.mark.claim
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=XFAIL)
 def test_pbt_beats_the_baselines_and_one_model_ties_the_oracle_on_the_motor_unit_simulator(tmp_path):
     rows = {(task, mode): _scores(tmp_path, task, mode == "pbt") for task in TASKS for mode in ("single", "pbt")}
     print("\n", {k: {m: round(v, 3) for m, v in s.items()} for k, s in rows.items()})
