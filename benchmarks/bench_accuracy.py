@@ -117,14 +117,15 @@ def _row(label: str, scores: dict[str, float], seconds: float, extra: str = "", 
 
 def _markdown() -> str:
     """The table as the README shows it: best per row in bold, AutoLFADS' margin over each baseline."""
-    head = "| session | " + " | ".join(METHODS) + " | AutoLFADS - LowPass / Bayes / oracle | time scales, wall, CPU |"
+    head = "| session | " + " | ".join(METHODS) + " | AutoLFADS - LowPass / Bayes / oracle | time scales, CPU, wall |"
     lines = [head, "|" + "---|" * (len(METHODS) + 3)]
     for label, scores, seconds, extra in ROWS:
         best = max(METHODS, key=lambda m: scores.get(m, float("-inf")))
         cells = [f"**{scores[m]:.3f}**" if m == best else f"{scores.get(m, float('nan')):.3f}" for m in METHODS]
         a = scores.get("AutoLFADS", float("nan"))
-        margins = " / ".join(f"{a - scores.get(m, float('nan')):+.3f}" for m in METHODS[1:])
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | {margins} | {extra}, {seconds:.0f} s |")
+        diffs = [a - scores.get(m, float("nan")) for m in METHODS[1:]]
+        margins = " / ".join(f"**{d:+.3f}**" if d < 0 else f"{d:+.3f}" for d in diffs)  # losses in bold
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {margins} | {extra}, wall {seconds:.0f} s |")
     return "\n".join(lines)
 
 
