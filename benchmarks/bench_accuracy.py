@@ -8,16 +8,27 @@ Methods: AutoLFADS (auto preset), LowPass (cutoff chosen from the EMG alone), Ba
 (parameters by maximum marginal likelihood), LowPassOracle (cutoff picked WITH the truth or the
 behaviour: an upper reference, not a method a user can run).
 
+Every cell runs in two modes (`--modes`): `single` is `run` with default options (one model of the
+auto preset), `pbt` is `run --pbt` with the product's default PBT settings (population sized for
+the compute: 4-6 on CPU; generations of max-epochs/4 epochs; each member the auto preset's epochs).
+Both rows print the wall time and the CPU seconds of this process and every process it started
+(Ray's daemons and workers included), the budget a user pays on these cores.
+
     python benchmarks/bench_accuracy.py                         # everything (long on 2 CPU cores)
-    python benchmarks/bench_accuracy.py --real 3Amar 3Apie --sim none
+    python benchmarks/bench_accuracy.py --real 3Amar 3Apie --sim none --modes single
     python benchmarks/bench_accuracy.py --real none --sim motor_units:locomotion carrier-20-80:isometric --seeds 0 1 2
+    python benchmarks/bench_accuracy.py --real none --sim motor_units:locomotion --seeds 0 --modes pbt --record rows.jsonl
+    python benchmarks/bench_accuracy.py --table rows.jsonl      # the README table from recorded rows, no training
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -28,24 +39,93 @@ METHODS = ("AutoLFADS", "LowPass", "BayesianFilter", "LowPassOracle")
 
 
 ROWS: list[tuple[str, dict[str, float], float, str]] = []
+RECORD: Path | None = None  # --record: every row is appended here as one JSON line
 
 
-def _row(label: str, scores: dict[str, float], seconds: float, extra: str = "") -> None:
+class TreeCPU:
+    """CPU seconds (user + system) of this process and all its descendants, sampled from /proc.
+
+    A thread reads /proc every `period` s and keeps each process's last reading (by pid and start
+    time), so processes that end (Ray's workers and daemons) still count, up to their last `period`.
+    """
+
+    def __init__(self, period: float = 1.0) -> None:
+        self.period = period
+        self.seen: dict[tuple[int, int], float] = {}
+        self.base = 0.0
+        self._stop = threading.Event()
+        self._tick = os.sysconf("SC_CLK_TCK")
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _sample(self) -> None:
+        stats: dict[int, tuple[int, int, float]] = {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                text = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            fields = text[text.rindex(")") + 2:].split()  # after "pid (comm) "
+            ppid, utime, stime, start = int(fields[1]), int(fields[11]), int(fields[12]), int(fields[19])
+            stats[int(entry)] = (ppid, start, (utime + stime) / self._tick)
+        mine, frontier = set(), [os.getpid()]
+        children: dict[int, list[int]] = {}
+        for pid, (ppid, _, _) in stats.items():
+            children.setdefault(ppid, []).append(pid)
+        while frontier:
+            pid = frontier.pop()
+            if pid in mine or pid not in stats:
+                continue
+            mine.add(pid)
+            frontier.extend(children.get(pid, []))
+        for pid in mine:
+            _, start, cpu = stats[pid]
+            self.seen[(pid, start)] = max(cpu, self.seen.get((pid, start), 0.0))
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.period):
+            self._sample()
+
+    def __enter__(self) -> TreeCPU:
+        self._sample()
+        self.base = sum(self.seen.values())
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    @property
+    def seconds(self) -> float:
+        """CPU seconds used since entering."""
+        return sum(self.seen.values()) - self.base
+
+
+def _row(label: str, scores: dict[str, float], seconds: float, extra: str = "", cpu_s: float | None = None) -> None:
+    if cpu_s is not None:
+        extra = f"{extra}, CPU {cpu_s:.0f} s" if extra else f"CPU {cpu_s:.0f} s"
     ROWS.append((label, scores, seconds, extra))
     cells = "  ".join(f"{scores.get(m, float('nan')):>13.3f}" for m in METHODS)
-    print(f"{label:<34} {cells}  {seconds:7.0f} s  {extra}", flush=True)
+    print(f"{label:<40} {cells}  {seconds:7.0f} s  {extra}", flush=True)
+    if RECORD is not None:
+        with RECORD.open("a") as f:
+            f.write(json.dumps({"label": label, "scores": scores, "seconds": seconds, "extra": extra}) + "\n")
 
 
 def _markdown() -> str:
     """The table as the README shows it: best per row in bold, AutoLFADS' margin over each baseline."""
-    head = "| session | " + " | ".join(METHODS) + " | AutoLFADS - LowPass / Bayes / oracle | time scales |"
+    head = "| session | " + " | ".join(METHODS) + " | AutoLFADS - LowPass / Bayes / oracle | time scales, CPU, wall |"
     lines = [head, "|" + "---|" * (len(METHODS) + 3)]
     for label, scores, seconds, extra in ROWS:
         best = max(METHODS, key=lambda m: scores.get(m, float("-inf")))
         cells = [f"**{scores[m]:.3f}**" if m == best else f"{scores.get(m, float('nan')):.3f}" for m in METHODS]
         a = scores.get("AutoLFADS", float("nan"))
-        margins = " / ".join(f"{a - scores.get(m, float('nan')):+.3f}" for m in METHODS[1:])
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | {margins} | {extra}, {seconds:.0f} s |")
+        diffs = [a - scores.get(m, float("nan")) for m in METHODS[1:]]
+        margins = " / ".join(f"**{d:+.3f}**" if d < 0 else f"{d:+.3f}" for d in diffs)  # losses in bold
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {margins} | {extra}, wall {seconds:.0f} s |")
     return "\n".join(lines)
 
 
@@ -55,7 +135,14 @@ def _time_scales(record: dict) -> str:
     if ts.get("candidates"):
         text += " (held-out R^2 " + ", ".join(f"{c['bin_ms']:g} ms {c['held_out_r2']:.3f}"
                                               for c in ts["candidates"]) + ")"
-    return text + f", {len(record['metrics'])} epochs"
+    hist = record.get("pbt_history")
+    if not hist:
+        return text + f", {len(record['metrics'])} epochs"
+    win = hist["winner"]
+    epochs = max((len(t["iterations"]) for t in hist["trials"].values()), default=0)
+    return (text + f", population {hist['population']} x {epochs} epochs ({hist['generations']} generations; "
+            f"{hist['stop_reason']}), {len(hist['exploits'])} exploits, winner {win['trial']} epoch "
+            f"{win['iteration']}")
 
 
 def _scores(table: object, analysis: str, target: str | None) -> dict[str, float]:
@@ -65,19 +152,25 @@ def _scores(table: object, analysis: str, target: str | None) -> dict[str, float
     return t.groupby("method").r2.mean().to_dict()
 
 
-def _annotate(src: Path, work: Path, max_epochs: int | None, seed: int) -> tuple[Path, dict]:
-    import json
+def _annotate(src: Path, work: Path, max_epochs: int | None, seed: int, pbt: bool = False
+              ) -> tuple[Path, dict, float]:
+    """`run` (or `run --pbt`) with default options: the annotated file, the job record, CPU seconds."""
+    from nwb_lfads_emg.pipeline import JobConfig, PBTSettings, run
 
-    from nwb_lfads_emg.pipeline import JobConfig, run
+    tag = "_pbt" if pbt else ""
+    out, run_dir = work / (src.stem + tag + "_annotated.nwb"), work / (src.stem + tag + "_run")
+    with TreeCPU() as cpu:
+        run(src, run_dir, out=out, overwrite=True,
+            job=JobConfig(seed=seed, max_epochs=max_epochs, progress=False, pbt=pbt, pbt_settings=PBTSettings()))
+    record = json.loads((run_dir / "job.json").read_text())
+    return out, record, cpu.seconds
 
-    out = work / (src.stem + "_annotated.nwb")
-    run(src, work / (src.stem + "_run"), out=out, overwrite=True,
-        job=JobConfig(seed=seed, max_epochs=max_epochs, progress=False))
-    record = json.loads((work / (src.stem + "_run") / "job.json").read_text())
-    return out, record
+
+def _cells(modes: list[str]) -> list[tuple[str, bool]]:
+    return [(m, m == "pbt") for m in modes]
 
 
-def bench_real(names: list[str], work: Path, max_epochs: int | None) -> None:
+def bench_real(names: list[str], work: Path, max_epochs: int | None, modes: list[str]) -> None:
     from real_nwb import elderly_to_nwb, uci_to_nwb
 
     from nwb_lfads_emg.evaluate import evaluate_file
@@ -91,13 +184,15 @@ def bench_real(names: list[str], work: Path, max_epochs: int | None) -> None:
         else:
             src = uci_to_nwb(DATA / "uci-lower-limb" / f"{name}.npz", work / f"{name}.nwb")
             target = "knee_angle"
-        out, record = _annotate(src, work, max_epochs, 0)
-        table = evaluate_file(out)
-        _row(f"{name} decode {target}", _scores(table, "decode_linear", target), time.perf_counter() - t0,
-             _time_scales(record))
+        for mode, pbt in _cells(modes):
+            out, record, cpu_s = _annotate(src, work, max_epochs, 0, pbt)
+            table = evaluate_file(out)
+            _row(f"{name} decode {target} {mode}", _scores(table, "decode_linear", target),
+                 time.perf_counter() - t0, _time_scales(record), cpu_s)
+            t0 = time.perf_counter()
 
 
-def bench_sim(specs: list[str], seeds: list[int], work: Path, max_epochs: int | None) -> None:
+def bench_sim(specs: list[str], seeds: list[int], work: Path, max_epochs: int | None, modes: list[str]) -> None:
     from nwb_lfads_emg.evaluate import evaluate_file
     from nwb_lfads_emg.simulate import SimulationConfig, simulate_session, write_session_nwb
 
@@ -109,10 +204,12 @@ def bench_sim(specs: list[str], seeds: list[int], work: Path, max_epochs: int | 
             t0 = time.perf_counter()
             cfg = SimulationConfig(emg_model=model, task=task, seed=seed, duration_s=60.0, **extra)
             src = write_session_nwb(simulate_session(cfg), work / f"sim_{label}_{task}_{seed}.nwb")
-            out, record = _annotate(src, work, max_epochs, 0)
-            table = evaluate_file(out)
-            _row(f"sim {label} {task} seed {seed}", _scores(table, "vs_truth", None), time.perf_counter() - t0,
-                 _time_scales(record))
+            for mode, pbt in _cells(modes):
+                out, record, cpu_s = _annotate(src, work, max_epochs, 0, pbt)
+                table = evaluate_file(out)
+                _row(f"sim {label} {task} seed {seed} {mode}", _scores(table, "vs_truth", None),
+                     time.perf_counter() - t0, _time_scales(record), cpu_s)
+                t0 = time.perf_counter()
 
 
 def main() -> None:
@@ -124,14 +221,31 @@ def main() -> None:
                                                 "carrier-20-80:locomotion", "carrier-20-80:isometric"])
     p.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
     p.add_argument("--max-epochs", type=int, default=None, help="cap the auto preset's epochs (default: none)")
+    p.add_argument("--modes", nargs="+", choices=("single", "pbt"), default=["single", "pbt"],
+                   help="one default model (`run`) and/or AutoLFADS (`run --pbt`, default PBT settings) per cell")
+    p.add_argument("--record", type=Path, default=None, help="append every row to this JSON-lines file")
+    p.add_argument("--table", nargs="+", type=Path, default=None, metavar="ROWS.jsonl",
+                   help="print the markdown table of rows recorded with --record (no training)")
+    p.add_argument("--workdir", type=Path, default=None, help="keep the NWB files and run directories here")
     args = p.parse_args()
+    if args.table:
+        for path in args.table:
+            for line in path.read_text().splitlines():
+                if line.strip():
+                    r = json.loads(line)
+                    ROWS.append((r["label"], r["scores"], r["seconds"], r["extra"]))
+        print(_markdown(), flush=True)
+        return
+    global RECORD
+    RECORD = args.record
     real = [] if args.real == ["none"] else args.real
     sims = [] if args.sim == ["none"] else args.sim
-    print(f"{'session (R^2)':<34} " + "  ".join(f"{m:>13}" for m in METHODS) + "     time", flush=True)
+    print(f"{'session (R^2)':<40} " + "  ".join(f"{m:>13}" for m in METHODS) + "     time", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        bench_real(real, work, args.max_epochs)
-        bench_sim(sims, args.seeds, work, args.max_epochs)
+        work = args.workdir or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        bench_real(real, work, args.max_epochs, args.modes)
+        bench_sim(sims, args.seeds, work, args.max_epochs, args.modes)
     print("\n" + _markdown(), flush=True)
 
 

@@ -24,7 +24,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 SERIAL_GROUPS = {
     "demo_model": ("tests/test_e2e.py::", "tests/test_lfads_accuracy.py::"),
     "ray": ("tests/test_pbt_local.py::", "tests/test_pbt_cluster.py::", "tests/test_pbt_multisession.py::",
-            "tests/test_tutorials.py::test_04_"),
+            "tests/test_tutorials.py::test_04_", "tests/test_simulator_claim.py::"),
 }
 
 
