@@ -479,9 +479,9 @@ class Prefetcher:
             layout = self._layout(d)
             if layout is None or layout.contiguous_offset is not None or not layout.shape[0]:
                 continue
-            grid = [math.ceil(n / c) for n, c in zip(layout.shape, layout.chunks, strict=True)]
             if layout.indexed:
                 continue  # (another reader of the same series)
+            grid = [math.ceil(n / c) for n, c in zip(layout.shape, layout.chunks, strict=True)]
             if math.prod(grid) <= MAX_INDEX_ENTRIES and hasattr(layout.dataset.id, "chunk_iter"):
                 layout.index_all()
             elif layout.full_rows and not layout.filters:
@@ -756,15 +756,7 @@ class Prefetcher:
             session.fetch_range(self.url, span.start, consume, span.length)
         except OSError as exc:
             raise self._fail(str(exc)) from None
-        placed = span.pieces[:span.taken]
-        if self._disk is not None:
-            for piece in placed:
-                self._disk.set(self._chunk_key(piece.offset, piece.size), piece.sink)
-                if piece.mark is not None:
-                    self._disk.set(piece.mark, b"1")
-        with self._lock:
-            self.requests += 1
-            self.bytes_fetched += span.received
+        self._received(span.pieces[:span.taken], span.received)
         return span.received
 
     def _held(self, offset: int, size: int) -> tuple[memoryview, bool] | None:
@@ -784,6 +776,17 @@ class Prefetcher:
         self._edges[offset] = (size, data)
         while len(self._edges) > EDGE_CHUNKS or sum(v[1].nbytes for v in self._edges.values()) > EDGE_BYTES:
             self._edges.pop(next(iter(self._edges)))
+
+    def _received(self, pieces: Sequence[_Piece], nbytes: int) -> None:
+        """After one request: its chunks (and their marks) into the disk cache, the request and its bytes counted."""
+        if self._disk is not None:
+            for piece in pieces:
+                self._disk.set(self._chunk_key(piece.offset, piece.size), piece.sink)
+                if piece.mark is not None:
+                    self._disk.set(piece.mark, b"1")
+        with self._lock:
+            self.requests += 1
+            self.bytes_fetched += nbytes
 
     def _mark_key(self, layout: _Layout, r: int) -> str:
         """Disk-cache key of the mark left beside row chunk ``r`` of ``layout``'s dataset (column chunk 0) when it is
@@ -811,14 +814,7 @@ class Prefetcher:
             self._thread_session().fetch_range(self.url, pieces[0].offset, sinks)
         except OSError as exc:
             raise self._fail(str(exc)) from None
-        if self._disk is not None:
-            for piece in pieces:
-                self._disk.set(self._chunk_key(piece.offset, piece.size), piece.sink)
-                if piece.mark is not None:
-                    self._disk.set(piece.mark, b"1")
-        with self._lock:
-            self.requests += 1
-            self.bytes_fetched += end - pieces[0].offset
+        self._received(pieces, end - pieces[0].offset)
         for piece in pieces:  # decoded here, in the pool, while the other requests stream
             if piece.undo:
                 piece.sink = decode_chunk(piece.sink, piece.undo, piece.itemsize, piece.expect, piece.dest)
