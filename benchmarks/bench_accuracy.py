@@ -170,10 +170,21 @@ def _cells(modes: list[str]) -> list[tuple[str, bool]]:
     return [(m, m == "pbt") for m in modes]
 
 
+def _run_cells(src: Path, work: Path, max_epochs: int | None, modes: list[str], label: str, analysis: str,
+               target: str | None, t0: float) -> None:
+    """One row per mode (`run`, `run --pbt`) on one session: annotate, evaluate, print (the first row's time
+    includes writing the session, from `t0`)."""
+    from nwb_lfads_emg.evaluate import evaluate_file
+
+    for mode, pbt in _cells(modes):
+        out, record, cpu_s = _annotate(src, work, max_epochs, 0, pbt)
+        _row(f"{label} {mode}", _scores(evaluate_file(out), analysis, target), time.perf_counter() - t0,
+             _time_scales(record), cpu_s)
+        t0 = time.perf_counter()
+
+
 def bench_real(names: list[str], work: Path, max_epochs: int | None, modes: list[str]) -> None:
     from real_nwb import elderly_to_nwb, uci_to_nwb
-
-    from nwb_lfads_emg.evaluate import evaluate_file
 
     for name in names:
         t0 = time.perf_counter()
@@ -184,16 +195,10 @@ def bench_real(names: list[str], work: Path, max_epochs: int | None, modes: list
         else:
             src = uci_to_nwb(DATA / "uci-lower-limb" / f"{name}.npz", work / f"{name}.nwb")
             target = "knee_angle"
-        for mode, pbt in _cells(modes):
-            out, record, cpu_s = _annotate(src, work, max_epochs, 0, pbt)
-            table = evaluate_file(out)
-            _row(f"{name} decode {target} {mode}", _scores(table, "decode_linear", target),
-                 time.perf_counter() - t0, _time_scales(record), cpu_s)
-            t0 = time.perf_counter()
+        _run_cells(src, work, max_epochs, modes, f"{name} decode {target}", "decode_linear", target, t0)
 
 
 def bench_sim(specs: list[str], seeds: list[int], work: Path, max_epochs: int | None, modes: list[str]) -> None:
-    from nwb_lfads_emg.evaluate import evaluate_file
     from nwb_lfads_emg.simulate import SimulationConfig, simulate_session, write_session_nwb
 
     for spec in specs:
@@ -204,12 +209,7 @@ def bench_sim(specs: list[str], seeds: list[int], work: Path, max_epochs: int | 
             t0 = time.perf_counter()
             cfg = SimulationConfig(emg_model=model, task=task, seed=seed, duration_s=60.0, **extra)
             src = write_session_nwb(simulate_session(cfg), work / f"sim_{label}_{task}_{seed}.nwb")
-            for mode, pbt in _cells(modes):
-                out, record, cpu_s = _annotate(src, work, max_epochs, 0, pbt)
-                table = evaluate_file(out)
-                _row(f"sim {label} {task} seed {seed} {mode}", _scores(table, "vs_truth", None),
-                     time.perf_counter() - t0, _time_scales(record), cpu_s)
-                t0 = time.perf_counter()
+            _run_cells(src, work, max_epochs, modes, f"sim {label} {task} seed {seed}", "vs_truth", None, t0)
 
 
 def main() -> None:
