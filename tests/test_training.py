@@ -207,6 +207,11 @@ def test_stop_and_resume_equals_uninterrupted(tmp_path):
     assert sha256_file(tmp_path / "full" / "model.pt") == full.weights_sha256
     with pytest.raises(TrainingError, match="different configuration"):
         fit(data, tiny_config(gen_dim=12), tmp_path / "full", device="cpu", seed=2, progress=False)
+    with pytest.raises(TrainingError, match=r"full: holds a run with seed 2, not 3"):
+        fit(data, tiny_config(), tmp_path / "full", device="cpu", seed=3, progress=False)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(TrainingError, match="cannot create the run directory"):
+        fit(data, tiny_config(), tmp_path / "file" / "run", device="cpu", seed=2, progress=False)
 
 
 def test_killed_subprocess_resumes_to_same_result(tmp_path):

@@ -109,6 +109,25 @@ def load_latest(run_dir: str | Path) -> dict[str, Any] | None:
     return None
 
 
+def resume(run_dir: str | Path, trainer: Any) -> Path:
+    """Create `run_dir` and load its latest checkpoint into `trainer` (a run of another seed is refused), so a
+    killed or interrupted fit goes on where it stopped; returns the directory."""
+    run_dir = Path(run_dir)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TrainingError(f"{run_dir}: cannot create the run directory ({exc.strerror})") from None
+    state = load_latest(run_dir)
+    if state is not None:
+        if state.get("seed") != trainer.seed:
+            raise TrainingError(f"{run_dir}: holds a run with seed {state.get('seed')}, not {trainer.seed}")
+        try:
+            trainer.load_state_dict(state)
+        except TrainingError as exc:
+            raise TrainingError(f"{run_dir}: {exc}") from None
+    return run_dir
+
+
 def save_checkpoint(run_dir: str | Path, epoch: int, state: dict[str, Any], keep: int = 2) -> Path:
     """Write the checkpoint for `epoch` and keep only the newest `keep` ones."""
     path = save_atomic(state, checkpoint_path(run_dir, epoch))

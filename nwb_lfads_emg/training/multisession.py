@@ -376,19 +376,7 @@ def fit_sessions(data: Sequence[np.ndarray], muscles: Sequence[Sequence[str]], c
     the newest readable one (same sessions, configuration and seed), like a single-session `fit`."""
     trainer = MultiSessionTrainer(data, muscles, config, device=device, seed=seed, readin_dim=readin_dim)
     if run_dir is not None:
-        run_dir = Path(run_dir)
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise TrainingError(f"{run_dir}: cannot create the run directory ({exc.strerror})") from None
-        state = ckpt.load_latest(run_dir)
-        if state is not None:
-            if state.get("seed") != trainer.seed:
-                raise TrainingError(f"{run_dir}: holds a run with seed {state.get('seed')}, not {trainer.seed}")
-            try:
-                trainer.load_state_dict(state)
-            except TrainingError as exc:
-                raise TrainingError(f"{run_dir}: {exc}") from None
+        run_dir = ckpt.resume(run_dir, trainer)
     limit = int(max_epochs if max_epochs is not None else trainer.config.max_epochs)
     seconds = _train(trainer, limit, progress, f"LFADS x{len(data)} sessions", run_dir)
     model = trainer.model.cpu()

@@ -504,20 +504,8 @@ def fit(data: np.ndarray, config: LFADSConfig, run_dir: str | Path, device: str 
     `breaks`: bins where the recording is discontinuous (gaps between trials); no training window spans one."""
     from tqdm.auto import tqdm
 
-    run_dir = Path(run_dir)
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise TrainingError(f"{run_dir}: cannot create the run directory ({exc.strerror})") from None
     trainer = Trainer(data, config, device=device, seed=seed, breaks=breaks)
-    state = ckpt.load_latest(run_dir)
-    if state is not None:
-        if state.get("seed") != trainer.seed:
-            raise TrainingError(f"{run_dir}: holds a run with seed {state.get('seed')}, not {trainer.seed}")
-        try:
-            trainer.load_state_dict(state)
-        except TrainingError as exc:
-            raise TrainingError(f"{run_dir}: {exc}") from None
+    run_dir = ckpt.resume(run_dir, trainer)
     (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(trainer.config), indent=1))
     limit = int(max_epochs if max_epochs is not None else trainer.config.max_epochs)
     writer = _tensorboard_writer(run_dir)
