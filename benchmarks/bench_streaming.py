@@ -9,12 +9,13 @@ a local h5py read vs one raw HTTP GET of the same bytes; bytes moved; bounded-me
    - plain h5py on the local file (warm page cache) and the same through EMGReader.window;
    - one raw HTTP GET (http.client) of as many bytes as the covering chunks: the link's speed;
    - the library's HTTP receive path alone on the same bytes (``fetch_range`` from a pool thread on a connection
-     opened beforehand, into a fresh array in chunk-sized pieces; no look-ups): the floor under the library read;
+     opened beforehand, into a fresh array with one ``readinto``, as the library receives a run of chunks that lie
+     back to back; no look-ups): the floor under the library read;
    - the time to open (``open_source``) and to build the reader (for a streamed series it reads the series' HDF5
      chunk index in one pass, so that no window waits for chunk look-ups), reported beside the first window;
    - streamed, each on a fresh open: the library read (``OpenedSource.read_rows``: one range request per
      16 MiB span, asked for once its first chunk is located and received straight into the output while
-     the other look-ups go on; no h5py read), prefetch + h5py's read (the path of other filters),
+     the other look-ups go on, chunks that lie back to back in one ``readinto``; no h5py read), prefetch + h5py's read (the path of other filters),
      EMGReader.window (first window after the open) and the same reader's next window (the time per
      window of a pass over a recording: its span starts from the memoised chunk before it);
    - streamed the old way (prefetch off: h5py asks remfile chunk by chunk);
@@ -149,17 +150,17 @@ def raw_get(url: str, offset: int, n: int) -> float:
     return dt
 
 
-def bare_receive(url: str, offset: int, n: int, piece: int, pool: ThreadPoolExecutor) -> float:
+def bare_receive(url: str, offset: int, n: int, pool: ThreadPoolExecutor) -> float:
     """Seconds for the library's HTTP receive path alone: one ``RetryingSession.fetch_range`` of the raw GET's bytes
-    on a connection opened beforehand, sent and received by a pool thread into a fresh array in chunk-sized pieces
-    (no look-ups, no reader): the floor under the library read, next to the raw GET."""
+    on a connection opened beforehand, sent and received by a pool thread into a fresh array in one ``readinto`` (as
+    the library receives chunks that lie back to back; no look-ups, no reader): the floor under the library read."""
     from nwb_lfads_emg.sources.remote import RetryingSession
 
     session = RetryingSession()
     pool.submit(session.connect, url).result()
     t = time.perf_counter()
     view = memoryview(np.empty(n, dtype=np.uint8))
-    pool.submit(session.fetch_range, url, offset, [view[k:k + piece] for k in range(0, n, piece)]).result()
+    pool.submit(session.fetch_range, url, offset, [view]).result()
     dt = time.perf_counter() - t
     session.close()
     return dt
@@ -229,8 +230,6 @@ def window_bench(path: Path, repeats: int, latency_ms: float, workers: int) -> d
     runs: dict[str, list] = {}
     srv = ServerProcess(path)
     pool = ThreadPoolExecutor(max_workers=1)
-    with h5py.File(path, "r") as f:
-        piece = f[SERIES].chunks[0] * N_CH * 4
     try:
         for _ in range(repeats):
             with h5py.File(path, "r") as f:
@@ -251,7 +250,7 @@ def window_bench(path: Path, repeats: int, latency_ms: float, workers: int) -> d
                 runs["local h5py"][-1]["reader_next_s"] = time.perf_counter() - t
             runs.setdefault("raw HTTP GET", []).append({"h5py_s": raw_get(srv.url, first, covering)})
             runs.setdefault("library HTTP receive alone", []).append(
-                {"h5py_s": bare_receive(srv.url, first, covering, piece, pool)})
+                {"h5py_s": bare_receive(srv.url, first, covering, pool)})
             for label, w in ((f"streamed ({workers} workers)", workers), ("old (request by request)", 0)):
                 runs.setdefault(label, []).append(streamed(srv.url, srv, w, i0, i1, t0s, t1s, reference))
         if latency_ms > 0:

@@ -161,6 +161,9 @@ class _Handler(BaseHTTPRequestHandler):
         srv = self.server.owner
         local = srv.files_by_name.get(key) if by_name else (srv.by_id.get(key) or (None, None, None))[2]
         fail = srv.take_failure(key)
+        cut = None
+        if fail is not None and fail[0] == "cut":
+            cut, fail = int(fail[1]), None  # type: ignore[call-overload]
         if fail is not None:
             kind, value = fail
             if kind == "status":
@@ -202,6 +205,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command == "HEAD":
             return None
+        if cut is not None:  # the body cut short: the connection closes after ``cut`` bytes
+            self.close_connection = True
+            length = min(length, cut)
         with open(local, "rb") as fh:
             fh.seek(start)
             left = length
@@ -319,7 +325,8 @@ class DandiServer:
     def fail(self, key: str, kind: str, value: object, times: int = 1) -> None:
         """Make the next ``times`` requests for blob ``key`` (asset id or file name) fail.
 
-        kind "status": answer that HTTP status; kind "stall": wait ``value`` seconds first.
+        kind "status": answer that HTTP status; kind "stall": wait ``value`` seconds first; kind "cut": send the
+        headers of the whole answer but only its first ``value`` body bytes, then close the connection.
         """
         with self.lock:
             self._failures.setdefault(key, []).extend([(kind, value)] * times)

@@ -389,6 +389,23 @@ def test_streamed_iter_chunks_reads_the_next_chunk_ahead(dandi_server, files) ->
     np.testing.assert_array_equal(np.concatenate([first.values, second.values]), local)
 
 
+def test_a_window_cut_short_mid_transfer_is_asked_for_again_whole(dandi_server, files) -> None:  # noqa: F811
+    """A span's body that breaks off inside a run of chunks received in one piece: the retry receives it again from
+    its first byte into the same output, and the window equals the local read."""
+    srv = dandi_server({DS: {"sub-a/chunked.nwb": files["chunked"]}})
+    key = srv.asset_id(DS, "sub-a/chunked.nwb")
+    with open_source(srv.blob_url(DS, "sub-a/chunked.nwb"), cache_dir=False) as opened:
+        reader = EMGReader(opened, check_dead=False)
+        srv.reset_counts()
+        srv.fail(key, "cut", 3_000_000)  # inside the run of whole chunks after the first (partly read) one
+        remote = reader.window(5.5, 35.0)
+        requests, sent = srv.range_requests, srv.bytes_served
+    assert len(requests) == 2 and requests[0] == requests[1], requests  # the same range, asked for again
+    covering = covering_bytes(files["chunked"], "acquisition/EMG/data", 11_000, 70_000)
+    assert 3_000_000 + covering <= sent <= 3_000_000 + 1.1 * covering
+    np.testing.assert_array_equal(remote.values, local_window(files["chunked"], 5.5, 35.0).values)
+
+
 def test_failing_server_gives_the_one_line_error(dandi_server, files) -> None:  # noqa: F811
     srv = dandi_server({DS: {"sub-a/chunked.nwb": files["chunked"]}})
     key = srv.asset_id(DS, "sub-a/chunked.nwb")

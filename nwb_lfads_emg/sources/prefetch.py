@@ -270,7 +270,7 @@ class _Piece:
     """One stored chunk of one requested dataset: its bytes, where they are received, where its rows go."""
 
     __slots__ = ("item", "offset", "size", "r0", "r1", "out0", "col_chunk", "sink", "keep", "undo", "itemsize",
-                 "expect", "dest", "mark")
+                 "expect", "dest", "mark", "at")
 
     def __init__(self, item: int, offset: int, size: int, r0: int, r1: int, out0: int, col_chunk: int) -> None:
         self.item, self.offset, self.size, self.r0, self.r1 = item, offset, size, r0, r1
@@ -281,6 +281,7 @@ class _Piece:
         self.itemsize = self.expect = 0
         self.dest: memoryview | None = None  # where the fetch thread decodes a whole chunk of full rows (no copy after)
         self.mark: str | None = None  # disk-cache key saying "this chunk (a guessable one) is in the disk cache"
+        self.at = -1  # where ``sink`` starts in its span's output (bytes), -1 when it is a buffer of its own
 
 
 class _Abandoned(Exception):
@@ -290,8 +291,9 @@ class _Abandoned(Exception):
 class _Span:
     """One range request's chunks, published one by one by the look-ups and taken in order by the receiving thread."""
 
-    def __init__(self, start: int = -1, length: int = 0) -> None:
+    def __init__(self, start: int = -1, length: int = 0, out: memoryview | None = None) -> None:
         self.start, self.length = start, length  # start -1: not placed yet (its first chunk not located)
+        self.out = out  # the output (bytes) that pieces with ``at`` >= 0 are received into
         self.pieces: list[_Piece] = []
         self.taken = 0  # chunks received; the later ones lay elsewhere than guessed (fetched afterwards)
         self.received = 0
@@ -340,6 +342,20 @@ class _Span:
             if self._abandoned:
                 raise _Abandoned
             return self.pieces[k] if k < len(self.pieces) else None
+
+    def run(self, k: int, end: int) -> tuple[int, memoryview]:
+        """(j, sink): chunks k..j-1, located so far, that lie back to back both in the file (within ``end``) and in the
+        output, and the one view of the output that receives them all (one ``readinto`` rather than one per chunk)."""
+        first = self.pieces[k]
+        j, offset, at = k + 1, first.offset + first.size, first.at + first.size
+        if first.at >= 0 and self.out is not None:
+            with self._cond:
+                pieces = self.pieces[k + 1:]
+            for piece in pieces:
+                if piece.offset != offset or piece.at != at or offset + piece.size > end:
+                    break
+                j, offset, at = j + 1, offset + piece.size, at + piece.size
+        return j, first.sink if j == k + 1 else self.out[first.at:at]
 
 
 def _slack(n_chunks: int) -> int:
@@ -625,7 +641,7 @@ class Prefetcher:
         later: list[tuple[Future, list[_Piece]]] = []
         span: _Span | None = None
         copies: list[_Piece] = []
-        ahead = _Span()  # its thread opens a connection while the first look-up goes on
+        ahead = _Span(out=flat)  # its thread opens a connection while the first look-up goes on
         spans.append((self._submit(self._fetch_span, ahead), ahead))
         guessed = self._guess_start(layout, rows)  # the next window of a pass: no wait for a new B-tree leaf
         if guessed is not None:
@@ -650,7 +666,8 @@ class Prefetcher:
                     copies.append(piece)
                     continue
                 if b - a == height:
-                    piece.sink = flat[(a - i0) * row_bytes:(b - i0) * row_bytes]
+                    piece.at = (a - i0) * row_bytes
+                    piece.sink = flat[piece.at:(b - i0) * row_bytes]
                 else:
                     piece.sink = memoryview(bytearray(size))
                     piece.keep = True  # a window edge: the next window likely needs it
@@ -661,7 +678,7 @@ class Prefetcher:
                     else:  # elsewhere: stop that request, ask for the right place
                         ahead.abandon()
                         dropped.append(spans.pop(0))
-                        ahead = _Span()
+                        ahead = _Span(out=flat)
                 if span is None or span.count >= per_span:
                     if span is not None:
                         span.finish()
@@ -670,7 +687,7 @@ class Prefetcher:
                     if span is None and spans and spans[0][1] is ahead:
                         span = ahead
                     else:
-                        span = _Span()
+                        span = _Span(out=flat)
                         spans.append((self._submit(self._fetch_span, span), span))
                     span.place(offset, min(planned + slack, self.rf.length - offset))
                     span.asking.wait(HANDOVER_S)
@@ -737,9 +754,10 @@ class Prefetcher:
                 if piece.offset < at or piece.offset + piece.size > end:
                     break  # not laid out as guessed: this chunk and the later ones are fetched afterwards
                 skip(read_into, piece.offset - at)
-                read_into(piece.sink)
-                at = piece.offset + piece.size
-                span.taken += 1
+                j, sink = span.run(span.taken, end)
+                read_into(sink)
+                at = piece.offset + sink.nbytes
+                span.taken = j
             if span.wait(span.taken) is None and end - at <= MAX_GAP_BYTES:
                 skip(read_into, end - at)  # unused slack: read, so the connection can be kept
                 at = end
