@@ -81,6 +81,53 @@ def test_readin_tied_by_muscle_name_and_adapt_freezes_shared_weights(sims, tmp_p
     torch.testing.assert_close(back(x2, 2, sample=False).means, model(x2, 2, sample=False).means)
 
 
+def test_readout_tie_penalty_pools_the_rows_of_a_muscle_across_sessions():
+    """The penalty is 0.5 * the mean squared deviation of a shared muscle's read-out weights from their mean over
+    the sessions recording it: zero when they agree (whatever the biases and the one-session muscles), quadratic
+    in a deviation, restricted to the sessions given, with gradients (W - mean) / count on the rows; the stitched
+    loss adds it at `loss_scale * readout_tie`."""
+    config = preset("demo")
+    config.readout_tie = 2.0
+    model = MultiSessionLFADS(config, [["a", "b", "c"], ["b", "c", "d"], ["c", "e"]])
+    rows = torch.randn(5, 2, model.config.fac_dim)  # one (n_params, factors) block per muscle a..e
+    with torch.no_grad():
+        for io in model.sessions:
+            for c, name in enumerate(io.muscles):
+                io.readout.weight.view(2, io.n_channels, -1)[:, c] = rows["abcde".index(name)]
+            io.readout.bias.normal_()  # each session's own gains: not penalised
+
+    def penalty(sessions: list[int] | None = None) -> float:
+        return float(model.readout_tie_penalty(sessions).detach())
+
+    assert penalty() == pytest.approx(0.0, abs=1e-12)
+    count = (2 + 3) * 2 * model.config.fac_dim  # b in two sessions, c in three; a, d, e in one
+    delta = torch.randn(2, model.config.fac_dim)
+    values = []
+    for scale in (1.0, 2.0):
+        with torch.no_grad():
+            w0 = model.sessions[0].readout.weight.view(2, 3, -1)
+            w0[:, 1] = rows[1] + scale * delta  # b deviates in session 0
+            w0[:, 0] = rows[0] + 5 * scale  # a (session 0 only) is free
+        values.append(penalty())
+    expected = 0.5 * 0.5 * float(delta.pow(2).sum()) / count  # deviations +delta/2 and -delta/2
+    assert values[0] == pytest.approx(expected, rel=1e-5) and values[1] == pytest.approx(4 * expected, rel=1e-5)
+    assert penalty([0, 2]) == pytest.approx(0.0, abs=1e-12)  # b is not shared between sessions 0 and 2
+    model.readout_tie_penalty().backward()
+    g0 = model.sessions[0].readout.weight.grad.view(2, 3, -1)
+    g1 = model.sessions[1].readout.weight.grad.view(2, 3, -1)
+    torch.testing.assert_close(g0[:, 1], 2 * delta / 2 / count)
+    torch.testing.assert_close(g1[:, 0], -2 * delta / 2 / count)
+    assert not g0[:, 0].any() and not g1[:, 2].any() and g0[:, 2].abs().max() < 1e-9  # a: one session; c: equal rows
+    assert model.sessions[0].readout.bias.grad is None
+    x = [torch.rand(2, 10, io.n_channels) + 0.1 for io in model.sessions]
+    with torch.no_grad():
+        outs = model.forward_sessions(x, [0, 1, 2], sample=False)
+        tied = model.loss_sessions(outs, x, [None] * 3, [None] * 3, sessions=[0, 1, 2])
+        model.config.readout_tie = 0.0
+        free = model.loss_sessions(outs, x, [None] * 3, [None] * 3, sessions=[0, 1, 2])
+    assert float(tied["loss"] - free["loss"]) == pytest.approx(config.loss_scale * 2.0 * 4 * expected, rel=1e-4)
+
+
 def test_fit_readin_puts_a_new_session_where_the_trained_one_was(sims):
     """A new session that records the same muscles as a trained one (in another channel order) gets that
     session's read-in back from any start: the regression's target is the trained session's encoder input."""
