@@ -82,8 +82,8 @@ class LFADSConfig:
     # stitched models (several sessions): strength of the pull of each session's read-out weights of a muscle
     # toward the mean over the sessions that record it (`MultiSessionLFADS.readout_tie_penalty`; the biases,
     # which carry each electrode's gain, stay free); 0: the read-outs are tied only through their start.
-    # 10 measured on the simulator, seeds 0-2 (README, stitching): 0 -> R^2 0.925 (mean of 12 sessions),
-    # 1 -> see there, 10 -> 0.927, 100 -> 0.927 (adaptation 0.937, 0.940, 0.934); single sessions ignore it
+    # 10 measured on the simulator, seeds 0-2 (README, stitching): R^2 (mean of 12 sessions) 0.925 at 0 and
+    # 1, 0.927 at 10 and 100 (adaptation 0.937, 0.938, 0.940, 0.934); a single-session model ignores it
     readout_tie: float = 10.0
     adam_eps: float = 1e-8
     grad_clip: float = 200.0
