@@ -65,6 +65,8 @@ def main() -> None:
     ap.add_argument("--adapt-epochs", type=int, default=None, help="default: --epochs")
     ap.add_argument("--duration", type=float, default=20.0)
     ap.add_argument("--preset", default="demo")
+    ap.add_argument("--readout-tie", type=float, default=None,
+                    help="the stitched model's read-out tie (LFADSConfig.readout_tie; default: the preset's)")
     ap.add_argument("--samples", type=int, default=1, help="posterior samples at inference")
     ap.add_argument("--compare-adapt", action="store_true",
                     help="also adapt as the previous release did: only the read-in/read-out fitted (the shared "
@@ -77,6 +79,8 @@ def main() -> None:
     torch.set_num_threads(1)
     config = preset(args.preset)
     config.max_epochs = args.epochs
+    if args.readout_tie is not None:
+        config.readout_tie = args.readout_tie
     single_config = copy.deepcopy(config)
     single_config.max_epochs = args.single_epochs or args.epochs
     prep = PreprocessConfig()
@@ -133,7 +137,7 @@ def main() -> None:
     import pandas as pd
 
     table = pd.DataFrame(rows)
-    print(f"\npreset {args.preset}, {args.epochs} epochs (per-session: at most {single_config.max_epochs}), {args.duration:.0f} s sessions, stitched on {args.train}:")
+    print(f"\npreset {args.preset}, readout_tie {config.readout_tie:g}, {args.epochs} epochs (per-session: at most {single_config.max_epochs}), {args.duration:.0f} s sessions, stitched on {args.train}:")
     print(table.round(3).to_string(index=False))
     gain = table["stitched"] - table["single"]
     print(f"stitched - single: min {gain.min():.3f}, mean {gain.mean():.3f}")

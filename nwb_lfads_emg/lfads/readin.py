@@ -301,11 +301,37 @@ class MultiSessionLFADS(nn.Module):
         ids = list(sessions) if sessions is not None else [None] * len(outs)
         parts = [self.loss(o, t, g, h, kl_ramp=kl_ramp, l2_ramp=l2_ramp, session=k)
                  for o, t, g, h, k in zip(outs, targets, grad_masks, heldins, ids, strict=True)]
-        return {key: torch.stack([p[key] for p in parts]).mean() for key in parts[0]}
+        out = {key: torch.stack([p[key] for p in parts]).mean() for key in parts[0]}
+        c = self.config
+        if c.readout_tie > 0:  # the sessions of this batch pull their read-outs of a muscle together
+            tie = self.readout_tie_penalty(None if sessions is None else list(sessions))
+            out["loss"] = out["loss"] + c.loss_scale * c.readout_tie * tie
+            out["tie"] = tie
+        return out
 
     def recon_nll(self, out: LFADSOutput, target: Tensor) -> Tensor:
         """Per-entry negative log-likelihood (B, T, C_s)."""
         return self.core.recon_nll(out, target)
+
+    def readout_tie_penalty(self, sessions: Sequence[int] | None = None) -> Tensor:
+        """Partial pooling of the read-outs by muscle name: 0.5 * the mean, over every read-out weight of a muscle
+        recorded in two or more of `sessions` (default: all), of its squared deviation from the mean over those
+        sessions of that muscle's weight. Only weights: under the Gamma's log link an electrode's gain is an
+        offset of that channel's bias, which stays each session's own; a muscle of one session is free."""
+        ids = list(range(len(self.sessions))) if sessions is None else list(dict.fromkeys(sessions))
+        rows: dict[str, list[Tensor]] = {}
+        for k in ids:
+            io = self.sessions[k]
+            w = io.readout.weight.view(io.likelihood.n_params, io.n_channels, -1)
+            for c, name in enumerate(io.muscles):
+                rows.setdefault(name, []).append(w[:, c])
+        total, count = self.core.decoder.fac_weight.new_zeros(()), 0
+        for group in rows.values():
+            if len(group) > 1:
+                stacked = torch.stack(group).float()
+                total = total + (stacked - stacked.mean(0)).pow(2).sum()
+                count += stacked.numel()
+        return 0.5 * total / count if count else total
 
     def session_view(self, session: int) -> SessionModel:
         """This model as a single-session model of `session` (for inference with `training.infer`)."""

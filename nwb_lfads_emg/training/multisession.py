@@ -234,6 +234,7 @@ class MultiSessionTrainer:
         sums = {key: 0.0 for key in ("loss", "recon", "kl_ic", "kl_co", "l2")}
         sv_sum = np.zeros(len(self.x_train))
         sv_count = np.zeros(len(self.x_train))
+        tie_sum = 0.0
         for step in batches:
             xs, svs, masks = [], [], []
             for k, idx in enumerate(step):
@@ -255,6 +256,7 @@ class MultiSessionTrainer:
             with torch.no_grad():
                 for key in sums:
                     sums[key] += float(losses[key])
+                tie_sum += float(losses.get("tie", 0.0))
                 for k, (out, x, sv, m) in enumerate(zip(outs, xs, svs, masks, strict=True)):
                     sv_t = sv if c.temporal_shift_ms == 0 else sv & ~m[2]
                     sv_sum[k] += float((self.model.recon_nll(out, x) * sv_t).sum())
@@ -269,7 +271,8 @@ class MultiSessionTrainer:
         val_loss = float(np.nansum(np.array(per_session) * pooled_n) / max(pooled_n.sum(), 1))
         val_loss, improved = self._close_epoch(val_loss, stats["recon"])
         metrics = {"epoch": self.epoch, "train_loss": stats["loss"] / c.loss_scale, "train_recon": stats["recon"],
-                   "kl_ic": stats["kl_ic"], "kl_co": stats["kl_co"], "l2": stats["l2"], "kl_ramp": kl_ramp,
+                   "kl_ic": stats["kl_ic"], "kl_co": stats["kl_co"], "l2": stats["l2"],
+                   "readout_tie_penalty": tie_sum / max(len(batches), 1), "kl_ramp": kl_ramp,
                    "l2_ramp": l2_ramp, "val_loss": val_loss, "val_loss_smoothed": self.val_smoothed,
                    "val_loss_per_session": [float(v) for v in per_session], "best": improved, "lr": c.lr,
                    "lr_effective": lr_now, "seconds": time.perf_counter() - t0}
