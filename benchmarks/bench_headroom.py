@@ -30,11 +30,6 @@ FEATURE_CUTOFFS_HZ = (1, 3, 8, 20, 30)
 BIN_RATE = 125.0  # 8 ms bins: what the auto preset chose on these sessions (bench_accuracy.py)
 
 
-def _bins(x: np.ndarray, rate: float, n: int) -> np.ndarray:
-    k = int(round(rate / BIN_RATE))
-    return x[: n * k].reshape(n, k, -1).mean(axis=1)
-
-
 def _halves(n: int) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
     h = n // 2
     return (np.arange(0, h), np.arange(h, n)), (np.arange(h, n), np.arange(0, h))
@@ -85,7 +80,7 @@ def headroom(task: str, seed: int, emg_model: str) -> dict[str, float]:
     """The oracle low-pass, the truth-fitted decoders and the oracle cutoff's bias on one simulated session."""
     from nwb_lfads_emg.baselines.lowpass import lowpass_envelope
     from nwb_lfads_emg.metrics import r2_affine
-    from nwb_lfads_emg.preprocess import rectify_highpass
+    from nwb_lfads_emg.preprocess import bin_like, rectify_highpass
     from nwb_lfads_emg.simulate import SimulationConfig, simulate_session, true_activation_binned
 
     session = simulate_session(SimulationConfig(task=task, seed=seed, emg_model=emg_model))
@@ -93,7 +88,8 @@ def headroom(task: str, seed: int, emg_model: str) -> dict[str, float]:
     truth = true_activation_binned(session, BIN_RATE)
     n = min(truth.shape[0], rect.shape[0] // int(round(session.emg_rate / BIN_RATE)))
     truth = truth[:n]
-    envelopes = {c: _bins(lowpass_envelope(rect, session.emg_rate, c), session.emg_rate, n) for c in CUTOFFS_HZ}
+    envelopes = {c: bin_like(lowpass_envelope(rect, session.emg_rate, c), session.emg_rate, BIN_RATE, n)
+                 for c in CUTOFFS_HZ}
     scores = {c: float(r2_affine(env, truth).mean()) for c, env in envelopes.items()}
     oracle = max(scores, key=scores.__getitem__)
     feats = np.concatenate([envelopes[c] for c in FEATURE_CUTOFFS_HZ], axis=1)
