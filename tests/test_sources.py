@@ -235,6 +235,31 @@ def test_nonfinite_samples_refused_or_masked(tmp_path: Path) -> None:
         assert not edc.valid.values[500] and not edc.valid.values[501] and int(m.valid.sum()) == 1998
 
 
+def test_nonfinite_samples_found_in_a_large_window_checked_on_two_threads(tmp_path: Path) -> None:
+    """A window of >= OVERLAP_CHECK_MIN samples is checked in two parts at once: a NaN in the part the second
+    thread checks and an Inf in the part the reading thread checks are each refused, and both masked."""
+    from nwb_lfads_emg.sources import reader as reader_module
+
+    data = noise(80000, 32)
+    data[100, 3] = np.nan  # in the first window's head (second thread)
+    data[79000, 30] = np.inf  # in the second window's tail (reading thread)
+    rows = 40000
+    assert rows * 32 >= reader_module.OVERLAP_CHECK_MIN and 1000 < rows * reader_module.OVERLAP_CHECK_SHARE < 39000
+    path = write_nwb(tmp_path / "big.nwb", electrical=data, muscles=[f"m{k}" for k in range(32)])
+    with open_source(path) as opened:
+        r = EMGReader(opened, check_dead=False)
+        with pytest.raises(EMGDataError, match=r"big\.nwb: acquisition/EMG: 1 NaN/Inf .* muscle m3 at t=0\.1000"):
+            r.window(0.0, 40.0)
+        with pytest.raises(EMGDataError, match=r"big\.nwb: acquisition/EMG: 1 NaN/Inf .* muscle m30 at t=79\.0000"):
+            r.window(40.0, 80.0)
+        clean = r.window(1.0, 41.0)  # neither: as stored, no mask
+        np.testing.assert_array_equal(clean.values, data[1000:41000])
+        assert "valid" not in clean.coords
+        m = EMGReader(opened, on_nonfinite="mask", check_dead=False).window(0.0, 80.0)
+        assert int((~m.valid.values).sum()) == 2 and not m.valid.values[100, 3] and not m.valid.values[79000, 30]
+        assert np.isfinite(m.values).all() and float(m.values[100, 3]) == 0.0
+
+
 def test_dead_channel_refused_or_dropped(tmp_path: Path) -> None:
     data = noise(3000, 3)
     data[:, 1] = 0.25
