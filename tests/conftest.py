@@ -25,6 +25,7 @@ SERIAL_GROUPS = {
     "demo_model": ("tests/test_e2e.py::", "tests/test_lfads_accuracy.py::"),
     "ray": ("tests/test_pbt_local.py::", "tests/test_pbt_cluster.py::", "tests/test_pbt_multisession.py::",
             "tests/test_tutorials.py::test_04_", "tests/test_simulator_claim.py::"),
+    "stitching_claim": ("tests/test_multisession.py::test_stitching_claim_",),  # one set of trained models
 }
 
 

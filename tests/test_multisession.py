@@ -154,24 +154,22 @@ def test_fit_readin_puts_a_new_session_where_the_trained_one_was(sims):
 # over its one session (four times the steps, four times the CPU of one per-session model). 40 epochs is the
 # cheapest length at which the per-session models are trained (R^2 0.76-0.91 vs truth, near the low-pass;
 # at 8 they are at 0.2-0.35, starved, and comparing there says nothing). It costs about 8 minutes of one
-# CPU core, over the suite's per-test budget, so it is a `claim` test, run with NWB_LFADS_EMG_CLAIMS=1
-# (benchmarks/bench_multisession.py prints the same comparison over seeds; its seed 0 runs exactly these
-# calls). On this seed the stitched model, its read-outs tied by muscle name (`readout_tie`), wins every
-# training session by more than the margin (0.937, 0.904, 0.909, 0.912 vs 0.892, 0.869, 0.870, 0.831; the
-# smallest +0.035), but adaptation beats the held-out session's own model by less (0.932 vs 0.913, +0.019;
-# +0.022 before the tie, so it missed there too), so the test is a strict expected failure: it fails if the
-# claim starts to hold (then drop the mark) or if anything but the claim's assertions fails.
+# CPU core, over the suite's per-test budget, so these are `claim` tests, run with NWB_LFADS_EMG_CLAIMS=1;
+# the models are trained once (`stitching_rows`) for both tests, which share one serial group
+# (tests/conftest.py). benchmarks/bench_multisession.py prints the same comparison over seeds (its seed 0
+# runs exactly these calls). Issue 17 asks the stitched model to win every training session by a margin
+# the test asserts, and the adapted held-out session to beat its own model. On this seed the stitched
+# model, its read-outs tied by muscle name (`readout_tie`), wins every training session by more than the
+# margin (0.937, 0.904, 0.909, 0.912 vs 0.892, 0.869, 0.870, 0.831; the smallest +0.035) and adaptation
+# beats the held-out session's own model (0.932 vs 0.913). The stricter claim that adaptation wins by the
+# same margin does not hold here (+0.019; seeds 1 and 2: +0.095, +0.102): a strict expected failure.
 STITCH_EPOCHS = 40
 MARGIN = 0.03
 
 
-@pytest.mark.claim
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="issue 17's claim does not hold on this seed at 40 epochs: the stitched "
-                   "model wins every training session by the margin, but adaptation beats the held-out session's own "
-                   "model by less (0.932 vs 0.913; README, stitching)")
-def test_stitched_beats_per_session_models_and_adapt_beats_a_new_model(sims):
-    """Four 20 s sessions trained together beat a model per session (same preset and epochs) in every
-    session; the held-out fifth, adapted (the generator frozen), beats its own model."""
+@pytest.fixture(scope="module")
+def stitching_rows(sims) -> list[tuple[int, float, float]]:
+    """(session, per-session model's R^2, stitched model's R^2) on seed 0; session 4 held out and adapted."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -198,9 +196,28 @@ def test_stitched_beats_per_session_models_and_adapt_beats_a_new_model(sims):
     finally:
         torch.set_num_threads(threads)
     print("\nsession, per-session model, stitched (4: adapted):", [tuple(round(v, 3) for v in r) for r in rows])
+    return rows
+
+
+@pytest.mark.claim
+def test_stitching_claim_stitched_wins_every_session_by_the_margin_and_adapt_beats_a_new_model(stitching_rows):
+    """Four 20 s sessions trained together beat a model per session (same preset and epochs) in every
+    session by MARGIN; the held-out fifth, adapted (the generator frozen), beats its own model."""
+    rows = stitching_rows
     assert min(own for _, own, _ in rows) > 0.7, rows  # the per-session models are trained, not starved
-    for _k, own, shared in rows:
+    for _k, own, shared in rows[:4]:
         assert shared > own + MARGIN, rows
+    _, own, adapted = rows[4]
+    assert adapted > own, rows
+
+
+@pytest.mark.claim
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="adaptation beats the held-out session's own model "
+                   "by less than the stitched model's margin on this seed (0.932 vs 0.913; README, stitching)")
+def test_stitching_claim_adapt_beats_a_new_model_by_the_margin_too(stitching_rows):
+    """Stricter than issue 17: the adapted held-out session wins by the same margin as the training sessions."""
+    _, own, adapted = stitching_rows[4]
+    assert adapted > own + MARGIN, stitching_rows
 
 
 # ---------------------------------------------------------------------------- the CLI
