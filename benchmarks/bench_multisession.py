@@ -12,6 +12,8 @@ seconds (one thread, so comparable under load) and epochs run.
     python benchmarks/bench_multisession.py                        # the test's settings (40 epochs), 3 seeds
     python benchmarks/bench_multisession.py --epochs 70 --compare-adapt --seeds 0 1 2 3 4
     python benchmarks/bench_multisession.py --seeds 0 & python benchmarks/bench_multisession.py --seeds 1 2
+    python benchmarks/bench_multisession.py --samples 20 --save runs/bench   # as the product outputs; keep the models
+    python benchmarks/bench_multisession.py --load runs/bench --compare-adapt --no-baselines   # adapt again only
 
 A stitched epoch is one pass over all its sessions' segments in batches of the preset's size (each
 batch mixed over the sessions), as a per-session epoch is over one session's: four sessions give four
@@ -83,7 +85,9 @@ def main() -> None:
     ap.add_argument("--preset", default="demo")
     ap.add_argument("--readout-tie", type=float, default=None,
                     help="the stitched model's read-out tie (LFADSConfig.readout_tie; default: the preset's)")
-    ap.add_argument("--samples", type=int, default=1, help="posterior samples at inference")
+    ap.add_argument("--samples", type=int, default=1,
+                    help="posterior samples at inference, every model column alike (1, the test's: no sampling, the "
+                         "posterior means of the latents; the product writes the mean of POSTERIOR_SAMPLES = 20)")
     ap.add_argument("--compare-adapt", action="store_true",
                     help="also adapt as the previous release did: only the read-in/read-out fitted (the shared "
                          "encoders and controller used as they are)")
