@@ -160,7 +160,11 @@ def test_fit_readin_puts_a_new_session_where_the_trained_one_was(sims):
 # training session by more than the margin (0.937, 0.904, 0.909, 0.912 vs 0.892, 0.869, 0.870, 0.831; the
 # smallest +0.035), but adaptation beats the held-out session's own model by less (0.932 vs 0.913, +0.019;
 # +0.022 before the tie, so it missed there too), so the test is a strict expected failure: it fails if the
-# claim starts to hold (then drop the mark) or if anything but the claim's assertions fails.
+# claim starts to hold (then drop the mark) or if anything but the claim's assertions fails. The held-out
+# session's own model is a strong draw there (0.913; 0.870 and 0.908 with training seeds 1 and 2), and the
+# adaptation variants measured (README, stitching) stay within its training-seed noise. Scored as
+# `annotate` writes the estimates (the mean of 20 posterior samples, not `n_samples=1`'s posterior means of
+# the latents) every row agrees to 0.001 (`bench_multisession.py --samples 20`), so the test keeps 1.
 STITCH_EPOCHS = 40
 MARGIN = 0.03
 
