@@ -292,6 +292,7 @@ def test_cli_fit_annotate_adapt_on_local_files(files, tmp_path, capsys):
         prov = io.read().processing["ecephys"]["LFADSModelProvenance"]
         used = json.loads(prov.config)["multisession"]["readin_readout"]
         assert used["adapted"] and used["session_index"] == 2 and len(used["adapted_weights_sha256"]) == 64
+        assert used["fitted_weights_moving_average"] == 0.9  # adapt's decay, recorded
         assert "adaptation_per_epoch" in json.loads(prov.training_metrics)
     assert {p: _sha(p) for p in files} == before
 
