@@ -12,6 +12,8 @@ seconds (one thread, so comparable under load) and epochs run.
     python benchmarks/bench_multisession.py                        # the test's settings (40 epochs), 3 seeds
     python benchmarks/bench_multisession.py --epochs 70 --compare-adapt --seeds 0 1 2 3 4
     python benchmarks/bench_multisession.py --seeds 0 & python benchmarks/bench_multisession.py --seeds 1 2
+    python benchmarks/bench_multisession.py --samples 20 --save runs/bench   # as the product outputs; keep the models
+    python benchmarks/bench_multisession.py --load runs/bench --compare-adapt --no-baselines   # adapt again only
 
 A stitched epoch is one pass over all its sessions' segments in batches of the preset's size (each
 batch mixed over the sessions), as a per-session epoch is over one session's: four sessions give four
@@ -23,6 +25,8 @@ from __future__ import annotations
 import argparse
 import copy
 import time
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -30,12 +34,13 @@ import torch
 from nwb_lfads_emg.baselines.bayes import bayes_filter
 from nwb_lfads_emg.baselines.lowpass import lowpass_envelope
 from nwb_lfads_emg.lfads.config import preset
+from nwb_lfads_emg.lfads.model import LFADS
 from nwb_lfads_emg.metrics import r2_affine
 from nwb_lfads_emg.preprocess import PreprocessConfig, preprocess, rectify_highpass
 from nwb_lfads_emg.simulate import true_activation_binned
 from nwb_lfads_emg.simulate_sessions import SessionSetConfig, simulate_sessions
 from nwb_lfads_emg.training.inference import infer
-from nwb_lfads_emg.training.multisession import adapt, fit_sessions
+from nwb_lfads_emg.training.multisession import adapt, export_multisession, fit_sessions, load_multisession
 from nwb_lfads_emg.training.trainer import Trainer
 
 CUTOFFS = (3, 4, 6, 8, 10, 12, 15, 20, 25)
@@ -56,6 +61,19 @@ def single(data: np.ndarray, config, seed: int) -> tuple[torch.nn.Module, float,
     return trainer.model.eval(), time.process_time() - t0, trainer.epoch
 
 
+def single_cached(data: np.ndarray, config, seed: int, path: Path | None, load: bool) -> tuple[torch.nn.Module, float, int]:
+    """`single`, or the model a --save run wrote to `path` (--load); with --save, writes it there."""
+    if load and path is not None:
+        payload = torch.load(path, weights_only=True)
+        model = LFADS(config, data.shape[1])
+        model.load_state_dict(payload["state_dict"])
+        return model.eval(), 0.0, int(payload["epochs"])
+    model, seconds, epochs = single(data, config, seed)
+    if path is not None:
+        torch.save({"state_dict": model.state_dict(), "epochs": epochs}, path)
+    return model, seconds, epochs
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -67,12 +85,19 @@ def main() -> None:
     ap.add_argument("--preset", default="demo")
     ap.add_argument("--readout-tie", type=float, default=None,
                     help="the stitched model's read-out tie (LFADSConfig.readout_tie; default: the preset's)")
-    ap.add_argument("--samples", type=int, default=1, help="posterior samples at inference")
+    ap.add_argument("--samples", type=int, default=1,
+                    help="posterior samples at inference, every model column alike (1, the test's: no sampling, the "
+                         "posterior means of the latents; the product writes the mean of POSTERIOR_SAMPLES = 20)")
     ap.add_argument("--compare-adapt", action="store_true",
                     help="also adapt as the previous release did: only the read-in/read-out fitted (the shared "
                          "encoders and controller used as they are)")
     ap.add_argument("--same-factors", action="store_true",
                     help="also a per-session model with as many factors as the stitched one (column single_same_f)")
+    ap.add_argument("--save", type=Path, default=None,
+                    help="write each seed's stitched model (before adapting) and per-session models to this folder")
+    ap.add_argument("--load", type=Path, default=None,
+                    help="take the stitched and per-session models from a --save folder instead of training them "
+                         "(to compare ways of adapting; cpu columns then 0)")
     ap.add_argument("--no-baselines", dest="baselines", action="store_false",
                     help="skip the low-pass and Bayesian filter columns")
     args = ap.parse_args()
@@ -95,9 +120,15 @@ def main() -> None:
             return float(r2_affine(est, truths[k]).mean())
 
         t0 = time.process_time()
-        stitched = fit_sessions(data[: args.train], [s.muscle_names for s in sims[: args.train]], config, None,
-                                device="cpu", seed=0, progress=False)
+        if args.load is not None:
+            stitched = SimpleNamespace(model=load_multisession(args.load / f"seed{seed}_stitched.pt"), metrics=[])
+        else:
+            stitched = fit_sessions(data[: args.train], [s.muscle_names for s in sims[: args.train]], config, None,
+                                    device="cpu", seed=0, progress=False)
         t_stitch = time.process_time() - t0
+        if args.save is not None:
+            args.save.mkdir(parents=True, exist_ok=True)
+            export_multisession(args.save / f"seed{seed}_stitched.pt", stitched.model)
         held = args.train
         plain = copy.deepcopy(stitched.model)  # adapted with the read-in/read-out only, for comparison
         t0 = time.process_time()
@@ -108,7 +139,10 @@ def main() -> None:
             adapt(plain, data[held], sims[held].muscle_names, device="cpu", seed=0, progress=False,
                   max_epochs=args.adapt_epochs, fit_encoders=False)
         for k, sim in enumerate(sims):
-            model, t_single, ep_single = single(data[k], single_config, seed=0)
+            folder = args.load if args.load is not None else args.save
+            model, t_single, ep_single = single_cached(data[k], single_config, 0,
+                                                       folder / f"seed{seed}_single{k}.pt" if folder else None,
+                                                       args.load is not None)
             row = {"seed": seed, "session": k, "muscles": len(sim.muscle_names),
                    "single": score(infer(model, data[k], config, n_samples=args.samples, device="cpu").rates, k),
                    "cpu_single": t_single, "ep_single": ep_single}

@@ -135,7 +135,7 @@ def infer_session(run_dir: str | Path, emg_input: EMGInput, job: JobConfig, adap
     import torch
 
     from .training.inference import infer as infer_model
-    from .training.multisession import ADAPT_FITS, ADAPT_FREEZES, load_multisession
+    from .training.multisession import ADAPT_FITS, ADAPT_FREEZES, ADAPT_WEIGHT_EMA, load_multisession
     from .training.multisession import adapt as adapt_model
 
     record = record or load_run(run_dir)
@@ -159,13 +159,14 @@ def infer_session(run_dir: str | Path, emg_input: EMGInput, job: JobConfig, adap
         path = Path(run_dir) / ADAPTED_DIR / f"{_safe(emg_input.file_identifier)}_{_safe(emg_input.series_path)}.pt"
         index, result = adapt_model(model, emg_input.binned.data, emg_input.muscles, config, device=job.device,
                                     seed=job.seed, progress=job.progress, max_epochs=job.max_epochs,
-                                    weights_path=path)
+                                    weights_path=path, weight_ema=ADAPT_WEIGHT_EMA)
         metrics = result.metrics
         used = {"session_index": index, "adapted": True, "adapted_weights": str(path),
                 "adapted_weights_sha256": result.weights_sha256, "adapt_epochs": len(metrics),
                 "adapt_best_val_loss": float(result.best_val_loss),
                 "muscles_known_to_model": [m for m in emg_input.muscles if m in model.union],
-                "shared_weights_frozen": True, "frozen": ADAPT_FREEZES, "fitted": ADAPT_FITS}
+                "shared_weights_frozen": True, "frozen": ADAPT_FREEZES, "fitted": ADAPT_FITS,
+                "fitted_weights_moving_average": ADAPT_WEIGHT_EMA}
     else:
         raise TrainingError(
             f"{where}: not one of the {len(record['sessions'])} sessions the model in {run_dir} was trained on; "

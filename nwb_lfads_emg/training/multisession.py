@@ -50,6 +50,10 @@ ADAPT_FREEZES = ["generator (initial-state map, GRU, factor map)", "priors", "th
                  "read-outs and the shared encoders and controller"]
 ADAPT_FITS = ["read-in", "read-out", "own copy of the encoders and controller (started from the shared ones)"]
 STATE_FORMAT = "nwb-lfads-emg-multisession-trainer/1"
+ADAPT_WEIGHT_EMA = 0.9
+"""`adapt` ends with this exponential moving average of its epoch-end weights (as of its best epoch), not the
+weights of one epoch: its truth R^2 settles within a few epochs, then moves +-0.005 from epoch to epoch.
+Measured (README, stitching; seeds 0-2 x 3 training seeds): up in 8 of 9 runs, mean +0.002."""
 
 
 def session_lr_scale(step: int, share: int) -> float:
@@ -64,13 +68,20 @@ class MultiSessionTrainer:
     """Owns a `MultiSessionLFADS`, its optimiser and the segments of several sessions; `train_epoch()` advances it.
 
     `model` and `session_ids` continue an existing model: data[i] belongs to its session session_ids[i],
-    and only `trainable` parameters (default: all) are optimised.
+    and only `trainable` parameters (default: all) are optimised. With `weight_ema` > 0 the trainable
+    parameters' exponential moving average over epoch ends (that decay) replaces them in `best_model_state`
+    (`adapt`; not part of `state_dict`, so not resumed).
     """
 
     def __init__(self, data: Sequence[np.ndarray], muscles: Sequence[Sequence[str]], config: LFADSConfig,
                  device: str | torch.device = "auto", seed: int = 0, readin_dim: int | None = None,
                  model: MultiSessionLFADS | None = None, session_ids: Sequence[int] | None = None,
-                 trainable: Sequence[nn.Parameter] | None = None) -> None:
+                 trainable: Sequence[nn.Parameter] | None = None, weight_ema: float = 0.0) -> None:
+        if not 0.0 <= weight_ema < 1.0:
+            raise TrainingError(f"weight_ema ({weight_ema}) must be in [0, 1)")
+        self.weight_ema = float(weight_ema)
+        self._ema: dict[str, torch.Tensor] | None = None
+        self._ema_best: dict[str, torch.Tensor] | None = None
         try:
             config.validate()
         except ValueError as exc:
@@ -270,6 +281,7 @@ class MultiSessionTrainer:
         pooled_n = np.array([x.numel() for x in self.x_val]) if any(x.shape[0] for x in self.x_val) else sv_count
         val_loss = float(np.nansum(np.array(per_session) * pooled_n) / max(pooled_n.sum(), 1))
         val_loss, improved = self._close_epoch(val_loss, stats["recon"])
+        self._update_ema(improved)
         metrics = {"epoch": self.epoch, "train_loss": stats["loss"] / c.loss_scale, "train_recon": stats["recon"],
                    "kl_ic": stats["kl_ic"], "kl_co": stats["kl_co"], "l2": stats["l2"],
                    "readout_tie_penalty": tie_sum / max(len(batches), 1), "kl_ramp": kl_ramp,
@@ -278,6 +290,21 @@ class MultiSessionTrainer:
                    "lr_effective": lr_now, "seconds": time.perf_counter() - t0}
         self.metrics.append(metrics)
         return metrics
+
+    @torch.no_grad()
+    def _update_ema(self, improved: bool) -> None:
+        """Fold this epoch's trainable weights into their moving average (`weight_ema`); keep it at the best epoch."""
+        if not self.weight_ema:
+            return
+        trainable = {id(p) for p in self.params}
+        current = {n: p.detach().cpu().clone() for n, p in self.model.named_parameters() if id(p) in trainable}
+        if self._ema is None:
+            self._ema = current
+        else:
+            for n, v in current.items():
+                self._ema[n].mul_(self.weight_ema).add_(v, alpha=1.0 - self.weight_ema)
+        if improved:
+            self._ema_best = {n: v.clone() for n, v in self._ema.items()}
 
     @torch.no_grad()
     def evaluate_sessions(self) -> list[float]:
@@ -326,10 +353,14 @@ class MultiSessionTrainer:
         restore_progress(self, state, saved)
 
     def best_model_state(self) -> dict[str, torch.Tensor]:
-        """Weights with the best smoothed pooled validation loss (current weights if none recorded)."""
-        if self.best_state is not None:
-            return self.best_state
-        return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+        """Weights with the best smoothed pooled validation loss (current weights if none recorded); with
+        `weight_ema`, the trainable ones replaced by their moving average as of that epoch."""
+        state = self.best_state
+        if state is None:
+            state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+        if self._ema_best is not None:
+            state = {**state, **self._ema_best}
+        return state
 
 
 @dataclass
@@ -397,7 +428,8 @@ def fit_sessions(data: Sequence[np.ndarray], muscles: Sequence[Sequence[str]], c
 def adapt(model: MultiSessionLFADS, data: np.ndarray, muscles: Sequence[str], config: LFADSConfig | None = None,
           device: str = "auto", seed: int = 0, progress: bool = True, max_epochs: int | None = None,
           weights_path: str | Path | None = None, regress_readout: bool = True,
-          readin_rounds: int = 2, fit_encoders: bool = True) -> tuple[int, MultiSessionFitResult]:
+          readin_rounds: int = 2, fit_encoders: bool = True,
+          weight_ema: float = ADAPT_WEIGHT_EMA) -> tuple[int, MultiSessionFitResult]:
     """Add a session to a trained model and fit what is its own, the shared dynamics frozen.
 
     Frozen: the generator (its initial-state map, GRU and factor map), the priors and every trained session.
@@ -407,7 +439,8 @@ def adapt(model: MultiSessionLFADS, data: np.ndarray, muscles: Sequence[str], co
     The read-in starts from the trained sessions' by muscle name; with `regress_readout` the read-out is
     first fitted to the frozen model's factors on the new data (`MultiSessionLFADS.fit_readout`), then
     `readin_rounds` times the read-in is regressed onto the shared input space (`fit_readin`) and the
-    read-out fitted again, before gradient training starts.
+    read-out fitted again, before gradient training starts. The result keeps the moving average of the
+    fitted weights over epoch ends (`weight_ema`, `ADAPT_WEIGHT_EMA`; 0: the best epoch's weights).
     Returns the new session's index and the result (the model with the session added, in place).
     """
     config = copy.deepcopy(config or model.config)
@@ -438,7 +471,7 @@ def adapt(model: MultiSessionLFADS, data: np.ndarray, muscles: Sequence[str], co
         p.requires_grad_(True)
     try:
         trainer = MultiSessionTrainer([arr], [list(muscles)], config, device=device, seed=seed, model=model,
-                                      session_ids=[index], trainable=own)
+                                      session_ids=[index], trainable=own, weight_ema=weight_ema)
         limit = int(max_epochs if max_epochs is not None else trainer.config.max_epochs)
         seconds = _train(trainer, limit, progress, "adapt read-in/out")
         model.cpu().load_state_dict(trainer.best_model_state())
