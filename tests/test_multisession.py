@@ -168,11 +168,7 @@ def test_adapt_trainer_keeps_the_moving_average_of_the_fitted_weights(sims):
     model.initialise([torch.from_numpy(x)])
     index = model.add_session(names, torch.from_numpy(x))
     model.own_encoders(index)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    own = model.session_parameters(index)
-    for p in own:
-        p.requires_grad_(True)
+    own = model.train_only(index)
     frozen = {k: v.clone() for k, v in model.core.state_dict().items()}
     with pytest.raises(TrainingError, match="weight_ema"):
         MultiSessionTrainer([x], [names], config, device="cpu", model=model, session_ids=[index], trainable=own,

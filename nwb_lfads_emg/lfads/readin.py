@@ -138,6 +138,15 @@ class MultiSessionLFADS(nn.Module):
         shared = {id(p) for p in self.core.parameters()}
         return [p for p in self.sessions[session].parameters() if id(p) not in shared]
 
+    def train_only(self, session: int) -> list[nn.Parameter]:
+        """Freeze every weight but `session`'s own (`session_parameters`), which it returns: what adaptation fits."""
+        for p in self.parameters():
+            p.requires_grad_(False)
+        own = self.session_parameters(session)
+        for p in own:
+            p.requires_grad_(True)
+        return own
+
     def _core_of(self, session: int) -> LFADS:
         """The LFADS whose encoders and controller read `session` (its own after `own_encoders`, else the shared)."""
         own = self.sessions[session].encoders

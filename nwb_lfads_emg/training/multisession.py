@@ -464,11 +464,7 @@ def adapt(model: MultiSessionLFADS, data: np.ndarray, muscles: Sequence[str], co
                 model.fit_readout(index, segs_t)
     if fit_encoders:
         model.own_encoders(index)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    own = model.session_parameters(index)
-    for p in own:
-        p.requires_grad_(True)
+    own = model.train_only(index)
     try:
         trainer = MultiSessionTrainer([arr], [list(muscles)], config, device=device, seed=seed, model=model,
                                       session_ids=[index], trainable=own, weight_ema=weight_ema)
