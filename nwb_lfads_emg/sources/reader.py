@@ -396,9 +396,11 @@ class EMGReader:
 
     def _read_scaled(self, i0: int, i1: int, columns: list[int], check: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
         data, unchecked = self._read_unchecked(i0, i1, columns)
-        if check and unchecked and not _all_finite(data):
-            return self._nonfinite(data, i0, columns)
-        return data, None
+        return self._checked(data, i0, columns) if check and unchecked else (data, None)
+
+    def _checked(self, data: np.ndarray, i0: int, columns: list[int]) -> tuple[np.ndarray, np.ndarray | None]:
+        """``data`` as it is when it holds no NaN/Inf (no mask), else as `_nonfinite` leaves it."""
+        return (data, None) if _all_finite(data) else self._nonfinite(data, i0, columns)
 
     def _read_unchecked(self, i0: int, i1: int, columns: list[int]) -> tuple[np.ndarray, bool]:
         """Rows [i0, i1) of ``columns``, scaled, and whether they may hold NaN/Inf (so still need the check)."""
@@ -469,19 +471,15 @@ class EMGReader:
 
     def _dataarray(self, i0: int, i1: int, columns: list[int]) -> xr.DataArray:
         data, unchecked = self._read_unchecked(i0, i1, columns)
-        if not unchecked:
-            return self._wrap(data, None, i0, columns)
-        if data.size < OVERLAP_CHECK_MIN or data.ndim != 2:
-            finite = _all_finite(data)
-            wrapped = None
-        else:  # a large window: most of the NaN/Inf check on a second core while this thread wraps the array
+        if unchecked and data.size >= OVERLAP_CHECK_MIN and data.ndim == 2:
+            # a large window: most of the NaN/Inf check on a second core while this thread wraps the array
             cut = int(data.shape[0] * OVERLAP_CHECK_SHARE)
             head = _check_pool().submit(_all_finite, data[:cut])
             wrapped = self._wrap(data, None, i0, columns)
-            finite = _all_finite(data[cut:]) & head.result()
-        if finite:
-            return wrapped if wrapped is not None else self._wrap(data, None, i0, columns)
-        return self._wrap(*self._nonfinite(data, i0, columns), i0, columns)
+            if _all_finite(data[cut:]) & head.result():
+                return wrapped
+            return self._wrap(*self._nonfinite(data, i0, columns), i0, columns)
+        return self._wrap(*(self._checked(data, i0, columns) if unchecked else (data, None)), i0, columns)
 
     def _wrap(self, data: np.ndarray, valid: np.ndarray | None, i0: int, columns: list[int]) -> xr.DataArray:
         """Rows from ``i0`` as the reader's DataArray: time and muscle coordinates, the NaN/Inf mask if any."""
