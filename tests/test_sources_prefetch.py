@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import xarray as xr
 from dandi_server import dandi_server  # noqa: F401  (pytest fixture)
 from test_sources import noise, write_nwb
 
@@ -340,6 +342,31 @@ def test_streamed_float_windows_find_nan_and_inf_as_a_local_read_does(dandi_serv
     np.testing.assert_array_equal(masked.values, expected.values)
     np.testing.assert_array_equal(masked.valid.values, expected.valid.values)
     assert int((~masked.valid.values).sum()) == 3
+
+
+def test_streamed_window_is_checked_by_the_fetch_threads_as_it_arrives(dandi_server, files, monkeypatch) -> None:  # noqa: F811
+    """The NaN/Inf check of a streamed float window runs on the fetch threads, piece by piece as the bytes land; the
+    reading thread checks only what came another way (a window's partial edge chunks), and returns the same window."""
+    from nwb_lfads_emg.sources import reader as reader_module
+
+    checked: list[tuple[str, int]] = []
+    check = reader_module._all_finite
+    monkeypatch.setattr(reader_module, "_all_finite", lambda data: checked.append(
+        (threading.current_thread().name, data.size)) or check(data))
+    monkeypatch.setattr(prefetch, "LANDED_STEP_BYTES", 96 * 1024)  # several steps per run of 64 kB chunks
+    srv = dandi_server({DS: {"sub-a/chunked.nwb": files["chunked"]}})
+    with open_source(srv.blob_url(DS, "sub-a/chunked.nwb"), cache_dir=False) as opened:
+        reader = EMGReader(opened, check_dead=False)
+        for (t0, t1), edge_rows in (((4.0, 20.0), 0), ((20.25, 30.5), 1500 + 1000)):  # 1 s chunks: aligned; two edges
+            checked.clear()
+            window = reader.window(t0, t1)
+            here = sum(n for name, n in checked if name == threading.current_thread().name)
+            fetchers = [n for name, n in checked if name.startswith("nwb-prefetch")]
+            assert here == edge_rows * 32, (t0, t1, checked)
+            assert len(fetchers) > 1 and sum(fetchers) == window.size - here, (t0, t1, checked)
+            expected = local_window(files["chunked"], t0, t1)
+            expected.attrs["source"] = window.attrs["source"]
+            xr.testing.assert_identical(window, expected)
 
 
 def test_integer_data_scaled_past_the_float_range_is_still_checked(tmp_path: Path) -> None:

@@ -7,12 +7,15 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h5py
 
 from ..errors import NwbLfadsEmgError, SourceError, describe, one_line
 from .local import hdf5_problem, looks_like_zarr_url, open_local_hdf5, zarr_refusal
+
+if TYPE_CHECKING:
+    from .prefetch import ReadWatcher
 
 
 class OpenedSource:
@@ -68,13 +71,14 @@ class OpenedSource:
         if self._prefetcher is not None:
             self._prefetcher.learn(datasets)
 
-    def read_rows(self, datasets: Sequence[Any], i0: int, i1: int,
-                  columns: Sequence[int] | None = None) -> list[Any] | None:
+    def read_rows(self, datasets: Sequence[Any], i0: int, i1: int, columns: Sequence[int] | None = None,
+                  watcher: ReadWatcher | None = None) -> list[Any] | None:
         """Streamed files: rows [i0, i1) of each dataset (``columns`` of a 2-D one) fetched concurrently and
-        decoded without h5py's read; None when that does not apply (local file, other filters...)."""
+        decoded without h5py's read (``watcher`` follows it as it arrives); None when that does not apply (local
+        file, other filters...)."""
         if self._prefetcher is None:
             return None
-        return self._prefetcher.read(datasets, i0, i1, columns)
+        return self._prefetcher.read(datasets, i0, i1, columns, watcher)
 
     def close(self) -> None:
         """Close the NWB reader, the HDF5 file and any network session."""

@@ -29,7 +29,7 @@ import threading
 import zlib
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import Any, Protocol
 
 import h5py
 import numpy as np
@@ -69,6 +69,9 @@ EDGE_CHUNKS = 8
 EDGE_BYTES = 32 * 1024 * 1024
 #: Chunk look-ups remembered per dataset (beyond this the memo starts again: ~100 bytes each).
 MAX_INDEX_ENTRIES = 200_000
+#: A watcher of a read hears of the bytes received straight into the output every this many bytes, so that its
+#: check of them overlaps the rest of the transfer rather than following it.
+LANDED_STEP_BYTES = 1024 * 1024
 #: Filters decoded here (in the fetch threads); any other filter in a pipeline leaves the dataset to h5py.
 DEFLATE, SHUFFLE = h5py.h5z.FILTER_DEFLATE, h5py.h5z.FILTER_SHUFFLE
 
@@ -291,9 +294,11 @@ class _Abandoned(Exception):
 class _Span:
     """One range request's chunks, published one by one by the look-ups and taken in order by the receiving thread."""
 
-    def __init__(self, start: int = -1, length: int = 0, out: memoryview | None = None) -> None:
+    def __init__(self, start: int = -1, length: int = 0, out: memoryview | None = None,
+                 watcher: ReadWatcher | None = None) -> None:
         self.start, self.length = start, length  # start -1: not placed yet (its first chunk not located)
         self.out = out  # the output (bytes) that pieces with ``at`` >= 0 are received into
+        self.watcher = watcher  # told of those bytes as they land
         self.pieces: list[_Piece] = []
         self.taken = 0  # chunks received; the later ones lay elsewhere than guessed (fetched afterwards)
         self.received = 0
@@ -392,6 +397,19 @@ def _settle(futures: Sequence[Future]) -> None:
     """Wait for every future, ignoring their errors (the caller raises its own)."""
     for future in futures:
         future.exception()
+
+
+class ReadWatcher(Protocol):
+    """Told of a read's progress (:meth:`Prefetcher.read`), to do its own work on the output while the bytes arrive."""
+
+    def begin(self, outs: list[np.ndarray]) -> None:
+        """The output arrays, before any byte is received into them."""
+
+    def landed(self, item: int, start: int, stop: int) -> None:
+        """Bytes [start, stop) of ``outs[item]`` (flat, C order) hold their final values (called by a fetch thread)."""
+
+    def meanwhile(self) -> None:
+        """Every request is under way: called once, in the reading thread, before it waits for them."""
 
 
 class PrefetchError(OSError):
@@ -504,13 +522,14 @@ class Prefetcher:
                 layout.locate(0, 0)
                 layout.locate(grid[0] - 1, 0)
 
-    def read(self, datasets: Sequence[Any], i0: int, i1: int,
-             columns: Sequence[int] | None = None) -> list[np.ndarray] | None:
+    def read(self, datasets: Sequence[Any], i0: int, i1: int, columns: Sequence[int] | None = None,
+             watcher: ReadWatcher | None = None) -> list[np.ndarray] | None:
         """Rows [i0, i1) of each dataset (of a 2-D one, ``columns`` in that order), decoded without h5py.
 
         Whole chunks of full rows are received straight into the output array; partial or tiled
         or compressed (deflate/shuffle, decoded in the fetch threads) chunks into their own buffer, then
-        copied. None when a dataset has other filters,
+        copied. ``watcher`` hears of the output arrays, of the bytes received straight into them, and when every
+        request is under way (:class:`ReadWatcher`). None when a dataset has other filters,
         partly unwritten, not plain numbers or the window is over ``max_bytes``: then
         :meth:`prefetch` and h5py's own read serve it.
         """
@@ -533,6 +552,8 @@ class Prefetcher:
             selections.append(cols)
         if n == 0:
             return outs
+        if watcher is not None:
+            watcher.begin(outs)
         plans = []
         total = 0
         for layout, cols in zip(layouts, selections, strict=True):
@@ -547,7 +568,7 @@ class Prefetcher:
         layout = layouts[0]
         if (len(layouts) == 1 and layout.contiguous_offset is None and not layout.filters and layout.full_rows
                 and (outs[0].ndim == 1 or selections[0] is None)):
-            return self._read_spans(layout, outs[0], i0, i1, plans[0][0])
+            return self._read_spans(layout, outs[0], i0, i1, plans[0][0], watcher)
         part_bytes = min(DEFAULT_MAX_PART_BYTES, max(self.min_part_bytes, math.ceil(total / self.workers)))
         part: list[_Piece] = []
         parts: list[list[_Piece]] = []
@@ -613,6 +634,8 @@ class Prefetcher:
             if part:
                 parts.append(part)
             futures += [self._submit_part(x) for x in parts]
+            if watcher is not None:
+                watcher.meanwhile()
             for future, pieces in futures:
                 future.result()
                 for piece in pieces:
@@ -625,13 +648,15 @@ class Prefetcher:
             raise
         return outs
 
-    def _read_spans(self, layout: _Layout, out: np.ndarray, i0: int, i1: int, rows: range) -> list[np.ndarray] | None:
+    def _read_spans(self, layout: _Layout, out: np.ndarray, i0: int, i1: int, rows: range,
+                    watcher: ReadWatcher | None = None) -> list[np.ndarray] | None:
         """Rows [i0, i1) of an unfiltered dataset of full-row chunks: each span of file-adjacent chunks is asked for
         in ONE range request as soon as its first chunk is located (or guessed from the memoised chunk before it),
         guessing its length (its chunks back to back, plus ``_slack``); while it streams into the output, the
         look-ups of the later chunks go on
         (a B-tree node on the way is fetched alongside by h5py), and the receiving thread places each chunk's
-        bytes once its look-up is published. Chunks elsewhere than guessed are fetched afterwards."""
+        bytes once its look-up is published (telling ``watcher`` every ``LANDED_STEP_BYTES``). Chunks elsewhere than
+        guessed are fetched afterwards."""
         flat = memoryview(out.reshape(-1)).cast("B")
         row_bytes = layout.chunk_bytes // layout.chunks[0]
         height = layout.chunks[0]
@@ -641,7 +666,7 @@ class Prefetcher:
         later: list[tuple[Future, list[_Piece]]] = []
         span: _Span | None = None
         copies: list[_Piece] = []
-        ahead = _Span(out=flat)  # its thread opens a connection while the first look-up goes on
+        ahead = _Span(out=flat, watcher=watcher)  # its thread opens a connection while the first look-up goes on
         spans.append((self._submit(self._fetch_span, ahead), ahead))
         guessed = self._guess_start(layout, rows)  # the next window of a pass: no wait for a new B-tree leaf
         if guessed is not None:
@@ -678,7 +703,7 @@ class Prefetcher:
                     else:  # elsewhere: stop that request, ask for the right place
                         ahead.abandon()
                         dropped.append(spans.pop(0))
-                        ahead = _Span(out=flat)
+                        ahead = _Span(out=flat, watcher=watcher)
                 if span is None or span.count >= per_span:
                     if span is not None:
                         span.finish()
@@ -687,7 +712,7 @@ class Prefetcher:
                     if span is None and spans and spans[0][1] is ahead:
                         span = ahead
                     else:
-                        span = _Span(out=flat)
+                        span = _Span(out=flat, watcher=watcher)
                         spans.append((self._submit(self._fetch_span, span), span))
                     span.place(offset, min(planned + slack, self.rf.length - offset))
                     span.asking.wait(HANDOVER_S)
@@ -695,6 +720,8 @@ class Prefetcher:
             ahead.finish()  # (unplaced when every chunk was held: no request)
             if span is not None:
                 span.finish()
+            if watcher is not None:
+                watcher.meanwhile()
             leftovers: list[_Piece] = []
             for future, sp in spans:
                 future.result()
@@ -755,7 +782,13 @@ class Prefetcher:
                     break  # not laid out as guessed: this chunk and the later ones are fetched afterwards
                 skip(read_into, piece.offset - at)
                 j, sink = span.run(span.taken, end)
-                read_into(sink)
+                if span.watcher is None or piece.at < 0:
+                    read_into(sink)
+                else:  # straight into the output: the watcher hears of each step while the next one arrives
+                    for step in range(0, sink.nbytes, LANDED_STEP_BYTES):
+                        part = sink[step:step + LANDED_STEP_BYTES]
+                        read_into(part)
+                        span.watcher.landed(0, piece.at + step, piece.at + step + part.nbytes)
                 at = piece.offset + sink.nbytes
                 span.taken = j
             if span.wait(span.taken) is None and end - at <= MAX_GAP_BYTES:

@@ -6,7 +6,7 @@ import fnmatch
 import logging
 import math
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
 
@@ -62,6 +62,50 @@ def _all_finite(data: np.ndarray) -> bool:
         return True
     with np.errstate(over="ignore", invalid="ignore"):
         return bool(np.isfinite(data.sum())) or bool(np.isfinite(data).all())
+
+
+class _ArrivalCheck:
+    """A streamed window checked for NaN/Inf and wrapped while its bytes arrive (a :class:`ReadWatcher`): the fetch
+    threads check each piece received straight into the output, the reading thread wraps the output meanwhile, and
+    only the bytes that came another way (window edges, chunks fetched afterwards) are checked once it is read."""
+
+    def __init__(self, wrap: Callable[[np.ndarray], xr.DataArray]) -> None:
+        self._wrap = wrap
+        self.out: np.ndarray | None = None
+        self.wrapped: xr.DataArray | None = None
+        self._finite: list[tuple[int, int]] = []  # element ranges of the flat output found finite
+        self._nonfinite = False
+
+    def begin(self, outs: list[np.ndarray]) -> None:
+        self.out = outs[0] if len(outs) == 1 and outs[0].dtype.kind == "f" and outs[0].size else None
+
+    def landed(self, item: int, start: int, stop: int) -> None:
+        if self.out is None:
+            return
+        size = self.out.itemsize
+        a, b = start // size, stop // size
+        if _all_finite(self.out.reshape(-1)[a:b]):
+            self._finite.append((a, b))
+        else:
+            self._nonfinite = True
+
+    def meanwhile(self) -> None:
+        if self.out is not None:
+            self.wrapped = self._wrap(self.out)
+
+    def all_finite(self, data: np.ndarray) -> bool | None:
+        """Whether ``data`` holds no NaN/Inf (checking what was not checked as it arrived); None when ``data`` is not
+        the array followed (read another way, or scaled since)."""
+        if data is not self.out or self.wrapped is None:
+            return None
+        if self._nonfinite:
+            return False
+        flat, at = data.reshape(-1), 0
+        for a, b in sorted(self._finite):
+            if a > at and not _all_finite(flat[at:a]):
+                return False
+            at = max(at, b)
+        return _all_finite(flat[at:])
 
 
 def _location_of(opened: Any) -> tuple[Any, str, Any]:
@@ -335,14 +379,15 @@ class EMGReader:
         text = one_line(exc)
         return SourceError(describe(self.location, self.series_path, f"cannot read the data (truncated or damaged file?): {text}"))
 
-    def _raw(self, i0: int, i1: int, columns: list[int]) -> np.ndarray:
-        """Rows [i0, i1) of ``columns``, scaled; sets ``_known_finite`` when no value can be NaN/Inf (no check needed)."""
+    def _raw(self, i0: int, i1: int, columns: list[int], watcher: _ArrivalCheck | None = None) -> np.ndarray:
+        """Rows [i0, i1) of ``columns``, scaled; sets ``_known_finite`` when no value can be NaN/Inf (no check needed).
+        A streamed read tells ``watcher`` of its progress."""
         single = self.source_kind in ("ElectricalSeries", "TimeSeries")  # one 2-D dataset, else 1-D per muscle
         fetched = None
         self._known_finite = False
         if hasattr(self._opened, "prefetch_rows"):  # streamed: fetch the covering chunks concurrently
             datasets = [self._objects[0].data] if single else [self._objects[c].data for c in columns]
-            fetched = self._opened.read_rows(datasets, i0, i1, columns if single else None)
+            fetched = self._opened.read_rows(datasets, i0, i1, columns if single else None, watcher)
             if fetched is None:  # compressed or unusual layout: prefetch, then h5py reads from memory
                 self._opened.prefetch_rows(datasets, i0, i1, columns if single else None)
         if single:
@@ -402,11 +447,15 @@ class EMGReader:
         """``data`` as it is when it holds no NaN/Inf (no mask), else as `_nonfinite` leaves it."""
         return (data, None) if _all_finite(data) else self._nonfinite(data, i0, columns)
 
-    def _read_unchecked(self, i0: int, i1: int, columns: list[int]) -> tuple[np.ndarray, bool]:
+    def _read_unchecked(self, i0: int, i1: int, columns: list[int],
+                        watcher: _ArrivalCheck | None = None) -> tuple[np.ndarray, bool]:
         """Rows [i0, i1) of ``columns``, scaled, and whether they may hold NaN/Inf (so still need the check)."""
         try:
             with self._read_lock:  # iter_chunks' read-ahead thread and the caller's own reads, one at a time
-                data = self._resampled(i0, i1, columns) if self._resample_stamps is not None else self._raw(i0, i1, columns)
+                if self._resample_stamps is not None:
+                    data = self._resampled(i0, i1, columns)
+                else:
+                    data = self._raw(i0, i1, columns, watcher)
                 known_finite = self._known_finite and self._resample_stamps is None
         except NwbLfadsEmgError:
             raise
@@ -470,7 +519,13 @@ class EMGReader:
         return coord
 
     def _dataarray(self, i0: int, i1: int, columns: list[int]) -> xr.DataArray:
-        data, unchecked = self._read_unchecked(i0, i1, columns)
+        arrival = None
+        if getattr(self._opened, "is_remote", False) and self._resample_stamps is None:  # checked as it arrives
+            arrival = _ArrivalCheck(lambda data: self._wrap(data, None, i0, columns))
+        data, unchecked = self._read_unchecked(i0, i1, columns, arrival)
+        finite = arrival.all_finite(data) if arrival is not None and unchecked else None
+        if finite is not None:
+            return arrival.wrapped if finite else self._wrap(*self._nonfinite(data, i0, columns), i0, columns)
         if unchecked and data.size >= OVERLAP_CHECK_MIN and data.ndim == 2:
             # a large window: most of the NaN/Inf check on a second core while this thread wraps the array
             cut = int(data.shape[0] * OVERLAP_CHECK_SHARE)
