@@ -57,11 +57,17 @@ def _check_pool() -> ThreadPoolExecutor:
 
 
 def _all_finite(data: np.ndarray) -> bool:
-    """No NaN/Inf in ``data``: its sum carries any (one pass, no mask); an overflowing sum looks element by element."""
+    """No NaN/Inf in ``data``: its sum of squares carries any (one BLAS pass, no mask: ~30% cheaper than a sum); an
+    overflowing one looks element by element."""
     if data.size == 0 or data.dtype.kind != "f":
         return True
     with np.errstate(over="ignore", invalid="ignore"):
-        return bool(np.isfinite(data.sum())) or bool(np.isfinite(data).all())
+        if data.flags.c_contiguous:
+            flat = data.reshape(-1)
+            total = np.dot(flat, flat)
+        else:  # (a flat view would be a copy)
+            total = data.sum()
+        return bool(np.isfinite(total)) or bool(np.isfinite(data).all())
 
 
 class _ArrivalCheck:
@@ -437,7 +443,10 @@ class EMGReader:
     def _times(self, i0: int, i1: int) -> np.ndarray:
         if self._timestamps is not None and self._resample_stamps is None:
             return np.asarray(self._timestamps[i0:i1], dtype=np.float64)
-        return self.starting_time + np.arange(i0, i1, dtype=np.float64) / self.rate
+        times = np.arange(i0, i1, dtype=np.float64)  # in place: one array rather than three
+        times /= self.rate
+        times += self.starting_time
+        return times
 
     def _read_scaled(self, i0: int, i1: int, columns: list[int], check: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
         data, unchecked = self._read_unchecked(i0, i1, columns)
