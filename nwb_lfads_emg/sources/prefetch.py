@@ -17,8 +17,10 @@ itself wait for a B-tree node), and
 receives whole uncompressed chunks of full rows straight into the output array; partial,
 column-tiled or compressed chunks land in their own buffer (compressed ones are inflated and
 unshuffled in the fetch threads, honouring each chunk's filter mask) and are copied once their
-request is done. Window-edge chunks are kept (decoded) for the next window. The block path above
-remains for other filters (fletcher32, blosc, lzf, szip, scale-offset, n-bit...).
+request is done. Window-edge chunks are kept (decoded) for the next window. A :class:`ReadWatcher` given
+to the read follows it (the reader checks each received piece for NaN/Inf in the fetch thread and builds
+its DataArray while the bytes arrive). The block path above remains for other filters (fletcher32, blosc,
+lzf, szip, scale-offset, n-bit...).
 """
 
 from __future__ import annotations
