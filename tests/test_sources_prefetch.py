@@ -122,8 +122,10 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     f32 = noise(40_000, 16, 10).astype("<f4")
     f32[12_345, 3], f32[12_400, 7], f32[20_100, 0] = np.nan, np.inf, np.nan  # 6.17 s, 6.2 s; 10.05 s
     nan = write_es(d / "nan.nwb", f32, (1000, 16))
+    nan_gz = write_es(d / "nan_gz.nwb", f32, (1000, 16), "gzip", shuffle=True)
     return {"chunked": chunked, "contiguous": contiguous, "gzip": gz, "tiles": tiles, "per_muscle": per_muscle,
-            "nc": nc, "order": order, "sg32": sg32, "lzf": lzf, "scattered": scattered, "nan": nan}
+            "nc": nc, "order": order, "sg32": sg32, "lzf": lzf, "scattered": scattered, "nan": nan,
+            "nan_gz": nan_gz}
 
 
 def covering_bytes(path: Path, series: str, i0: int, i1: int) -> int:
@@ -322,10 +324,11 @@ def test_a_fresh_window_waits_for_no_look_up_and_a_cached_one_moves_nothing(
         assert sent <= 1.1 * covering, (sent, covering, asked)
 
 
-def test_streamed_float_windows_find_nan_and_inf_as_a_local_read_does(dandi_server, files) -> None:  # noqa: F811
-    srv = dandi_server({DS: {"sub-a/nan.nwb": files["nan"]}})
+@pytest.mark.parametrize("name", ["nan", "nan_gz"])  # received straight into the window; inflated into it
+def test_streamed_float_windows_find_nan_and_inf_as_a_local_read_does(dandi_server, files, name) -> None:  # noqa: F811
+    srv = dandi_server({DS: {"sub-a/nan.nwb": files[name]}})
     with open_source(srv.blob_url(DS, "sub-a/nan.nwb"), cache_dir=False) as opened, \
-            open_source(files["nan"]) as local:
+            open_source(files[name]) as local:
         remote, here = EMGReader(opened, check_dead=False), EMGReader(local, check_dead=False)
         for t0, t1 in ((2.0, 10.01), (6.18, 9.0), (10.0, 13.0)):  # NaN and Inf; an Inf; a NaN at 10.05 s
             with pytest.raises(EMGDataError) as streamed:
@@ -333,7 +336,7 @@ def test_streamed_float_windows_find_nan_and_inf_as_a_local_read_does(dandi_serv
             with pytest.raises(EMGDataError) as read_here:
                 here.window(t0, t1)
             assert str(streamed.value).replace(str(srv.blob_url(DS, "sub-a/nan.nwb")), "") == \
-                str(read_here.value).replace(str(files["nan"]), "")
+                str(read_here.value).replace(str(files[name]), "")
         window = remote.window(6.201, 10.04)  # the NaN at 6.17 s and the one at 10.05 s lie in its edge chunks only
         assert np.isfinite(window.values).all() and "valid" not in window.coords
         assert opened._prefetcher._edges  # (its edge chunks, NaN included, were fetched and kept)
@@ -344,27 +347,30 @@ def test_streamed_float_windows_find_nan_and_inf_as_a_local_read_does(dandi_serv
     assert int((~masked.valid.values).sum()) == 3
 
 
-def test_streamed_window_is_checked_by_the_fetch_threads_as_it_arrives(dandi_server, files, monkeypatch) -> None:  # noqa: F811
-    """The NaN/Inf check of a streamed float window runs on the fetch threads, piece by piece as the bytes land; the
-    reading thread checks only what came another way (a window's partial edge chunks), and returns the same window."""
+@pytest.mark.parametrize("name", ["chunked", "sg32"])  # uncompressed (one span); shuffle+gzip (decoded in the fetch threads)
+def test_streamed_window_is_checked_by_the_fetch_threads_as_it_arrives(dandi_server, files, monkeypatch, name) -> None:  # noqa: F811
+    """The NaN/Inf check of a streamed float window runs on the fetch threads, piece by piece as the bytes land (or are
+    inflated); the reading thread checks only what came another way (a window's partial edge chunks), and returns the
+    same window."""
     from nwb_lfads_emg.sources import reader as reader_module
 
     checked: list[tuple[str, int]] = []
     check = reader_module._all_finite
     monkeypatch.setattr(reader_module, "_all_finite", lambda data: checked.append(
         (threading.current_thread().name, data.size)) or check(data))
-    monkeypatch.setattr(prefetch, "LANDED_STEP_BYTES", 96 * 1024)  # several steps per run of 64 kB chunks
-    srv = dandi_server({DS: {"sub-a/chunked.nwb": files["chunked"]}})
-    with open_source(srv.blob_url(DS, "sub-a/chunked.nwb"), cache_dir=False) as opened:
+    monkeypatch.setattr(prefetch, "LANDED_STEP_BYTES", 96 * 1024)  # several steps per run of 1 s chunks
+    srv = dandi_server({DS: {f"sub-a/{name}.nwb": files[name]}})
+    with open_source(srv.blob_url(DS, f"sub-a/{name}.nwb"), cache_dir=False) as opened:
         reader = EMGReader(opened, check_dead=False)
-        for (t0, t1), edge_rows in (((4.0, 20.0), 0), ((20.25, 30.5), 1500 + 1000)):  # 1 s chunks: aligned; two edges
+        width = len(reader.muscles)
+        for (t0, t1), edge_rows in (((4.0, 20.0), 0), ((20.25, 28.5), 1500 + 1000)):  # 1 s chunks: aligned; two edges
             checked.clear()
             window = reader.window(t0, t1)
-            here = sum(n for name, n in checked if name == threading.current_thread().name)
-            fetchers = [n for name, n in checked if name.startswith("nwb-prefetch")]
-            assert here == edge_rows * 32, (t0, t1, checked)
+            here = sum(n for thread, n in checked if thread == threading.current_thread().name)
+            fetchers = [n for thread, n in checked if thread.startswith("nwb-prefetch")]
+            assert here == edge_rows * width, (t0, t1, checked)
             assert len(fetchers) > 1 and sum(fetchers) == window.size - here, (t0, t1, checked)
-            expected = local_window(files["chunked"], t0, t1)
+            expected = local_window(files[name], t0, t1)
             expected.attrs["source"] = window.attrs["source"]
             xr.testing.assert_identical(window, expected)
 

@@ -286,7 +286,7 @@ class _Piece:
         self.itemsize = self.expect = 0
         self.dest: memoryview | None = None  # where the fetch thread decodes a whole chunk of full rows (no copy after)
         self.mark: str | None = None  # disk-cache key saying "this chunk (a guessable one) is in the disk cache"
-        self.at = -1  # where ``sink`` starts in its span's output (bytes), -1 when it is a buffer of its own
+        self.at = -1  # where ``sink`` (or ``dest``) starts in the output (bytes), -1 when it is a buffer of its own
 
 
 class _Abandoned(Exception):
@@ -616,9 +616,11 @@ class Prefetcher:
                             continue
                         if flat is not None and whole and not undo:
                             piece.sink = flat[(a - i0) * row_bytes:(b - i0) * row_bytes]
+                            piece.at = (a - i0) * row_bytes
                         elif flat is not None and whole:
                             piece.sink = memoryview(bytearray(size))
                             piece.dest = flat[(a - i0) * row_bytes:(b - i0) * row_bytes]
+                            piece.at = (a - i0) * row_bytes
                         else:
                             piece.sink = memoryview(bytearray(size))
                             piece.keep = not whole  # a window edge: the next window likely needs it
@@ -631,11 +633,11 @@ class Prefetcher:
                         if part[-1].offset + part[-1].size - part[0].offset >= part_bytes:
                             parts.append(part)
                             part = []
-                        futures += [self._submit_part(x) for x in parts]  # stream while the look-ups go on
+                        futures += [self._submit_part(x, watcher) for x in parts]  # stream while the look-ups go on
                         parts = []
             if part:
                 parts.append(part)
-            futures += [self._submit_part(x) for x in parts]
+            futures += [self._submit_part(x, watcher) for x in parts]
             if watcher is not None:
                 watcher.meanwhile()
             for future, pieces in futures:
@@ -734,7 +736,7 @@ class Prefetcher:
                     parts[-1].append(piece)
                 else:
                     parts.append([piece])
-            later = [self._submit_part(x) for x in parts]
+            later = [self._submit_part(x, watcher) for x in parts]
             for future, _ in later:
                 future.result()
             for _, sp in spans:
@@ -849,13 +851,14 @@ class Prefetcher:
     def _chunk_key(self, offset: int, size: int) -> str:
         return f"{self.url}|chunk|{offset}|{size}"
 
-    def _submit_part(self, pieces: list[_Piece]) -> tuple[Future, list[_Piece]]:
+    def _submit_part(self, pieces: list[_Piece], watcher: ReadWatcher | None = None) -> tuple[Future, list[_Piece]]:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="nwb-prefetch")
-        return self._pool.submit(self._fetch_part, list(pieces)), list(pieces)
+        return self._pool.submit(self._fetch_part, list(pieces), watcher), list(pieces)
 
-    def _fetch_part(self, pieces: list[_Piece]) -> int:
-        """One range request for a run of chunks, each received into its sink (gaps between them discarded)."""
+    def _fetch_part(self, pieces: list[_Piece], watcher: ReadWatcher | None = None) -> int:
+        """One range request for a run of chunks, each received into its sink (gaps between them discarded); ``watcher``
+        hears of those received (or decoded) straight into the output."""
         sinks: list[memoryview] = []
         end = pieces[0].offset
         for piece in pieces:
@@ -871,6 +874,8 @@ class Prefetcher:
         for piece in pieces:  # decoded here, in the pool, while the other requests stream
             if piece.undo:
                 piece.sink = decode_chunk(piece.sink, piece.undo, piece.itemsize, piece.expect, piece.dest)
+            if watcher is not None and piece.at >= 0:
+                watcher.landed(piece.item, piece.at, piece.at + (piece.sink if piece.dest is None else piece.dest).nbytes)
         return end - pieces[0].offset
 
     @staticmethod
