@@ -21,6 +21,8 @@ a local h5py read vs one raw HTTP GET of the same bytes; bytes moved; bounded-me
    - streamed the old way (prefetch off: h5py asks remfile chunk by chunk);
    - both streamed paths again with ``--latency-ms`` added by the server to every request (a far
      server's round trip), where concurrency is what counts;
+   - beside the ratio of medians, each repeat's streamed read against the GET of the same repeat (paired: the machine's
+     slow spells, which move single GETs by +-30% here, cancel), as median and quartiles;
 2. bytes the server sent for the window (chunk look-ups included) vs bytes of the covering chunks;
 3. the same window (1 and 2, without the added latency) from the same recording compressed as NeuroConv
    writes it by default (chunked gzip, level 4; ``--compressed gzip,gzip+shuffle``): the library read now
@@ -269,6 +271,12 @@ def window_bench(path: Path, repeats: int, latency_ms: float, workers: int) -> d
         vals = [r[key] for r in runs[label] if key in r]
         return statistics.median(vals) if vals else None
 
+    def paired(label: str, key: str, get_label: str) -> list[float] | None:
+        """Quartiles (25, 50, 75 %) of the GET's time over ``key``'s, each repeat against the GET of the same repeat
+        (the GET and the streamed reads of one repeat run back to back, so a slow spell of the machine cancels)."""
+        pairs = [g["h5py_s"] / r[key] for g, r in zip(runs[get_label], runs[label], strict=False) if key in r]
+        return [float(q) for q in np.percentile(pairs, [25, 50, 75])] if pairs else None
+
     local_s, get_s = med("local h5py", "h5py_s"), med("raw HTTP GET", "h5py_s")
     local_rd, local_next = med("local h5py", "reader_s"), med("local h5py", "reader_next_s")
     rows = {}
@@ -289,6 +297,11 @@ def window_bench(path: Path, repeats: int, latency_ms: float, workers: int) -> d
                "reader_next_MBps": raw_mb / next_s if next_s else None,
                "reader_next_x_local": local_next / next_s if next_s else None,
                "reader_next_x_raw_get": get_ref / next_s if next_s else None}
+        if "GET" not in label and not label.startswith("local"):
+            get_label = f"raw HTTP GET +{latency_ms:g} ms" if "+" in label else "raw HTTP GET"
+            row.update(reader_x_raw_get_paired=paired(label, "reader_s", get_label),
+                       reader_next_x_raw_get_paired=paired(label, "reader_next_s", get_label),
+                       library_x_raw_get_paired=paired(label, "h5py_s", get_label))
         last = runs[label][-1]
         if "bytes" in last:
             row.update(bytes_sent=last["bytes"], sent_over_chunks=last["bytes"] / covering,
@@ -317,6 +330,19 @@ def print_table(win: dict, kind: str = "uncompressed") -> None:
         print(f"| {label} | {cell(r['MBps'], r['x_local'], r['x_raw_get'])} | {pre} | "
               f"{cell(r['reader_MBps'], r['reader_x_local'], r['reader_x_raw_get'])} | "
               f"{cell(r['reader_next_MBps'], r['reader_next_x_local'], r['reader_next_x_raw_get'])} | {extra} |")
+
+    print("\nx raw GET, paired: each repeat's GET time over its streamed read's (the GET runs just before them), "
+          "median (quartiles):\n")
+    print("| path | library read | EMGReader.window, first after open | EMGReader.window, next |")
+    print("|---|---|---|---|")
+
+    def quartiles(q: list[float] | None) -> str:
+        return "-" if not q else f"{q[1]:.2f} ({q[0]:.2f}-{q[2]:.2f})"
+
+    for label, r in win["rows"].items():
+        if r.get("library_x_raw_get_paired"):
+            print(f"| {label} | {quartiles(r['library_x_raw_get_paired'])} | "
+                  f"{quartiles(r.get('reader_x_raw_get_paired'))} | {quartiles(r.get('reader_next_x_raw_get_paired'))} |")
 
     print("\nopening, before the first window (medians, ms): `open_source`, then `EMGReader(opened, check_dead=False)`,"
           " which for a streamed series reads its HDF5 chunk index in one pass:\n")
