@@ -113,6 +113,8 @@ for line in sys.stdin:
         srv.reset_counts()
     elif cmd[0] == "latency":
         srv.latency = float(cmd[1])
+    elif cmd[0] == "link":
+        srv.link_bytes_per_s = float(cmd[1])
     print(json.dumps({"bytes": srv.bytes_served, "requests": len(srv.range_requests),
                       "max_in_flight": srv.max_in_flight}), flush=True)
 srv.stop()

@@ -208,11 +208,15 @@ class _Handler(BaseHTTPRequestHandler):
         if cut is not None:  # the body cut short: the connection closes after ``cut`` bytes
             self.close_connection = True
             length = min(length, cut)
+        rate = srv.link_bytes_per_s
+        began = time.perf_counter()
         with open(local, "rb") as fh:
             fh.seek(start)
             left = length
             while left > 0:
-                piece = fh.read(min(left, 1 << 20))
+                if rate:  # paced: no byte leaves before its time on a link of this rate
+                    time.sleep(max(0.0, (length - left) / rate - (time.perf_counter() - began)))
+                piece = fh.read(min(left, 1 << 18 if rate else 1 << 20))
                 if not piece:
                     break
                 try:
@@ -233,7 +237,8 @@ class DandiServer:
     """Serves {dandiset id: {asset path: local file}} on 127.0.0.1 like the DANDI Archive.
 
     ``bytes_served`` counts blob body bytes actually sent, ``max_in_flight`` the most blob requests
-    served at once, ``latency`` delays every blob request; ``fail(asset_path, ...)`` injects
+    served at once, ``latency`` delays every blob request, ``link_bytes_per_s`` paces each blob response (as a
+    far server's per-connection throughput: S3 gives one connection ~50-100 MB/s); ``fail(asset_path, ...)`` injects
     failures for the next blob requests; ``support_range=False`` makes the blob store ignore Range.
     """
 
@@ -254,6 +259,7 @@ class DandiServer:
         self.requests: list[tuple[str, str, str | None]] = []
         self.support_range = True
         self.latency = 0.0  # seconds each blob request waits before answering (a long link's round trip)
+        self.link_bytes_per_s = 0.0  # 0: as fast as loopback goes; else each response is paced to this rate
         self.in_flight = 0
         self.max_in_flight = 0
         self._failures: dict[str, list[tuple[str, object]]] = {}

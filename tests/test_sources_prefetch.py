@@ -375,6 +375,28 @@ def test_streamed_window_is_checked_by_the_fetch_threads_as_it_arrives(dandi_ser
             xr.testing.assert_identical(window, expected)
 
 
+def test_a_window_from_a_far_server_goes_out_over_every_worker(dandi_server, files, monkeypatch) -> None:  # noqa: F811
+    """A window from a server on this machine is one request (concurrent connections would share its cores); from a
+    server elsewhere (each connection capped) it is split over the workers, all in flight at once."""
+    from nwb_lfads_emg.sources.remote import RetryingSession
+
+    srv = dandi_server({DS: {"sub-a/chunked.nwb": files["chunked"]}})
+    url = srv.blob_url(DS, "sub-a/chunked.nwb")
+    expected = local_window(files["chunked"], 4.0, 20.0)  # 4 MB
+    for far in (False, True):
+        if far:
+            monkeypatch.setattr(RetryingSession, "peer_is_local", lambda self, url: False)
+        with open_source(url, cache_dir=False, prefetch_workers=3) as opened:
+            assert opened._prefetcher.span_bytes == (prefetch.FAR_SPAN_BYTES if far else prefetch.SPAN_BYTES)
+            reader = EMGReader(opened, check_dead=False)
+            srv.reset_counts()
+            srv.latency = 0.05  # each request waits before answering: concurrent ones overlap for sure
+            window = reader.window(4.0, 20.0)
+            srv.latency = 0.0
+            np.testing.assert_array_equal(window.values, expected.values)
+            assert (len(srv.range_requests), srv.max_in_flight) == ((3, 3) if far else (1, 1)), srv.range_requests
+
+
 def test_integer_data_scaled_past_the_float_range_is_still_checked(tmp_path: Path) -> None:
     """Integer samples skip the NaN/Inf pass only when the type's bounds times the scale stay finite."""
     data = int16_emg(4000, 4)

@@ -50,9 +50,14 @@ DEFAULT_MAX_PART_BYTES = 16 * 1024 * 1024
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 #: Rows of a contiguous dataset handled as one piece (so its copy overlaps the later pieces' transfer).
 CONTIGUOUS_PIECE_BYTES = 1024 * 1024
-#: A window of unfiltered chunks goes out as one range request per this many bytes (at most ``workers`` at once):
-#: on loopback one request matches a raw GET, two concurrent fresh connections cost ~+40% (bench_streaming.py).
+#: A window of unfiltered chunks from a server on this machine goes out as one range request per this many bytes (at
+#: most ``workers`` at once): on loopback one request matches a raw GET, two concurrent connections cost ~+40%, as the
+#: server shares the client's cores (bench_streaming.py).
 SPAN_BYTES = 16 * 1024 * 1024
+#: ... and from a server elsewhere, per this many: so a window of more goes out as ``workers`` concurrent requests, as a
+#: far server caps each connection (S3: ~50-100 MB/s). At 100 MB/s per connection a 60 s window (15 MB) took 1.00x
+#: the raw GET's time in one request, 0.52x split over 2 workers, 0.28x over 4 (bench_streaming.py --link-mbps).
+FAR_SPAN_BYTES = 1024 * 1024
 #: Bytes asked for beyond a span's chunks, for the B-tree nodes HDF5 wrote between them (~2.6 kB each, one per
 #: 32-64 chunks): this per 32 chunks of the span, at most ``SPAN_SLACK_BYTES`` (unused slack is read and dropped).
 SPAN_SLACK_PER_32 = 8 * 1024
@@ -431,7 +436,7 @@ class Prefetcher:
 
     def __init__(self, rf: StreamFile, url: str, session: RetryingSession, *, workers: int = DEFAULT_WORKERS,
                  max_bytes: int = DEFAULT_MAX_BYTES, min_part_bytes: int = DEFAULT_MIN_PART_BYTES,
-                 span_bytes: int = SPAN_BYTES) -> None:
+                 span_bytes: int | None = None) -> None:
         self.rf = rf
         self.url = url
         self.session = session
@@ -450,7 +455,8 @@ class Prefetcher:
         self._layouts: dict[Any, _Layout | None] = {}
         self._edges: dict[int, tuple[int, memoryview]] = {}  # file offset: (stored size, decoded chunk)
         self.min_part_bytes = int(min_part_bytes)
-        self.span_bytes = max(1, int(span_bytes))
+        self._span_auto = span_bytes is None  # chosen by :meth:`warm`, from where the server is
+        self.span_bytes = SPAN_BYTES if span_bytes is None else max(1, int(span_bytes))
         self.requests = 0
         self.bytes_fetched = 0
 
@@ -932,9 +938,12 @@ class Prefetcher:
 
     def warm(self) -> None:
         """Start one fetch thread and open its connection now (when the file is opened), so that the first
-        window's request does not wait for them (measured: 6-9 ms on a loaded 2-core box)."""
+        window's request does not wait for them (measured: 6-9 ms on a loaded 2-core box). Unless given, the span
+        size follows where the connection leads: ``SPAN_BYTES`` to this machine, ``FAR_SPAN_BYTES`` elsewhere."""
         s = self._new_session()
         s.connect(self.url)
+        if self._span_auto:
+            self.span_bytes = SPAN_BYTES if s.peer_is_local(self.url) else FAR_SPAN_BYTES
         with self._lock:
             self._spare.append(s)
         self._submit(self._thread_session).result()

@@ -6,6 +6,7 @@ import functools
 import hashlib
 import http.client
 import inspect
+import ipaddress
 import json
 import os
 import ssl
@@ -147,6 +148,17 @@ class RetryingSession(requests.Session):
                     conn.connect()
                 except OSError:
                     conn.close()
+
+    def peer_is_local(self, url: str) -> bool:
+        """Whether the kept-alive connection to ``url``'s server leads to this machine: a loopback address, or the
+        connection's own (False when there is none, as behind a proxy)."""
+        parts = urlsplit(url)
+        conn = self._conns.get(f"{parts.scheme}://{parts.netloc}")
+        try:
+            peer, own = conn.sock.getpeername()[0], conn.sock.getsockname()[0]  # type: ignore[union-attr]
+            return peer == own or ipaddress.ip_address(peer.split("%")[0]).is_loopback
+        except (AttributeError, OSError, ValueError):
+            return False
 
     def _lean(self, url: str) -> bool:
         """Whether plain http.client may serve ``url`` (no proxy, client certificate, auth or disabled TLS check applies)."""
