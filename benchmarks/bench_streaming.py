@@ -1,7 +1,7 @@
 """Benchmark: streaming a window over loopback HTTP (concurrent prefetch vs request by request) vs
 a local h5py read vs one raw HTTP GET of the same bytes; bytes moved; bounded-memory iteration.
 
-    python benchmarks/bench_streaming.py [--workdir DIR] [--repeats 7] [--latency-ms 20] [--hours 1.0]
+    python benchmarks/bench_streaming.py [--workdir DIR] [--repeats 7] [--latency-ms 20] [--link-mbps 100] [--hours 1.0]
 
 1. a 60 s window of a 32-channel 2 kHz float32 recording (1 s x 32 ch chunks) served by the local
    DANDI stand-in (tests/dandi_server.py, range requests, in a separate process so that it does not
@@ -21,6 +21,8 @@ a local h5py read vs one raw HTTP GET of the same bytes; bytes moved; bounded-me
    - streamed the old way (prefetch off: h5py asks remfile chunk by chunk);
    - both streamed paths again with ``--latency-ms`` added by the server to every request (a far
      server's round trip), where concurrency is what counts;
+   - with ``--link-mbps`` the server paces each response to that rate (a far server capping each connection, as S3
+     does): one request per window against the window split over the workers (what a far server gets by default);
    - beside the ratio of medians, each repeat's streamed read against the GET of the same repeat (paired: the machine's
      slow spells, which move single GETs by +-30% here, cancel), as median and quartiles;
 2. bytes the server sent for the window (chunk look-ups included) vs bytes of the covering chunks;
@@ -47,6 +49,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -170,15 +173,25 @@ def bare_receive(url: str, offset: int, n: int, pool: ThreadPoolExecutor) -> flo
     return dt
 
 
+def _opened(url: str, workers: int, span_bytes: int | None) -> Any:
+    """``open_source`` of ``url`` streamed with ``workers`` fetch threads, its span size set when given."""
+    from nwb_lfads_emg.sources import open_source
+
+    opened = open_source(url, cache_dir=False, prefetch_workers=workers)
+    if span_bytes and opened._prefetcher is not None:
+        opened._prefetcher.span_bytes = span_bytes
+    return opened
+
+
 def streamed(url: str, srv: ServerProcess, workers: int, i0: int, i1: int, t0s: float, t1s: float,
-             reference: np.ndarray) -> dict:
+             reference: np.ndarray, span_bytes: int | None = None) -> dict:
     """Fresh opens of ``url``: the window read by the library (``read_rows``: chunks fetched concurrently,
     decoded without h5py; with ``workers`` 0, h5py asks remfile chunk by chunk), by prefetch + h5py's read
     (the path of compressed data), and through EMGReader.window, then the reader's next window."""
-    from nwb_lfads_emg.sources import EMGReader, open_source
+    from nwb_lfads_emg.sources import EMGReader
 
     out = {}
-    with open_source(url, cache_dir=False, prefetch_workers=workers) as opened:
+    with _opened(url, workers, span_bytes) as opened:
         d = opened.h5file[SERIES]
         srv.ask("reset")
         t = time.perf_counter()
@@ -188,7 +201,7 @@ def streamed(url: str, srv: ServerProcess, workers: int, i0: int, i1: int, t0s: 
         out.update(srv.ask("stats"))
         assert np.array_equal(values, reference), "streamed values differ from the local read"
     if workers:
-        with open_source(url, cache_dir=False, prefetch_workers=workers) as opened:
+        with _opened(url, workers, span_bytes) as opened:
             d = opened.h5file[SERIES]
             t = time.perf_counter()
             for r in range(i0 // d.chunks[0], (i1 - 1) // d.chunks[0] + 1):
@@ -197,7 +210,7 @@ def streamed(url: str, srv: ServerProcess, workers: int, i0: int, i1: int, t0s: 
             t = time.perf_counter()
             opened.read_rows([d], i0, i1)  # B-tree nodes now in HDF5's cache: the transfer (and cheap look-ups) alone
             out["transfer_s"] = time.perf_counter() - t
-        with open_source(url, cache_dir=False, prefetch_workers=workers) as opened:
+        with _opened(url, workers, span_bytes) as opened:
             d = opened.h5file[SERIES]
             t = time.perf_counter()
             opened.prefetch_rows([d], i0, i1)
@@ -205,7 +218,7 @@ def streamed(url: str, srv: ServerProcess, workers: int, i0: int, i1: int, t0s: 
             out["prefetch_h5py_s"] = time.perf_counter() - t
             assert np.array_equal(values, reference)
     t = time.perf_counter()
-    with open_source(url, cache_dir=False, prefetch_workers=workers) as opened:
+    with _opened(url, workers, span_bytes) as opened:
         out["open_s"] = time.perf_counter() - t
         t = time.perf_counter()
         reader = EMGReader(opened, check_dead=False)  # streamed: reads the series' chunk index (Prefetcher.learn)
@@ -220,10 +233,11 @@ def streamed(url: str, srv: ServerProcess, workers: int, i0: int, i1: int, t0s: 
     return out
 
 
-def window_bench(path: Path, repeats: int, latency_ms: float, workers: int) -> dict:
+def window_bench(path: Path, repeats: int, latency_ms: float, workers: int, link_mbps: float = 0.0) -> dict:
     import h5py
 
     from nwb_lfads_emg.sources import EMGReader, open_source
+    from nwb_lfads_emg.sources.prefetch import FAR_SPAN_BYTES, SPAN_BYTES
 
     t0s, t1s = 60.0, 120.0
     i0, i1 = int(t0s * RATE), int(t1s * RATE)
@@ -265,6 +279,16 @@ def window_bench(path: Path, repeats: int, latency_ms: float, workers: int) -> d
                 for label, w in ((f"streamed +{latency_ms:g} ms", workers), (f"old +{latency_ms:g} ms", 0)):
                     runs.setdefault(label, []).append(streamed(srv.url, srv, w, i0, i1, t0s, t1s, reference))
             srv.ask("latency 0")
+        if link_mbps > 0:  # a far server capping each connection: split windows against one request
+            srv.ask(f"link {link_mbps * 1e6}")
+            for _ in range(max(1, repeats // 3)):
+                runs.setdefault(f"raw HTTP GET, link {link_mbps:g} MB/s", []).append(
+                    {"h5py_s": raw_get(srv.url, first, covering)})
+                for label, span in ((f"streamed, link {link_mbps:g} MB/s, one request", SPAN_BYTES),
+                                    (f"streamed, link {link_mbps:g} MB/s, split over {workers} workers", FAR_SPAN_BYTES)):
+                    runs.setdefault(label, []).append(streamed(srv.url, srv, workers, i0, i1, t0s, t1s, reference,
+                                                               span_bytes=span))
+            srv.ask("link 0")
     finally:
         pool.shutdown()
         srv.close()
@@ -279,16 +303,18 @@ def window_bench(path: Path, repeats: int, latency_ms: float, workers: int) -> d
         pairs = [g["h5py_s"] / r[key] for g, r in zip(runs[get_label], runs[label], strict=False) if key in r]
         return [float(q) for q in np.percentile(pairs, [25, 50, 75])] if pairs else None
 
-    local_s, get_s = med("local h5py", "h5py_s"), med("raw HTTP GET", "h5py_s")
+    local_s = med("local h5py", "h5py_s")
     local_rd, local_next = med("local h5py", "reader_s"), med("local h5py", "reader_next_s")
     rows = {}
     for label in runs:
         h5_s, rd_s, next_s = med(label, "h5py_s"), med(label, "reader_s"), med(label, "reader_next_s")
         pre_s = med(label, "prefetch_h5py_s")
-        get_ref = med(f"raw HTTP GET +{latency_ms:g} ms", "h5py_s") if "+" in label else get_s
+        get_label = (f"raw HTTP GET +{latency_ms:g} ms" if "+" in label else
+                     f"raw HTTP GET, link {link_mbps:g} MB/s" if "link" in label else "raw HTTP GET")
+        get_ref = med(get_label, "h5py_s")
         lookups_s, transfer_s = med(label, "lookups_s"), med(label, "transfer_s")
         open_s, init_s = med(label, "open_s"), med(label, "reader_init_s")
-        row = {"open_ms": open_s * 1e3 if open_s else None, "reader_init_ms": init_s * 1e3 if init_s else None,
+        row = {"get_label": get_label, "open_ms": open_s * 1e3 if open_s else None, "reader_init_ms": init_s * 1e3 if init_s else None,
                "lookups_ms": lookups_s * 1e3 if lookups_s else None,
                "transfer_ms": transfer_s * 1e3 if transfer_s else None, "library_ms": h5_s * 1e3,
                "MBps": raw_mb / h5_s, "x_local": local_s / h5_s, "x_raw_get": get_ref / h5_s,
@@ -300,7 +326,6 @@ def window_bench(path: Path, repeats: int, latency_ms: float, workers: int) -> d
                "reader_next_x_local": local_next / next_s if next_s else None,
                "reader_next_x_raw_get": get_ref / next_s if next_s else None}
         if "GET" not in label and not label.startswith("local"):
-            get_label = f"raw HTTP GET +{latency_ms:g} ms" if "+" in label else "raw HTTP GET"
             row.update(reader_x_raw_get_paired=paired(label, "reader_s", get_label),
                        reader_next_x_raw_get_paired=paired(label, "reader_next_s", get_label),
                        library_x_raw_get_paired=paired(label, "h5py_s", get_label))
@@ -361,7 +386,7 @@ def print_table(win: dict, kind: str = "uncompressed") -> None:
     print("|---|---|---|---|---|")
     for label, r in win["rows"].items():
         if r.get("lookups_ms"):
-            get = win["rows"]["raw HTTP GET" + (label[label.index(" +"):] if " +" in label else "")]
+            get = win["rows"][r["get_label"]]
             print(f"| {label} | {r['library_ms']:.1f} | {r['lookups_ms']:.1f} | {r['transfer_ms']:.1f} | "
                   f"{get['library_ms']:.1f} |")
 
@@ -407,6 +432,8 @@ def main() -> None:
     ap.add_argument("--latency-ms", type=float, default=20.0)
     ap.add_argument("--workers", type=int, default=None, help="prefetch workers (default: the library's)")
     ap.add_argument("--hours", type=float, default=1.0)
+    ap.add_argument("--link-mbps", type=float, default=100.0,
+                    help="also serve the window paced to this many MB/s per connection (a far server; 0 skips it)")
     ap.add_argument("--compressed", default="gzip,gzip+shuffle",
                     help="comma-separated compressed variants of the window bench (gzip, gzip+shuffle; '' for none)")
     args = ap.parse_args()
@@ -418,7 +445,8 @@ def main() -> None:
     if not short.exists():
         write_emg(short, 180.0)
     result: dict = {"loadavg_start": os.getloadavg()}
-    result["window"] = window_bench(short, args.repeats, args.latency_ms, args.workers or DEFAULT_WORKERS)
+    result["window"] = window_bench(short, args.repeats, args.latency_ms, args.workers or DEFAULT_WORKERS,
+                                    args.link_mbps)
     for kind in [k for k in args.compressed.split(",") if k]:
         path = work / f"emg_180s_{kind.replace('+', '_')}.nwb"
         if not path.exists():
