@@ -386,7 +386,9 @@ def test_a_window_from_a_far_server_goes_out_over_every_worker(dandi_server, fil
     for far in (False, True):
         if far:
             monkeypatch.setattr(RetryingSession, "peer_is_local", lambda self, url: False)
-        with open_source(url, cache_dir=False, prefetch_workers=3) as opened:
+        with open_source(url, cache_dir=False) as opened:
+            assert opened._prefetcher.workers == (prefetch.FAR_WORKERS if far else prefetch.DEFAULT_WORKERS)
+        with open_source(url, cache_dir=False, prefetch_workers=3) as opened:  # (as given)
             assert opened._prefetcher.span_bytes == (prefetch.FAR_SPAN_BYTES if far else prefetch.SPAN_BYTES)
             reader = EMGReader(opened, check_dead=False)
             srv.reset_counts()

@@ -142,7 +142,8 @@ def open_source(
     Remote bytes are read with HTTP range requests (remfile) through an on-disk cache
     (``cache_dir``; None -> default directory, False -> none). ``dandi_instance`` (or
     $DANDI_INSTANCE) picks the DANDI instance by name or API URL. ``prefetch_workers``: concurrent
-    range requests that fetch a window's chunks ahead of h5py (None -> the default, 0 -> none).
+    range requests that fetch a window's chunks ahead of h5py (None -> by where the server is: 2 on this machine,
+    4 elsewhere; 0 -> none).
     """
     from .dandi import looks_like_dandi, resolve_asset
     text = os.fspath(source)
@@ -167,7 +168,7 @@ def open_source(
 
 def _open_url(url: str, cache_dir: Any, timeout: float, retries: int, *, label: str,
               dandi_asset: Any = None, prefetch_workers: int | None = None) -> OpenedSource:
-    from .prefetch import DEFAULT_WORKERS, Prefetcher
+    from .prefetch import Prefetcher
     from .remote import open_remote_file, resolve_cache_dir
 
     cache = resolve_cache_dir(cache_dir)
@@ -188,8 +189,8 @@ def _open_url(url: str, cache_dir: Any, timeout: float, retries: int, *, label: 
         h5file.close()
         session.close()
         raise
-    workers = DEFAULT_WORKERS if prefetch_workers is None else int(prefetch_workers)
-    prefetcher = Prefetcher(rf, url, session, workers=workers) if workers > 0 else None
+    workers = None if prefetch_workers is None else int(prefetch_workers)
+    prefetcher = Prefetcher(rf, url, session, workers=workers) if workers is None or workers > 0 else None
     if prefetcher is not None:
         prefetcher.warm()
     return OpenedSource(
