@@ -226,10 +226,10 @@ def streamed(url: str, srv: ServerProcess, workers: int, i0: int, i1: int, t0s: 
         t = time.perf_counter()
         window = reader.window(t0s, t1s)
         out["reader_s"] = time.perf_counter() - t
-        assert np.array_equal(window.values, reference)
         t = time.perf_counter()
         reader.window(t1s, 2 * t1s - t0s)
         out["reader_next_s"] = time.perf_counter() - t
+        assert np.array_equal(window.values, reference)  # after both: its 30 MB pass would slow the next window
     return out
 
 
