@@ -152,8 +152,7 @@ class RetryingSession(requests.Session):
     def peer_is_local(self, url: str) -> bool:
         """Whether the kept-alive connection to ``url``'s server leads to this machine: a loopback address, or the
         connection's own (False when there is none, as behind a proxy)."""
-        parts = urlsplit(url)
-        conn = self._conns.get(f"{parts.scheme}://{parts.netloc}")
+        conn = self._conns.get(_host_key(urlsplit(url)))
         try:
             peer, own = conn.sock.getpeername()[0], conn.sock.getsockname()[0]  # type: ignore[union-attr]
             return peer == own or ipaddress.ip_address(peer.split("%")[0]).is_loopback
@@ -163,7 +162,7 @@ class RetryingSession(requests.Session):
     def _lean(self, url: str) -> bool:
         """Whether plain http.client may serve ``url`` (no proxy, client certificate, auth or disabled TLS check applies)."""
         parts = urlsplit(url)
-        key = f"{parts.scheme}://{parts.netloc}"
+        key = _host_key(parts)
         ok = self._lean_hosts.get(key)
         if ok is None:
             env = requests.utils.get_environ_proxies(url) if self.trust_env else {}
@@ -173,7 +172,7 @@ class RetryingSession(requests.Session):
         return ok
 
     def _connection(self, parts: Any, timeout: float) -> http.client.HTTPConnection:
-        key = f"{parts.scheme}://{parts.netloc}"
+        key = _host_key(parts)
         conn = self._conns.get(key)
         if conn is None:
             if parts.scheme == "https":
@@ -251,6 +250,11 @@ _USER_AGENT = f"nwb-lfads-emg python-requests/{requests.__version__}"
 
 
 @functools.lru_cache(maxsize=4)
+def _host_key(parts: Any) -> str:
+    """``scheme://host:port`` of a split URL: the key of a session's kept-alive connections and lean-path verdicts."""
+    return f"{parts.scheme}://{parts.netloc}"
+
+
 def _ssl_context(cafile: str) -> ssl.SSLContext:
     """The TLS context of the lean connections, verifying with ``cafile`` (or a directory of certificates)."""
     if os.path.isdir(cafile):
