@@ -624,13 +624,13 @@ class Prefetcher:
                                 piece.sink = decode_chunk(piece.sink, undo, piece.itemsize, piece.expect)
                             copies.append(piece)
                             continue
-                        if flat is not None and whole and not undo:
-                            piece.sink = flat[(a - i0) * row_bytes:(b - i0) * row_bytes]
+                        if flat is not None and whole:  # its rows' place in the output, received or decoded into
                             piece.at = (a - i0) * row_bytes
-                        elif flat is not None and whole:
-                            piece.sink = memoryview(bytearray(size))
-                            piece.dest = flat[(a - i0) * row_bytes:(b - i0) * row_bytes]
-                            piece.at = (a - i0) * row_bytes
+                            place = flat[piece.at:(b - i0) * row_bytes]
+                            if undo:
+                                piece.sink, piece.dest = memoryview(bytearray(size)), place
+                            else:
+                                piece.sink = place
                         else:
                             piece.sink = memoryview(bytearray(size))
                             piece.keep = not whole  # a window edge: the next window likely needs it
