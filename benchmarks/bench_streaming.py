@@ -7,7 +7,9 @@ a local h5py read vs one raw HTTP GET of the same bytes; bytes moved; bounded-me
    DANDI stand-in (tests/dandi_server.py, range requests, in a separate process so that it does not
    share the client's interpreter lock), read in one run, interleaved, median of ``--repeats``:
    - plain h5py on the local file (warm page cache) and the same through EMGReader.window;
-   - one raw HTTP GET (http.client) of as many bytes as the covering chunks: the link's speed;
+   - one raw HTTP GET (http.client) of as many bytes as the covering chunks, on a new connection and on one opened
+     beforehand (as the library's are): the faster of the two (by median) is the link's speed, the yardstick of the
+     "x raw GET" figures;
    - the library's HTTP receive path alone on the same bytes (``fetch_range`` from a pool thread on a connection
      opened beforehand, into a fresh array with one ``readinto``, as the library receives a run of chunks that lie
      back to back; no look-ups): the floor under the library read;
@@ -25,6 +27,11 @@ a local h5py read vs one raw HTTP GET of the same bytes; bytes moved; bounded-me
      does): one request per window against the window split over 2 and over 4 workers (a far server's default);
    - beside the ratio of medians, each repeat's streamed read against the GET of the same repeat (paired: the machine's
      slow spells, which move single GETs by +-30% here, cancel), as median and quartiles;
+   - the page faults of the GETs and of the reader's windows (on a VM each first touch of fresh memory costs ~3 us
+     per 4 kB page: a 15 MB array that reuses no freed memory pays up to ~10 ms);
+   - the uncompressed window's rows (without added latency or pacing) once more with the server on a CPU of its own
+     and this process on the others (``--no-split`` skips it): a server elsewhere takes none of the client's cores,
+     whereas on a 2-core machine a loopback server and the reader's threads compete for both;
 2. bytes the server sent for the window (chunk look-ups included) vs bytes of the covering chunks;
 3. the same window (1 and 2, without the added latency) from the same recording compressed as NeuroConv
    writes it by default (chunked gzip, level 4; ``--compressed gzip,gzip+shuffle``): the library read now
@@ -37,6 +44,7 @@ a local h5py read vs one raw HTTP GET of the same bytes; bytes moved; bounded-me
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import os
@@ -46,6 +54,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
@@ -59,6 +68,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 RATE, N_CH = 2000.0, 32
 SERIES = "acquisition/EMG/data"
+#: The two raw GETs of a window's bytes: on a new connection, and on one opened beforehand (as the library's are);
+#: the faster of them (by median) is the link's speed the streamed reads are measured against.
+GET_NEW, GET_OPEN = "raw HTTP GET", "raw HTTP GET, connection opened beforehand"
 
 
 def write_emg(path: Path, duration_s: float, seed: int = 0, compression: str | None = None,
@@ -105,8 +117,10 @@ def covering_chunks(path: Path, i0: int, i1: int) -> tuple[int, int]:
 
 
 _SERVER_CHILD = r"""
-import json, sys
+import json, os, sys
 sys.path.insert(0, sys.argv[1])
+if sys.argv[3]:  # before any thread starts: every thread of the server inherits it
+    os.sched_setaffinity(0, {int(c) for c in sys.argv[3].split(",")})
 from dandi_server import DandiServer
 srv = DandiServer({"000941": {"sub-bench/sub-bench_ecephys.nwb": sys.argv[2]}}).start()
 print(json.dumps({"url": srv.blob_url("000941", "sub-bench/sub-bench_ecephys.nwb")}), flush=True)
@@ -127,9 +141,10 @@ srv.stop()
 class ServerProcess:
     """tests/dandi_server.py serving one file from a child process, driven over its stdin/stdout."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, cpus: set[int] | None = None) -> None:
         self.log = open(path.with_suffix(".server.log"), "w")  # noqa: SIM115 (the server's tracebacks of clients that hang up)
-        self.proc = subprocess.Popen([sys.executable, "-c", _SERVER_CHILD, str(ROOT / "tests"), str(path)],
+        pin = ",".join(str(c) for c in sorted(cpus)) if cpus else ""
+        self.proc = subprocess.Popen([sys.executable, "-c", _SERVER_CHILD, str(ROOT / "tests"), str(path), pin],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True)
         self.url = json.loads(self.proc.stdout.readline())["url"]
 
@@ -144,14 +159,55 @@ class ServerProcess:
         self.log.close()
 
 
-def raw_get(url: str, offset: int, n: int) -> float:
-    """Seconds for one plain HTTP GET of bytes [offset, offset + n) (http.client, fresh connection)."""
+@contextlib.contextmanager
+def pinned(cpus: set[int] | None) -> Iterator[None]:
+    """Every thread of this process (and those started meanwhile) kept to ``cpus``, then put back (None: no change)."""
+    if not cpus:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+
+    def every_thread(to: set[int]) -> None:
+        for tid in os.listdir("/proc/self/task"):
+            with contextlib.suppress(OSError):  # a thread that ended meanwhile
+                os.sched_setaffinity(int(tid), to)
+
+    every_thread(cpus)
+    try:
+        yield
+    finally:
+        every_thread(before)
+
+
+def split_cpus() -> tuple[set[int], set[int]] | None:
+    """(the server's CPU, the bench's CPUs): the last usable CPU for the server, the rest for the client; None when
+    there are fewer than two (or no way to pin)."""
+    if not hasattr(os, "sched_setaffinity"):
+        return None
+    cpus = sorted(os.sched_getaffinity(0))
+    return ({cpus[-1]}, set(cpus[:-1])) if len(cpus) >= 2 else None
+
+
+def minor_faults() -> int:
+    """This process's minor page faults so far (each first touch of fresh memory: ~3 us apiece on this VM)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def raw_get(url: str, offset: int, n: int, faults: dict | None = None, connected: bool = False) -> float:
+    """Seconds for one plain HTTP GET of bytes [offset, offset + n) (http.client, a new connection; ``connected``: one
+    opened beforehand, as the library's are, its set-up not timed); with ``faults``, its page faults under "faults"
+    (0 when its body lands in memory freed by the last one)."""
     u = urlsplit(url)
-    t = time.perf_counter()
     conn = http.client.HTTPConnection(u.hostname, u.port)
+    if connected:
+        conn.connect()
+    f = minor_faults()
+    t = time.perf_counter()
     conn.request("GET", u.path, headers={"Range": f"bytes={offset}-{offset + n - 1}"})
     body = conn.getresponse().read()
     dt = time.perf_counter() - t
+    if faults is not None:
+        faults["faults"] = minor_faults() - f
     conn.close()
     assert len(body) == n, (len(body), n)
     return dt
@@ -223,17 +279,28 @@ def streamed(url: str, srv: ServerProcess, workers: int, i0: int, i1: int, t0s: 
         t = time.perf_counter()
         reader = EMGReader(opened, check_dead=False)  # streamed: reads the series' chunk index (Prefetcher.learn)
         out["reader_init_s"] = time.perf_counter() - t
-        t = time.perf_counter()
+        f, t = minor_faults(), time.perf_counter()
         window = reader.window(t0s, t1s)
         out["reader_s"] = time.perf_counter() - t
-        t = time.perf_counter()
+        out["reader_faults"] = minor_faults() - f
+        f, t = minor_faults(), time.perf_counter()
         reader.window(t1s, 2 * t1s - t0s)
         out["reader_next_s"] = time.perf_counter() - t
+        out["reader_next_faults"] = minor_faults() - f
         assert np.array_equal(window.values, reference)  # after both: its 30 MB pass would slow the next window
     return out
 
 
-def window_bench(path: Path, repeats: int, latency_ms: float, workers: int, link_mbps: float = 0.0) -> dict:
+def window_bench(path: Path, repeats: int, latency_ms: float, workers: int, link_mbps: float = 0.0,
+                 split: tuple[set[int], set[int]] | None = None) -> dict:
+    """The window rows (module docstring, 1-3); with ``split``, the server runs on the first CPUs and this process on
+    the second, as a server on another machine takes none of the client's cores."""
+    with pinned(split[1] if split else None):
+        return _window_bench(path, repeats, latency_ms, workers, link_mbps, split[0] if split else None)
+
+
+def _window_bench(path: Path, repeats: int, latency_ms: float, workers: int, link_mbps: float,
+                  server_cpus: set[int] | None) -> dict:
     import h5py
 
     from nwb_lfads_emg.sources import EMGReader, open_source
@@ -246,7 +313,7 @@ def window_bench(path: Path, repeats: int, latency_ms: float, workers: int, link
     with h5py.File(path, "r") as f:
         reference = f[SERIES][i0:i1, :]  # also warms the page cache
     runs: dict[str, list] = {}
-    srv = ServerProcess(path)
+    srv = ServerProcess(path, server_cpus)
     pool = ThreadPoolExecutor(max_workers=1)
     try:
         for _ in range(repeats):
@@ -266,7 +333,10 @@ def window_bench(path: Path, repeats: int, latency_ms: float, workers: int, link
                 t = time.perf_counter()
                 reader.window(t1s, 2 * t1s - t0s)
                 runs["local h5py"][-1]["reader_next_s"] = time.perf_counter() - t
-            runs.setdefault("raw HTTP GET", []).append({"h5py_s": raw_get(srv.url, first, covering)})
+            for label, connected in ((GET_NEW, False), (GET_OPEN, True)):
+                get: dict = {}
+                get["h5py_s"] = raw_get(srv.url, first, covering, get, connected)
+                runs.setdefault(label, []).append(get)
             runs.setdefault("library HTTP receive alone", []).append(
                 {"h5py_s": bare_receive(srv.url, first, covering, pool)})
             for label, w in ((f"streamed ({workers} workers)", workers), ("old (request by request)", 0)):
@@ -307,16 +377,18 @@ def window_bench(path: Path, repeats: int, latency_ms: float, workers: int, link
         return [float(q) for q in np.percentile(pairs, [25, 50, 75])] if pairs else None
 
     local_s = med("local h5py", "h5py_s")
+    fastest_get = min((GET_NEW, GET_OPEN), key=lambda label: med(label, "h5py_s"))  # the yardstick: the faster GET
     local_rd, local_next = med("local h5py", "reader_s"), med("local h5py", "reader_next_s")
     rows = {}
     for label in runs:
         h5_s, rd_s, next_s = med(label, "h5py_s"), med(label, "reader_s"), med(label, "reader_next_s")
         pre_s = med(label, "prefetch_h5py_s")
         get_label = (f"raw HTTP GET +{latency_ms:g} ms" if "+" in label else
-                     f"raw HTTP GET, link {link_mbps:g} MB/s" if "link" in label else "raw HTTP GET")
+                     f"raw HTTP GET, link {link_mbps:g} MB/s" if "link" in label else fastest_get)
         get_ref = med(get_label, "h5py_s")
         lookups_s, transfer_s = med(label, "lookups_s"), med(label, "transfer_s")
         open_s, init_s = med(label, "open_s"), med(label, "reader_init_s")
+        faults = {k: med(label, k) for k in ("faults", "reader_faults", "reader_next_faults") if med(label, k) is not None}
         row = {"get_label": get_label, "open_ms": open_s * 1e3 if open_s else None, "reader_init_ms": init_s * 1e3 if init_s else None,
                "lookups_ms": lookups_s * 1e3 if lookups_s else None,
                "transfer_ms": transfer_s * 1e3 if transfer_s else None, "library_ms": h5_s * 1e3,
@@ -336,15 +408,17 @@ def window_bench(path: Path, repeats: int, latency_ms: float, workers: int, link
         if "bytes" in last:
             row.update(bytes_sent=last["bytes"], sent_over_chunks=last["bytes"] / covering,
                        requests=last["requests"], max_in_flight=last["max_in_flight"])
+        row["page_faults"] = faults
         rows[label] = row
-    return {"window_s": t1s - t0s, "window_raw_MB": raw_mb, "bytes_of_covering_chunks": covering,
+    return {"window_s": t1s - t0s, "window_raw_MB": raw_mb, "bytes_of_covering_chunks": covering, "yardstick": fastest_get,
             "repeats": repeats, "rows": rows}
 
 
 def print_table(win: dict, kind: str = "uncompressed") -> None:
     """The window results as a markdown table."""
     print(f"\n60 s window, 32 ch x 2 kHz float32, {kind} ({win['window_raw_MB']:.2f} MB; covering chunks "
-          f"{win['bytes_of_covering_chunks'] / 1e6:.2f} MB), median of {win['repeats']}:\n")
+          f"{win['bytes_of_covering_chunks'] / 1e6:.2f} MB), median of {win['repeats']}; x raw GET: against the faster "
+          f"GET, here \"{win['yardstick']}\":\n")
     print("| path | library read MB/s (x local, x raw GET) | prefetch + h5py read MB/s | EMGReader.window, first "
           "after open: MB/s (x local, x raw GET) | EMGReader.window, next: MB/s (x local, x raw GET) | requests | "
           "max in flight | bytes sent / covering chunks |")
@@ -383,6 +457,12 @@ def print_table(win: dict, kind: str = "uncompressed") -> None:
             first = win["window_raw_MB"] / r["reader_MBps"] * 1e3
             print(f"| {label} | {r['open_ms']:.1f} | {r['reader_init_ms']:.1f} | {first:.1f} | "
                   f"{r['open_ms'] + r['reader_init_ms'] + first:.1f} |")
+
+    print("\npage faults (medians; each first touch of fresh memory, ~3 us apiece on a VM; memory freed by the last read is"
+          " reused without them): the GET's body, the first window, the next window (the first one still held):\n")
+    for label, r in win["rows"].items():
+        if r.get("page_faults"):
+            print(f"- {label}: " + ", ".join(f"{k} {v:.0f}" for k, v in r["page_faults"].items()))
 
     print("\nwhere the library read's time goes (fresh open; medians, ms):\n")
     print("| path | whole read | chunk look-ups alone | transfer alone (B-tree nodes already read by HDF5) | raw GET |")
@@ -439,6 +519,8 @@ def main() -> None:
                     help="also serve the window paced to this many MB/s per connection (a far server; 0 skips it)")
     ap.add_argument("--compressed", default="gzip,gzip+shuffle",
                     help="comma-separated compressed variants of the window bench (gzip, gzip+shuffle; '' for none)")
+    ap.add_argument("--no-split", action="store_true",
+                    help="skip the uncompressed window's second run with the server on a CPU of its own")
     args = ap.parse_args()
     from nwb_lfads_emg.sources.prefetch import DEFAULT_WORKERS
 
@@ -450,6 +532,11 @@ def main() -> None:
     result: dict = {"loadavg_start": os.getloadavg()}
     result["window"] = window_bench(short, args.repeats, args.latency_ms, args.workers or DEFAULT_WORKERS,
                                     args.link_mbps)
+    split = None if args.no_split else split_cpus()
+    if split:  # as a far server: it takes none of the client's cores (added latency and pacing: the first run's rows)
+        key = (f"window uncompressed, server on CPU {','.join(map(str, sorted(split[0])))}, "
+               f"bench on CPU {','.join(map(str, sorted(split[1])))}")
+        result[key] = window_bench(short, args.repeats, 0.0, args.workers or DEFAULT_WORKERS, split=split)
     for kind in [k for k in args.compressed.split(",") if k]:
         path = work / f"emg_180s_{kind.replace('+', '_')}.nwb"
         if not path.exists():
@@ -467,7 +554,7 @@ def main() -> None:
     result["bench_peak_rss_MB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result["loadavg_end"] = os.getloadavg()
     print(json.dumps(result, indent=2))
-    print_table(result["window"])
+    print_table(result["window"], "uncompressed, server and bench sharing every CPU")
     for key in [k for k in result if k.startswith("window ")]:
         print_table(result[key], key.split(" ", 1)[1])
     print(f"\nload average (1, 5, 15 min) at start {result['loadavg_start']}, at end {result['loadavg_end']}; "
