@@ -143,8 +143,8 @@ class ServerProcess:
 
     def __init__(self, path: Path, cpus: set[int] | None = None) -> None:
         self.log = open(path.with_suffix(".server.log"), "w")  # noqa: SIM115 (the server's tracebacks of clients that hang up)
-        pin = ",".join(str(c) for c in sorted(cpus)) if cpus else ""
-        self.proc = subprocess.Popen([sys.executable, "-c", _SERVER_CHILD, str(ROOT / "tests"), str(path), pin],
+        self.proc = subprocess.Popen([sys.executable, "-c", _SERVER_CHILD, str(ROOT / "tests"), str(path),
+                                      cpu_list(cpus) if cpus else ""],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True)
         self.url = json.loads(self.proc.stdout.readline())["url"]
 
@@ -177,6 +177,11 @@ def pinned(cpus: set[int] | None) -> Iterator[None]:
         yield
     finally:
         every_thread(before)
+
+
+def cpu_list(cpus: set[int]) -> str:
+    """CPU numbers as "0,1" (the server child's argument, and the split run's label)."""
+    return ",".join(map(str, sorted(cpus)))
 
 
 def split_cpus() -> tuple[set[int], set[int]] | None:
@@ -388,7 +393,7 @@ def _window_bench(path: Path, repeats: int, latency_ms: float, workers: int, lin
         get_ref = med(get_label, "h5py_s")
         lookups_s, transfer_s = med(label, "lookups_s"), med(label, "transfer_s")
         open_s, init_s = med(label, "open_s"), med(label, "reader_init_s")
-        faults = {k: med(label, k) for k in ("faults", "reader_faults", "reader_next_faults") if med(label, k) is not None}
+        faults = {k: v for k in ("faults", "reader_faults", "reader_next_faults") if (v := med(label, k)) is not None}
         row = {"get_label": get_label, "open_ms": open_s * 1e3 if open_s else None, "reader_init_ms": init_s * 1e3 if init_s else None,
                "lookups_ms": lookups_s * 1e3 if lookups_s else None,
                "transfer_ms": transfer_s * 1e3 if transfer_s else None, "library_ms": h5_s * 1e3,
@@ -534,8 +539,7 @@ def main() -> None:
                                     args.link_mbps)
     split = None if args.no_split else split_cpus()
     if split:  # as a far server: it takes none of the client's cores (added latency and pacing: the first run's rows)
-        key = (f"window uncompressed, server on CPU {','.join(map(str, sorted(split[0])))}, "
-               f"bench on CPU {','.join(map(str, sorted(split[1])))}")
+        key = f"window uncompressed, server on CPU {cpu_list(split[0])}, bench on CPU {cpu_list(split[1])}"
         result[key] = window_bench(short, args.repeats, 0.0, args.workers or DEFAULT_WORKERS, split=split)
     for kind in [k for k in args.compressed.split(",") if k]:
         path = work / f"emg_180s_{kind.replace('+', '_')}.nwb"
